@@ -1,0 +1,75 @@
+"""Checkpoints: weights + public architecture + calibration temperature, in one file.
+
+Loaded with ``weights_only=True``: a checkpoint is user-supplied input, so it may only
+contain tensors and plain values, never pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.nets import Architecture, build_model
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is not a crypto-doctor checkpoint this version can read."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    architecture: Architecture
+    state_dict: dict[str, torch.Tensor]
+    temperature: float = 1.0
+
+    def model(self) -> nn.Module:
+        """The torch network in eval mode, weights loaded."""
+        net = build_model(self.architecture)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, arch: Architecture, temperature: float) -> str:
+    """Write the checkpoint and return the sha256 of the written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "architecture": arch.to_dict(),
+        "temperature": float(temperature),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a crypto-doctor checkpoint (format {FORMAT_VERSION})")
+    return Checkpoint(
+        architecture=Architecture(**payload["architecture"]),
+        state_dict=payload["state_dict"],
+        temperature=float(payload["temperature"]),
+    )
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
