@@ -1,0 +1,170 @@
+"""Encrypted inference: the networks of ``models.nets`` as one functional MPC program.
+
+Party 1 (the model owner) folds its checkpoint into a few plaintext tensors and
+secret-shares them; party 0 (the patient side) secret-shares the image. The same
+:func:`forward` runs on plaintext torch tensors (to check the folding) and on CrypTen
+tensors (the real thing), so the encrypted program cannot drift from the tested one.
+
+What the folding buys under MPC:
+* batch norm is folded into the preceding convolution / linear layer (no extra layer);
+* the last layer computes only the *temperature-scaled logit difference*
+  ``d = (logit_tumor - logit_no_tumor) / T``. With two classes, the revealed pair
+  (label, calibrated confidence) and ``d`` determine each other exactly
+  (label = d > 0, confidence = sigmoid(|d|)), so revealing ``d`` reveals nothing beyond the
+  prediction and its confidence, and no encrypted softmax (~74 rounds) is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.nets import Architecture, build_model
+
+Params = "OrderedDict[str, torch.Tensor]"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int  # index into models.preprocessing.CLASS_NAMES
+    confidence: float  # calibrated probability of ``label``, in [0.5, 1]
+
+    @staticmethod
+    def from_logit_difference(d: float) -> Prediction:
+        label = int(d > 0)
+        return Prediction(label, 1.0 / (1.0 + math.exp(-abs(d))))
+
+
+# ---------------------------------------------------------------------------- folding
+
+
+def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    folded_bias = bn.bias - bn.running_mean * scale
+    if bias is not None:
+        folded_bias = folded_bias + bias * scale
+    return weight * scale.view(shape), folded_bias
+
+
+def _conv_entry(params, name, conv: nn.Conv2d, bn=None) -> None:
+    weight, bias = conv.weight, conv.bias
+    if bn is not None:
+        weight, bias = _fold_bn(weight, bias, bn)
+    params[f"{name}.w"] = weight
+    params[f"{name}.b"] = (bias if bias is not None else torch.zeros(weight.shape[0])).view(-1, 1, 1)
+
+
+def _difference_head(params, name, linear: nn.Linear, temperature: float) -> None:
+    params[f"{name}.w"] = (linear.weight[1] - linear.weight[0]).unsqueeze(0) / temperature
+    params[f"{name}.b"] = (linear.bias[1] - linear.bias[0]).view(1) / temperature
+
+
+@torch.no_grad()
+def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Params:
+    """Plaintext parameters of the MPC program, in the order both parties share them."""
+    model = model.eval()
+    params: OrderedDict[str, torch.Tensor] = OrderedDict()
+    if arch.backbone == "lenet":
+        _conv_entry(params, "conv1", model.conv1, model.bn1)
+        _conv_entry(params, "conv2", model.conv2, model.bn2)
+        params["fc1.w"], params["fc1.b"] = _fold_bn(model.fc1.weight, model.fc1.bias, model.bn3)
+        params["fc2.w"], params["fc2.b"] = model.fc2.weight, model.fc2.bias
+        _difference_head(params, "fc3", model.fc3, temperature)
+    else:
+        _conv_entry(params, "stem", model.conv1, model.bn1)
+        for layer_name in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(model, layer_name)):
+                name = f"{layer_name}.{index}"
+                _conv_entry(params, f"{name}.conv1", block.conv1, block.bn1)
+                _conv_entry(params, f"{name}.conv2", block.conv2, block.bn2)
+                if block.downsample is not None:
+                    _conv_entry(params, f"{name}.down", block.downsample[0], block.downsample[1])
+        _difference_head(params, "fc", model.fc, temperature)
+    return OrderedDict((k, v.detach().float().contiguous()) for k, v in params.items())
+
+
+def parameter_shapes(arch: Architecture) -> OrderedDict[str, torch.Size]:
+    """Shapes of :func:`fold`'s output, known from the public architecture alone."""
+    return OrderedDict((k, v.shape) for k, v in fold(build_model(arch), arch).items())
+
+
+# ---------------------------------------------------------------------------- the program
+
+
+def _is_plain(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _conv(x, params, name: str, stride: int = 1, padding: int = 0):
+    weight = params[f"{name}.w"]
+    if _is_plain(x):
+        out = F.conv2d(x, weight, stride=stride, padding=padding)
+    else:
+        out = x.conv2d(weight, stride=stride, padding=padding)
+    return out + params[f"{name}.b"]
+
+
+def _linear(x, params, name: str):
+    return x.matmul(params[f"{name}.w"].t()) + params[f"{name}.b"]
+
+
+def _avg_pool(x, kernel: int, stride: int | None = None, padding: int = 0):
+    if _is_plain(x):
+        return F.avg_pool2d(x, kernel, stride=stride, padding=padding)
+    return x.avg_pool2d(kernel, stride=stride, padding=padding)
+
+
+def _activate(x, activation: str):
+    return (x + 2.0).square() / 8 if activation == "quad" else x.relu()
+
+
+def forward(arch: Architecture, params, x):
+    """Scaled logit difference ``(B, 1)`` for images ``x`` ``(B, 1, S, S)``.
+
+    ``params`` and ``x`` are both torch tensors (plaintext check) or both CrypTen tensors.
+    """
+    act = arch.activation
+    if arch.backbone == "lenet":
+        x = _activate(_avg_pool(_conv(x, params, "conv1", padding=2), 2), act)
+        x = _activate(_avg_pool(_conv(x, params, "conv2", padding=2), 2), act)
+        x = _avg_pool(x, 2).flatten(1)
+        x = _activate(_linear(x, params, "fc1"), act)
+        x = _activate(_linear(x, params, "fc2"), act)
+        return _linear(x, params, "fc3")
+    x = _conv(x, params, "stem", stride=2, padding=3)
+    x = _avg_pool(x, 3, stride=2, padding=1).relu()
+    for layer in range(1, 5):
+        for index in range(2):
+            name = f"layer{layer}.{index}"
+            stride = 2 if layer > 1 and index == 0 else 1
+            out = _conv(x, params, f"{name}.conv1", stride=stride, padding=1).relu()
+            out = _conv(out, params, f"{name}.conv2", padding=1)
+            shortcut = _conv(x, params, f"{name}.down", stride=stride) if f"{name}.down.w" in params else x
+            x = (out + shortcut).relu()
+    x = _avg_pool(x, arch.image_size // 32).flatten(1)
+    return _linear(x, params, "fc")
+
+
+# ---------------------------------------------------------------------------- sharing
+
+
+def share_parameters(crypten, arch: Architecture, model_params: Params | None, rank: int):
+    """Secret-share party 1's folded parameters; party 0 passes ``None`` and learns shapes only."""
+    shapes = parameter_shapes(arch)
+    encrypted_model = OrderedDict()
+    for name, shape in shapes.items():
+        plain = model_params[name] if rank == 1 else torch.empty(shape)
+        encrypted_model[name] = crypten.cryptensor(plain, src=1)
+    return encrypted_model
+
+
+def share_images(crypten, images: torch.Tensor | None, batch_shape: tuple[int, ...], rank: int):
+    """Secret-share party 0's preprocessed images; party 1 passes ``None``."""
+    plain = images if rank == 0 else torch.empty(batch_shape)
+    return crypten.cryptensor(plain, src=0)

@@ -1,0 +1,145 @@
+"""Starting CrypTen parties as real OS processes that rendezvous over torch.distributed.
+
+Two ways in:
+* :func:`init_party` joins the computation from an already running process (the predictor's
+  parties, possibly on two hosts);
+* :func:`run_parties` spawns both parties (and the TTP dealer, if chosen) on this machine and
+  returns what each party's function returned — used by encrypted validation, tests and
+  benchmarks.
+
+Beaver-triple providers: ``TFP`` (trusted first party: party 0 generates the correlated
+randomness, so it *could* reconstruct party 1's shares) and ``TTP`` (a third dealer process
+generates it and must not collude with either party).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from models.crypten_compat import load_crypten
+
+PROVIDERS = ("TFP", "TTP")
+DEALER_RANK = 2
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    """How one process joins the two-party computation."""
+
+    rank: int
+    master_port: int
+    master_addr: str = "127.0.0.1"
+    provider: str = "TFP"
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}, not {self.provider!r}")
+        if self.rank not in (0, 1, DEALER_RANK):
+            raise ValueError("rank must be 0 (patient side), 1 (model side) or 2 (TTP dealer)")
+        if self.rank == DEALER_RANK and self.provider != "TTP":
+            raise ValueError("rank 2 is the TTP dealer; it exists only with provider TTP")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def init_party(config: PartyConfig):
+    """Join the computation; blocks until every party (and the dealer) has arrived.
+
+    CrypTen reads its rendezvous from the environment, so this adapter is the one place
+    that writes it.
+    """
+    import torch
+
+    crypten = load_crypten()
+    torch.set_num_threads(config.num_threads)
+    os.environ.update(
+        RANK=str(config.rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR=config.master_addr,
+        MASTER_PORT=str(config.master_port),
+        RENDEZVOUS="env://",
+        DISTRIBUTED_BACKEND="gloo",
+    )
+    crypten.cfg.mpc.provider = config.provider
+    crypten.init()
+    return crypten
+
+
+def run_dealer(config: PartyConfig) -> None:
+    """Serve Beaver triples as the TTP until party 0 shuts the computation down."""
+    init_party(config)
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    TTPServer()
+
+
+def _party_main(config: PartyConfig, fn: Callable, args: tuple, results) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"[party {config.rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        if config.rank == DEALER_RANK:
+            run_dealer(config)
+            return
+        crypten = init_party(config)
+        try:
+            results.put((config.rank, "ok", fn(config.rank, *args)))
+        finally:
+            crypten.uninit()
+    except BaseException as exc:  # report any failure to the parent, then exit non-zero
+        results.put((config.rank, "error", f"{exc!r}\n{traceback.format_exc()}"))
+        raise
+
+
+def run_parties(
+    fn: Callable[..., Any],
+    *args: Any,
+    provider: str = "TFP",
+    num_threads: int = 1,
+    timeout_s: float = 1800.0,
+) -> list[Any]:
+    """Run ``fn(rank, *args)`` in two freshly spawned party processes; return both results.
+
+    ``fn`` must be importable (a module-level function): parties are spawned, not forked,
+    so each one starts clean and applies the CrypTen patches itself.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    ranks = [0, 1] + ([DEALER_RANK] if provider == "TTP" else [])
+    procs = [
+        ctx.Process(
+            target=_party_main,
+            args=(PartyConfig(rank, port, provider=provider, num_threads=num_threads), fn, args, results),
+            name=f"crypten-party-{rank}",
+        )
+        for rank in ranks
+    ]
+    for proc in procs:
+        proc.start()
+    outcome: dict[int, Any] = {}
+    try:
+        while len(outcome) < 2:
+            rank, status, value = results.get(timeout=timeout_s)
+            if status == "error":
+                raise RuntimeError(f"party {rank} failed: {value}")
+            outcome[rank] = value
+        for proc in procs:
+            proc.join(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=10)
+    return [outcome[0], outcome[1]]
