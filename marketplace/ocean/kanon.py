@@ -1,0 +1,65 @@
+"""k-anonymity release rule for research rows (pure domain logic, no I/O).
+
+A row is published only inside a group of at least k rows that share its quasi-identifiers
+(the fields an outsider could know about a patient: by default the day of the case, the model
+backbone and the number of reviewing doctors). Rows of a group still under k are held back, and
+released together once enough similar rows exist, so every group in the published file has
+>= k members and a known patient can never be narrowed down to fewer than k rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+R = TypeVar("R", bound=Mapping[str, object])
+GroupKey = tuple[str, ...]
+
+
+def group_key(row: Mapping[str, object], quasi_identifiers: Sequence[str]) -> GroupKey:
+    """The quasi-identifier values of a row, as strings (the form they take in the CSV)."""
+    return tuple(str(row[q]) for q in quasi_identifiers)
+
+
+def group_counts(
+    rows: Iterable[Mapping[str, object]], quasi_identifiers: Sequence[str]
+) -> Counter[GroupKey]:
+    return Counter(group_key(r, quasi_identifiers) for r in rows)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows that may be published now, and rows held back until their group reaches k."""
+
+    release: list
+    hold: list
+
+
+def split_releasable(
+    published: Mapping[GroupKey, int],
+    pending: Sequence[R],
+    k: int,
+    quasi_identifiers: Sequence[str],
+) -> Split:
+    """Release every pending row whose group (already published + pending) has >= k rows."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    pending_counts = group_counts(pending, quasi_identifiers)
+    release: list[R] = []
+    hold: list[R] = []
+    for row in pending:
+        key = group_key(row, quasi_identifiers)
+        if published.get(key, 0) + pending_counts[key] >= k:
+            release.append(row)
+        else:
+            hold.append(row)
+    return Split(release, hold)
+
+
+def is_k_anonymous(
+    rows: Iterable[Mapping[str, object]], k: int, quasi_identifiers: Sequence[str]
+) -> bool:
+    """True when every quasi-identifier group of `rows` has at least k members."""
+    return all(n >= k for n in group_counts(rows, quasi_identifiers).values())

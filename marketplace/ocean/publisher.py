@@ -1,0 +1,173 @@
+"""Turn settled-case rows into the published CSV, with its digest on the data NFT.
+
+Idempotent per case and safe against chain outages:
+1. pending rows come from a RowSource (the marketplace DB); rows already known locally are never
+   added twice;
+2. rows that keep the file k-anonymous are *staged* in the publisher's SQLite state, others wait
+   in the marketplace DB (not marked) until their group is big enough;
+3. the CSV of committed + staged rows is hashed and the digest set on chain; only then are the
+   rows *committed*, the CSV file replaced atomically, and the rows marked published upstream.
+If the chain is down at step 3 the staged rows stay staged and the next run retries; if the
+digest already matches (a crash after the transaction) no second transaction is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from marketplace.ocean import kanon
+from marketplace.ocean.asset import AssetChain
+from marketplace.ocean.chain import ChainUnavailable, GasRecord
+from marketplace.ocean.dataset import COLUMNS, InvalidRow, digest, public_row, render_csv, row_id
+from marketplace.ocean.settings import OceanSettings
+from marketplace.ocean.state import COMMITTED, STAGED, Asset, OceanState
+
+log = logging.getLogger(__name__)
+
+
+class RowSource(Protocol):
+    """What the publisher needs from the marketplace: pending rows in, published marks out."""
+
+    def pending_rows(self, limit: int) -> list[dict[str, object]]: ...
+
+    def mark_published(self, row_ids: list[int], ref: str) -> None: ...
+
+
+@dataclass
+class PublishResult:
+    """Outcome of one publish run (also carries the gas figures for the closing note)."""
+
+    released: int = 0  # new rows staged this run
+    held: int = 0  # rows waiting for their k-anonymity group
+    committed: int = 0  # rows whose digest went on chain this run
+    csv_rows: int = 0  # rows in the published CSV after this run
+    sha256: str = ""
+    ref: str | None = None
+    chain_down: bool = False
+    invalid: list[int] = field(default_factory=list)
+    gas: list[GasRecord] = field(default_factory=list)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Publisher:
+    """Publishes pending rows; one instance per process, runs are serialised by the caller."""
+
+    def __init__(
+        self,
+        settings: OceanSettings,
+        source: RowSource,
+        state: OceanState,
+        chain_factory: Callable[[OceanSettings], AssetChain] = AssetChain,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.state = state
+        self.chain_factory = chain_factory
+
+    def ensure_asset(self, chain: AssetChain, gas: list[GasRecord]) -> Asset:
+        """Create the data NFT/datatoken/exchange and its metadata once per chain."""
+        asset = self.state.asset(chain.chain_id)
+        if asset is None:
+            asset, rec = chain.create()
+            gas.append(rec)
+            self.state.save_asset(asset)
+        if not asset.metadata_set:
+            gas.append(chain.set_metadata(asset))
+            asset = Asset(**{**asset.__dict__, "metadata_set": True})
+            self.state.save_asset(asset)
+        return asset
+
+    def publish(self, limit: int = 1000) -> PublishResult:
+        """One run: stage what k-anonymity allows, commit it on chain, mark it upstream."""
+        result = PublishResult()
+        pending = self.source.pending_rows(limit)
+        known = self.state.known_row_ids([r["row_id"] for r in pending if "row_id" in r])  # type: ignore[misc]
+        fresh: list[tuple[int, dict[str, str]]] = []
+        resync: list[int] = []  # committed locally but not yet marked upstream (earlier crash)
+        for raw in pending:
+            try:
+                rid = row_id(raw)
+                fields = public_row(raw)
+            except InvalidRow as exc:
+                log.warning("skipping invalid row: %s", exc)
+                if isinstance(raw.get("row_id"), int):
+                    result.invalid.append(int(raw["row_id"]))  # type: ignore[arg-type]
+                continue
+            status = known.get(rid)
+            if status == COMMITTED:
+                resync.append(rid)
+            elif status is None:
+                fresh.append((rid, fields))
+
+        qis = self.settings.quasi_identifiers
+        existing = self.state.all_rows()
+        counts = kanon.group_counts(
+            (dict(zip(COLUMNS, r.fields, strict=True)) for r in existing), qis
+        )
+        split = kanon.split_releasable(
+            counts, [dict(f, row_id=str(rid)) for rid, f in fresh], self.settings.k, qis
+        )
+        self.state.stage([(int(r["row_id"]), [r[c] for c in COLUMNS]) for r in split.release])
+        result.released, result.held = len(split.release), len(split.hold)
+
+        try:
+            self._commit(result)
+        except ChainUnavailable as exc:
+            result.chain_down = True
+            log.warning("chain unavailable, %d rows stay queued: %s", self.state.count(STAGED), exc)
+        if resync:
+            refs = {r.row_id: r.ref or "" for r in self.state.all_rows([COMMITTED])}
+            by_ref: dict[str, list[int]] = {}
+            for rid in resync:
+                by_ref.setdefault(refs.get(rid, ""), []).append(rid)
+            for ref, ids in by_ref.items():
+                self._mark(ids, ref)
+        return result
+
+    def _commit(self, result: PublishResult) -> None:
+        rows = self.state.all_rows()
+        staged = [r for r in rows if r.status == STAGED]
+        data = render_csv(r.fields for r in rows)
+        sha = digest(data)
+        chain = self.chain_factory(self.settings)
+        asset = self.ensure_asset(chain, result.gas)
+        on_chain = chain.digest(asset)
+        ref = None
+        if staged or on_chain is None:
+            if on_chain != {"sha256": sha, "rows": len(rows)}:
+                rec = chain.set_digest(asset, sha, len(rows))
+                result.gas.append(rec)
+                ref = rec.tx_hash
+            else:
+                ref = "digest-already-on-chain:" + sha[:16]
+            self.state.commit_staged([r.seq for r in staged], ref)
+        write_atomic(self.settings.csv_path, data)
+        result.committed, result.csv_rows, result.sha256, result.ref = (
+            len(staged),
+            len(rows),
+            sha,
+            ref,
+        )
+        if staged:
+            self._mark([r.row_id for r in staged], ref or "")
+
+    def _mark(self, row_ids: list[int], ref: str) -> None:
+        """Tell the marketplace; a failure here is retried next run (rows come back pending)."""
+        try:
+            self.source.mark_published(sorted(set(row_ids)), ref=ref)
+        except Exception:  # noqa: BLE001 - any storage error: the resync path retries
+            log.exception("marking %d rows published failed; will retry", len(row_ids))
