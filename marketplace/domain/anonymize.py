@@ -1,0 +1,81 @@
+"""Anonymization of settled cases into research rows (no image, patient or doctor identifier).
+
+Only coarse fields survive: the settlement *day*, the model backbone and label,
+the confidence in 0.1-wide buckets, the final diagnosis, the panel size and the
+fraction of reviewers who agreed with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+CSV_COLUMNS = (
+    "day",
+    "backbone",
+    "model_label",
+    "confidence_bucket",
+    "diagnosis",
+    "reviewers",
+    "agreement",
+)
+
+
+def confidence_bucket(confidence: float) -> str:
+    """Bucket a probability into a 0.1-wide bin such as ``"0.8-0.9"`` (1.0 joins ``"0.9-1.0"``)."""
+    if math.isnan(confidence) or not (0.0 <= confidence <= 1.0):
+        raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
+    # round() first so 0.7 (stored as 0.69999...) lands in its own bin.
+    index = min(9, math.floor(round(confidence * 10, 9)))
+    return f"{index / 10:.1f}-{(index + 1) / 10:.1f}"
+
+
+@dataclass(frozen=True)
+class ResearchRecord:
+    """The public fields of one research row, in CSV column order."""
+
+    day: date
+    backbone: str
+    model_label: str
+    confidence_bucket: str
+    diagnosis: str
+    reviewers: int
+    agreement: float
+
+    def as_csv_values(self) -> list[str]:
+        return [
+            self.day.isoformat(),
+            self.backbone,
+            self.model_label,
+            self.confidence_bucket,
+            self.diagnosis,
+            str(self.reviewers),
+            f"{self.agreement:.2f}",
+        ]
+
+
+def anonymize(
+    *,
+    settled_at: datetime,
+    backbone: str,
+    model_label: str,
+    confidence: float,
+    diagnosis: str,
+    reviewers: int,
+    agreement: float,
+) -> ResearchRecord:
+    """Reduce a settled case to its research record (day in UTC, bucketed confidence)."""
+    if settled_at.tzinfo is None:
+        raise ValueError("settled_at must be timezone-aware")
+    if reviewers <= 0 or not (0.0 <= agreement <= 1.0):
+        raise ValueError("need reviewers > 0 and agreement in [0, 1]")
+    return ResearchRecord(
+        day=settled_at.astimezone(UTC).date(),
+        backbone=backbone,
+        model_label=model_label,
+        confidence_bucket=confidence_bucket(confidence),
+        diagnosis=diagnosis,
+        reviewers=reviewers,
+        agreement=round(agreement, 2),
+    )

@@ -1,0 +1,136 @@
+"""ORM models of the marketplace: doctors, cases, claims, votes, ledger, research rows."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from marketplace.storage.base import Base, UTCDateTime
+
+
+class Doctor(Base):
+    """A reviewing doctor; only the sha256 of the API token is stored."""
+
+    __tablename__ = "doctors"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(120))
+    specialty: Mapped[str] = mapped_column(String(80))
+    wallet_address: Mapped[str | None] = mapped_column(String(42))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reputation: Mapped[int] = mapped_column(Integer)
+    # Beta-reputation evidence: weighted counts of agreeing / dissenting votes.
+    beta_agree: Mapped[float] = mapped_column(Float, default=0.0)
+    beta_dissent: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ResearchRow(Base):
+    """One anonymized row per settled case: no image, patient or doctor identifier."""
+
+    __tablename__ = "research_rows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)
+    backbone: Mapped[str] = mapped_column(String(64))
+    model_label: Mapped[str] = mapped_column(String(16))
+    confidence_bucket: Mapped[str] = mapped_column(String(16))
+    diagnosis: Mapped[str] = mapped_column(String(16))
+    reviewers: Mapped[int] = mapped_column(Integer)
+    agreement: Mapped[float] = mapped_column(Float)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    published_ref: Mapped[str | None] = mapped_column(String(200))
+
+
+class Case(Base):
+    """A patient's case from submission through prediction, review and settlement."""
+
+    __tablename__ = "cases"
+    __table_args__ = (Index("ix_cases_status_submitted", "status", "submitted_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    patient_token_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    # Model output (revealed by the MPC parties).
+    predicted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    model_label: Mapped[str | None] = mapped_column(String(16))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    backbone: Mapped[str | None] = mapped_column(String(64))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Review market state.
+    bounty: Mapped[int | None] = mapped_column(BigInteger)
+    min_tier: Mapped[int] = mapped_column(Integer, default=0)
+    reviewers_needed: Mapped[int] = mapped_column(Integer, default=0)
+    claims_count: Mapped[int] = mapped_column(Integer, default=0)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    review_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Settlement.
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    diagnosis: Mapped[str | None] = mapped_column(String(16))
+    agreement: Mapped[float | None] = mapped_column(Float)
+    reviewers: Mapped[int | None] = mapped_column(Integer)
+    research_row_id: Mapped[int | None] = mapped_column(ForeignKey("research_rows.id"), unique=True)
+
+
+class Claim(Base):
+    """A doctor's place on a case's panel (at most ``reviewers_needed`` per case)."""
+
+    __tablename__ = "claims"
+    __table_args__ = (UniqueConstraint("case_id", "doctor_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    doctor_id: Mapped[str] = mapped_column(ForeignKey("doctors.id"), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Vote(Base):
+    """A sealed vote: hidden from everyone until the case settles, then disclosed."""
+
+    __tablename__ = "votes"
+    __table_args__ = (UniqueConstraint("case_id", "doctor_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    doctor_id: Mapped[str] = mapped_column(ForeignKey("doctors.id"), index=True)
+    label: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    salt: Mapped[str] = mapped_column(String(64))
+    commitment: Mapped[str] = mapped_column(String(64), unique=True)
+    cast_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LedgerTransaction(Base):
+    """A balanced group of ledger entries (their amounts sum to zero)."""
+
+    __tablename__ = "ledger_transactions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LedgerEntry(Base):
+    """One leg of a double-entry transaction; amounts are integer credits."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
+    account: Mapped[str] = mapped_column(String(80), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
