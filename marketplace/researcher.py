@@ -1,0 +1,172 @@
+"""Researcher CLI: buy access to crypto-doctor's anonymized diagnoses on Ocean, then download.
+
+    python -m marketplace.researcher buy       # buy 1 datatoken, start the order, save it
+    python -m marketplace.researcher download  # sign + redeem the saved order, write the CSV
+
+Uses ocean-lib (`Ocean(config)`) with the researcher's own key (CRYPTO_DOCTOR_OCEAN_RESEARCHER_KEY):
+the exchange swap and `start_order` are ordinary Ocean V4 transactions; the provider fee comes
+from the project's download service (which stands in for Ocean's Provider offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from hexbytes import HexBytes
+from ocean_lib.models.data_nft import DataNFT
+from ocean_lib.models.fixed_rate_exchange import OneExchange
+from ocean_lib.ocean.ocean import Ocean
+
+from marketplace.ocean.asset import DIGEST_KEY
+from marketplace.ocean.chain import ocean_config, receipt_gas
+from marketplace.ocean.dataset import digest
+from marketplace.ocean.orders import sign_download
+from marketplace.ocean.settings import ONE_TOKEN, OceanSettings, account
+
+log = logging.getLogger("marketplace.researcher")
+
+
+class ResearcherError(RuntimeError):
+    """Something the researcher must fix or retry (message says what)."""
+
+
+@dataclass(frozen=True)
+class Purchase:
+    order_tx: str
+    datatoken: str
+    consumer: str
+    paid_ocean_wei: int
+    gas: dict[str, int]
+    seconds: float
+
+
+def _get(settings: OceanSettings, path: str, **params: str) -> dict[str, Any]:
+    reply = requests.get(settings.service_url.rstrip("/") + path, params=params, timeout=30)
+    if reply.status_code != 200:
+        raise ResearcherError(f"{path}: {reply.status_code} {reply.text}")
+    return reply.json()
+
+
+def buy(settings: OceanSettings) -> Purchase:
+    """Swap OCEAN for one datatoken on the fixed-rate exchange and start the order with it."""
+    started = time.perf_counter()
+    me = account(settings.researcher_key)
+    ocean = Ocean(ocean_config(settings))  # unchanged ocean-lib entry point
+    info = _get(settings, "/asset")
+    datatoken = ocean.get_datatoken(info["datatoken"])
+    nft = ocean.get_nft_token(info["nft"])
+    if datatoken.address not in nft.getTokensList():
+        raise ResearcherError("service lists a datatoken that its data NFT does not own")
+    exchange = OneExchange(ocean.fixed_rate_exchange, HexBytes(info["exchange_id"]))
+    if exchange.details.datatoken.lower() != datatoken.address.lower():
+        raise ResearcherError("exchange does not sell this datatoken")
+    gas: dict[str, int] = {}
+    if datatoken.balanceOf(me.address) < ONE_TOKEN:
+        needed = exchange.BT_needed(ONE_TOKEN, 0)
+        if ocean.OCEAN.balanceOf(me.address) < needed:
+            raise ResearcherError(
+                f"need {needed} OCEAN wei, have {ocean.OCEAN.balanceOf(me.address)}"
+            )
+        gas["approve OCEAN"] = receipt_gas(
+            "approve", ocean.OCEAN.approve(exchange.address, needed, {"from": me})
+        ).gas_used
+        gas["buy datatoken"] = receipt_gas(
+            "buy", exchange.buy_DT(ONE_TOKEN, {"from": me}, max_basetoken_amt=needed)
+        ).gas_used
+    else:
+        needed = 0
+    init = _get(settings, "/initialize", consumer=me.address)
+    receipt = datatoken.start_order(me.address, 0, init["providerFee"], {"from": me})
+    gas["start order"] = receipt_gas("order", receipt).gas_used
+    purchase = Purchase(
+        order_tx=HexBytes(receipt["transactionHash"]).hex(),
+        datatoken=datatoken.address,
+        consumer=me.address,
+        paid_ocean_wei=needed,
+        gas=gas,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    log.info("order %s started for %s", purchase.order_tx, me.address)
+    return purchase
+
+
+def download(settings: OceanSettings, order_tx: str, out: Path) -> dict[str, Any]:
+    """Sign the order with the researcher's key, redeem it, check the file against the chain."""
+    started = time.perf_counter()
+    info = _get(settings, "/asset")
+    signature = sign_download(settings.researcher_key, order_tx, info["datatoken"])
+    reply = requests.post(
+        settings.service_url.rstrip("/") + "/download",
+        json={"order_tx": order_tx, "signature": signature},
+        timeout=60,
+    )
+    if reply.status_code != 200:
+        raise ResearcherError(f"download refused: {reply.status_code} {reply.text}")
+    data = reply.content
+    sha = digest(data)
+    config = ocean_config(settings)
+    on_chain = json.loads(DataNFT(config, info["nft"]).get_data(DIGEST_KEY) or "null")
+    if reply.headers.get("X-Dataset-SHA256") != sha:
+        raise ResearcherError("received bytes do not match the digest the service announced")
+    if not on_chain or on_chain.get("sha256") != sha:
+        raise ResearcherError(f"file digest {sha} is not the one on the data NFT ({on_chain})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return {
+        "file": str(out),
+        "sha256": sha,
+        "rows": on_chain["rows"],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _order_file(settings: OceanSettings) -> Path:
+    return settings.data_dir / "researcher" / f"{account(settings.researcher_key).address}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from marketplace.ocean.settings import add_arguments, settings_from
+
+    parser = argparse.ArgumentParser(prog="python -m marketplace.researcher", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_buy = sub.add_parser("buy", help="buy one datatoken and start an order")
+    p_dl = sub.add_parser("download", help="redeem an order and download the CSV")
+    p_dl.add_argument("--order-tx", help="order transaction hash (default: the last bought)")
+    p_dl.add_argument("--out", type=Path, default=Path("crypto-doctor-diagnoses.csv"))
+    for p in (p_buy, p_dl):
+        add_arguments(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = settings_from(args)
+    try:
+        if args.command == "buy":
+            purchase = buy(settings)
+            path = _order_file(settings)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(asdict(purchase), indent=2))
+            result: dict[str, Any] = asdict(purchase)
+        else:
+            order_tx = args.order_tx
+            if not order_tx:
+                path = _order_file(settings)
+                if not path.exists():
+                    raise ResearcherError("no saved order: run `buy` first or pass --order-tx")
+                order_tx = json.loads(path.read_text())["order_tx"]
+            result = download(settings, order_tx, args.out)
+    except (ResearcherError, requests.RequestException) as exc:
+        log.error("%s", exc)
+        return 1
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""End to end on a real chain: publish, buy with a second account, download; and the refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import requests
+from ocean_lib.models.data_nft import DataNFT
+from ocean_lib.ocean.ocean import Ocean
+
+from marketplace import researcher
+from marketplace.ocean.asset import DIGEST_KEY
+from marketplace.ocean.chain import ocean_config
+from marketplace.ocean.dataset import COLUMNS, digest
+from marketplace.ocean.orders import sign_download
+from marketplace.ocean.publisher import Publisher
+from marketplace.ocean.settings import OceanSettings, account, dev_key
+from marketplace.ocean.state import OceanState
+from tests.ocean.conftest import ListRowSource, research_row
+
+pytestmark = pytest.mark.chain
+
+
+def publish_rows(settings: OceanSettings, n: int) -> ListRowSource:
+    source = ListRowSource([research_row(i) for i in range(n)])
+    result = Publisher(settings, source, OceanState(settings.state_path)).publish()
+    assert result.committed == n and not result.chain_down
+    return source
+
+
+def post_download(settings: OceanSettings, body: object) -> requests.Response:
+    return requests.post(settings.service_url + "/download", json=body, timeout=30)
+
+
+def asset(settings: OceanSettings) -> dict:
+    return requests.get(settings.service_url + "/asset", timeout=30).json()
+
+
+def test_buy_and_download_gives_the_published_csv(settings, service, tmp_path) -> None:
+    publish_rows(settings, 4)
+    info = asset(settings)
+    ocean = Ocean(ocean_config(settings))  # ocean-lib's entry point works against our chain
+    publisher = account(settings.publisher_key).address
+    dt = ocean.get_datatoken(info["datatoken"])
+    publisher_dt_before = dt.balanceOf(publisher)
+
+    purchase = researcher.buy(settings)
+    assert purchase.paid_ocean_wei > settings.price_wei  # price + exchange fees
+    assert dt.balanceOf(publisher) > publisher_dt_before  # the order paid the publisher
+    assert dt.balanceOf(account(settings.researcher_key).address) == 0
+
+    got = researcher.download(settings, purchase.order_tx, tmp_path / "out.csv")
+
+    data = (tmp_path / "out.csv").read_bytes()
+    rows = list(csv.reader(io.StringIO(data.decode())))
+    assert rows[0] == list(COLUMNS) and len(rows) == 5
+    on_chain = json.loads(DataNFT(ocean_config(settings), info["nft"]).get_data(DIGEST_KEY))
+    assert on_chain == {"sha256": digest(data), "rows": 4} and got["rows"] == 4
+
+    again = post_download(
+        settings,
+        {
+            "order_tx": purchase.order_tx,
+            "signature": sign_download(settings.researcher_key, purchase.order_tx, dt.address),
+        },
+    )
+    assert again.status_code == 403 and again.json()["error"] == "order_reused"
+
+
+def test_forged_foreign_and_unsigned_orders_get_no_data(settings, service) -> None:
+    publish_rows(settings, 3)
+    purchase = researcher.buy(settings)
+    datatoken = asset(settings)["datatoken"]
+    w3 = ocean_config(settings)["web3_instance"]
+    buy_tx = next(  # a real transaction of the buyer that is not an order: the datatoken swap
+        tx["hash"].hex()
+        for tx in w3.eth.get_block(w3.eth.block_number - 1, full_transactions=True)["transactions"]
+    )
+
+    cases = {
+        "unsigned": ({"order_tx": purchase.order_tx}, 401, "unsigned"),
+        "forged hash": (
+            {
+                "order_tx": "0x" + "ab" * 32,
+                "signature": sign_download(settings.researcher_key, "0x" + "ab" * 32, datatoken),
+            },
+            403,
+            "order_not_found",
+        ),
+        "not an order": (
+            {
+                "order_tx": buy_tx,
+                "signature": sign_download(settings.researcher_key, buy_tx, datatoken),
+            },
+            403,
+            "wrong_datatoken",
+        ),
+        "another account": (
+            {
+                "order_tx": purchase.order_tx,
+                "signature": sign_download(dev_key(2), purchase.order_tx, datatoken),
+            },
+            403,
+            "not_your_order",
+        ),
+        "garbage": ({"order_tx": "nope", "signature": "0x00"}, 400, "bad_order_tx"),
+    }
+    for name, (body, status, code) in cases.items():
+        reply = post_download(settings, body)
+        assert (reply.status_code, reply.json()["error"]) == (status, code), name
+        assert "detail" in reply.json() and "resnet18" not in reply.text
+
+    # none of the refusals consumed the order: its owner still gets the file, once
+    ok = post_download(
+        settings,
+        {
+            "order_tx": purchase.order_tx,
+            "signature": sign_download(settings.researcher_key, purchase.order_tx, datatoken),
+        },
+    )
+    assert ok.status_code == 200 and ok.content == settings.csv_path.read_bytes()
+
+
+def test_expired_order_is_refused(settings, service) -> None:
+    publish_rows(settings, 3)
+    purchase = researcher.buy(settings)
+    datatoken = asset(settings)["datatoken"]
+    w3 = ocean_config(settings)["web3_instance"]
+    w3.provider.make_request("evm_increaseTime", [settings.order_timeout_s + 60])
+    w3.provider.make_request("evm_mine", [])
+
+    reply = post_download(
+        settings,
+        {
+            "order_tx": purchase.order_tx,
+            "signature": sign_download(settings.researcher_key, purchase.order_tx, datatoken),
+        },
+    )
+    assert reply.status_code == 403 and reply.json()["error"] == "order_expired"
+
+
+def test_second_buyer_pays_and_downloads_with_own_key(settings, service, tmp_path) -> None:
+    publish_rows(settings, 3)
+    other = OceanSettings(**{**settings.__dict__, "researcher_key": dev_key(2)})
+    purchase = researcher.buy(other)
+    assert purchase.consumer == account(dev_key(2)).address
+    got = researcher.download(other, purchase.order_tx, tmp_path / "b.csv")
+    assert got["rows"] == 3
+    assert (tmp_path / "b.csv").read_bytes() == settings.csv_path.read_bytes()
