@@ -35,7 +35,9 @@ class Checkpoint:
         return net.eval()
 
 
-def save_checkpoint(path: Path | str, model: nn.Module, arch: Architecture, temperature: float) -> str:
+def save_checkpoint(
+    path: Path | str, model: nn.Module, arch: Architecture, temperature: float
+) -> str:
     """Write the checkpoint and return the sha256 of the written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,9 @@ def _conv_entry(params, name, conv: nn.Conv2d, bn=None) -> None:
     if bn is not None:
         weight, bias = _fold_bn(weight, bias, bn)
     params[f"{name}.w"] = weight
-    params[f"{name}.b"] = (bias if bias is not None else torch.zeros(weight.shape[0])).view(-1, 1, 1)
+    params[f"{name}.b"] = (bias if bias is not None else torch.zeros(weight.shape[0])).view(
+        -1, 1, 1
+    )
 
 
 def _difference_head(params, name, linear: nn.Linear, temperature: float) -> None:
@@ -145,7 +147,9 @@ def forward(arch: Architecture, params, x):
             stride = 2 if layer > 1 and index == 0 else 1
             out = _conv(x, params, f"{name}.conv1", stride=stride, padding=1).relu()
             out = _conv(out, params, f"{name}.conv2", padding=1)
-            shortcut = _conv(x, params, f"{name}.down", stride=stride) if f"{name}.down.w" in params else x
+            shortcut = (
+                _conv(x, params, f"{name}.down", stride=stride) if f"{name}.down.w" in params else x
+            )
             x = (out + shortcut).relu()
     x = _avg_pool(x, arch.image_size // 32).flatten(1)
     return _linear(x, params, "fc")

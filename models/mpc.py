@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +89,9 @@ def run_dealer(config: PartyConfig) -> None:
 
 
 def _party_main(config: PartyConfig, fn: Callable, args: tuple, results) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"[party {config.rank}] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"[party {config.rank}] %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if config.rank == DEALER_RANK:
             run_dealer(config)
@@ -121,7 +125,12 @@ def run_parties(
     procs = [
         ctx.Process(
             target=_party_main,
-            args=(PartyConfig(rank, port, provider=provider, num_threads=num_threads), fn, args, results),
+            args=(
+                PartyConfig(rank, port, provider=provider, num_threads=num_threads),
+                fn,
+                args,
+                results,
+            ),
             name=f"crypten-party-{rank}",
         )
         for rank in ranks
@@ -129,9 +138,16 @@ def run_parties(
     for proc in procs:
         proc.start()
     outcome: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout_s
     try:
         while len(outcome) < 2:
-            rank, status, value = results.get(timeout=timeout_s)
+            try:
+                rank, status, value = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p.name for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"MPC parties did not finish: died={dead}") from None
+                continue
             if status == "error":
                 raise RuntimeError(f"party {rank} failed: {value}")
             outcome[rank] = value
