@@ -1,0 +1,116 @@
+"""Deployment idempotency, the deploy script, and k-anonymous publishing on a real chain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ocean_lib.models.data_nft import DataNFT
+from ocean_lib.ocean.ocean import Ocean
+
+from marketplace.ocean.asset import DATASET_NAME, DIGEST_KEY
+from marketplace.ocean.chain import connect, ocean_config, wallet
+from marketplace.ocean.dataset import digest
+from marketplace.ocean.deploy import deploy_contracts, read_addresses
+from marketplace.ocean.publisher import Publisher
+from marketplace.ocean.settings import OceanSettings, dev_key
+from marketplace.ocean.state import OceanState
+from tests.ocean.conftest import Chain, ListRowSource, research_row
+
+pytestmark = pytest.mark.chain
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_address_file_is_what_ocean_lib_reads(
+    chain: Chain, settings: OceanSettings, service
+) -> None:
+    entry = read_addresses(chain.address_file, "development")
+    assert entry is not None and entry["chainId"] == 8996
+    assert set(entry) >= {
+        "Ocean",
+        "Router",
+        "FixedPrice",
+        "Dispenser",
+        "ERC721Factory",
+        "ERC721Template",
+        "ERC20Template",
+        "OPFCommunityFeeCollector",
+    }
+    ocean = Ocean(ocean_config(settings))
+    assert ocean.OCEAN_address == entry["Ocean"]
+    assert ocean.data_nft_factory.getTokenTemplate(2)[0] == entry["ERC20Template"]["2"]
+    assert ocean.factory_router.isFixedRateContract(entry["FixedPrice"])
+    assert ocean.factory_router.isDispenserContract(entry["Dispenser"])
+
+
+def test_deploy_is_idempotent_and_script_reports_it(chain: Chain) -> None:
+    again = deploy_contracts(connect(chain.node.url), wallet(dev_key(0)), chain.address_file)
+    assert not again.deployed and again.addresses == chain.deploy.addresses and again.gas == []
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "deploy_ocean.py"),
+            "--rpc-url",
+            chain.node.url,
+            "--address-file",
+            str(chain.address_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=REPO,
+    )
+    summary = json.loads(out.stdout)
+    assert summary["deployed"] is False and summary["addresses"] == chain.deploy.addresses
+
+
+def test_deploy_redeploys_when_addresses_point_nowhere(chain: Chain, tmp_path: Path) -> None:
+    stale = tmp_path / "address.json"
+    entry = dict(chain.deploy.addresses, Ocean="0x" + "11" * 20)
+    stale.write_text(json.dumps({"development": entry, "mainnet": {"Ocean": "0x" + "22" * 20}}))
+    report = deploy_contracts(connect(chain.node.url), wallet(dev_key(0)), stale)
+    assert report.deployed and report.addresses["Ocean"] != entry["Ocean"]
+    written = json.loads(stale.read_text())
+    assert written["mainnet"] == {"Ocean": "0x" + "22" * 20}  # other networks kept
+    assert written["development"] == report.addresses
+
+
+def test_rows_are_held_back_until_their_group_reaches_k(settings: OceanSettings) -> None:
+    state = OceanState(settings.state_path)
+    source = ListRowSource(
+        [research_row(i, day="2026-11-20") for i in range(2)]
+        + [research_row(i, day="2026-11-21") for i in range(2, 5)]
+    )
+    first = Publisher(settings, source, state).publish()
+    assert (first.released, first.held, first.csv_rows) == (3, 2, 3)
+    assert sorted(r["row_id"] for r in source.pending_rows(100)) == [0, 1]
+    assert "2026-11-20" not in settings.csv_path.read_text()
+
+    source.rows.append(research_row(5, day="2026-11-20"))
+    second = Publisher(settings, source, state).publish()
+    assert (second.released, second.held, second.csv_rows) == (3, 0, 6)
+    assert source.pending_rows(100) == []
+
+    nft = DataNFT(ocean_config(settings), state.asset(8996).nft)
+    assert nft.name() == DATASET_NAME and nft.getMetaData()[3]  # metadata (DDO) is set
+    assert json.loads(nft.get_data(DIGEST_KEY)) == {
+        "sha256": digest(settings.csv_path.read_bytes()),
+        "rows": 6,
+    }
+
+    third = Publisher(settings, source, state).publish()  # nothing new: no transaction
+    assert third.gas == [] and third.csv_rows == 6
+
+
+def test_invalid_rows_are_skipped_and_left_pending(settings: OceanSettings) -> None:
+    bad = research_row(9)
+    del bad["diagnosis"]
+    source = ListRowSource([bad] + [research_row(i) for i in range(3)])
+    result = Publisher(settings, source, OceanState(settings.state_path)).publish()
+    assert result.invalid == [9] and result.csv_rows == 3
+    assert [r["row_id"] for r in source.pending_rows(10)] == [9]
