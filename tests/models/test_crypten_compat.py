@@ -1,0 +1,27 @@
+"""Each CrypTen compatibility patch: the failure it fixes, and that the fix works.
+
+Run in fresh interpreters: an import failure cannot be undone inside one process.
+"""
+
+import subprocess
+import sys
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_plain_import_of_crypten_fails_on_this_torch():
+    result = run_python("import crypten")
+    assert result.returncode != 0
+    assert "torch.onnx._internal.registration" in result.stderr
+
+
+def test_load_crypten_applies_the_registration_alias():
+    result = run_python(
+        "from models.crypten_compat import load_crypten\n"
+        "crypten = load_crypten()\n"
+        "import crypten.nn.onnx_converter\n"
+        "print(crypten.__version__ if hasattr(crypten, '__version__') else 'ok')"
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,76 @@
+"""Plaintext behaviour of the networks, the folding into the MPC program, checkpoints."""
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.encrypted import Prediction, fold, forward, parameter_shapes
+from models.nets import Architecture, build_model, default_architecture
+
+
+def trained_like(arch: Architecture) -> torch.nn.Module:
+    """A network with non-trivial batch-norm statistics, as after training."""
+    torch.manual_seed(0)
+    model = build_model(arch)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "resnet18"])
+def test_plaintext_forward_gives_two_logits_per_image(backbone):
+    model = trained_like(default_architecture(backbone))
+    assert model(torch.randn(3, 1, 64, 64)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "resnet18"])
+def test_folded_program_computes_the_scaled_logit_difference(backbone):
+    arch = default_architecture(backbone)
+    model = trained_like(arch)
+    images = torch.randn(4, 1, 64, 64)
+    with torch.no_grad():
+        logits = model(images)
+        program = forward(arch, fold(model, arch, temperature=1.7), images).view(-1)
+    expected = (logits[:, 1] - logits[:, 0]) / 1.7
+    torch.testing.assert_close(program, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_parameter_shapes_need_only_the_public_architecture():
+    arch = default_architecture("lenet")
+    assert dict(parameter_shapes(arch)) == {
+        k: v.shape for k, v in fold(trained_like(arch), arch).items()
+    }
+
+
+def test_prediction_from_logit_difference_is_label_and_calibrated_confidence():
+    assert Prediction.from_logit_difference(0.0).confidence == pytest.approx(0.5)
+    tumour = Prediction.from_logit_difference(2.0)
+    healthy = Prediction.from_logit_difference(-2.0)
+    assert (tumour.label, healthy.label) == (1, 0)
+    assert tumour.confidence == pytest.approx(healthy.confidence) == pytest.approx(0.8808, abs=1e-4)
+
+
+def test_checkpoint_round_trip_and_refusal_of_foreign_files(tmp_path):
+    arch = Architecture("lenet", 48, "relu")
+    model = trained_like(arch)
+    save_checkpoint(tmp_path / "m.pth", model, arch, temperature=1.3)
+    loaded = load_checkpoint(tmp_path / "m.pth")
+    assert (loaded.architecture, loaded.temperature) == (arch, pytest.approx(1.3))
+    x = torch.randn(2, 1, 48, 48)
+    torch.testing.assert_close(loaded.model()(x), model(x))
+    torch.save({"something": "else"}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "foreign.pth")
+
+
+def test_architecture_validation():
+    with pytest.raises(ValueError):
+        Architecture("vgg")
+    with pytest.raises(ValueError):
+        Architecture("resnet18", 64, "quad")
+    with pytest.raises(ValueError):
+        Architecture("lenet", 50)
