@@ -44,8 +44,9 @@ def doctor_app(settings: PredictorSettings) -> web.Application:
     """The marketplace's doctor service, hosted by party 1."""
     from marketplace.service import MarketplaceSettings, create_app
 
+    # Marketplace policy (quorum, pricing, ...) still comes from its own CRYPTO_DOCTOR_* variables.
     return create_app(
-        MarketplaceSettings(
+        MarketplaceSettings.from_env(
             db_url=settings.db_url,
             host=settings.host,
             port=settings.doctor_port,

@@ -1,0 +1,153 @@
+"""Fixtures that start the real predictor: a supervisor with two MPC party processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from models.mpc import free_port
+from training.synthetic import generate_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_MODEL = ROOT / "models" / "lenet.pth"
+MAX_UPLOAD = 1_000_000
+
+
+@pytest.fixture(scope="session")
+def mri_images(tmp_path_factory) -> dict[str, list[Path]]:
+    """A few generated slices (deterministic), by class folder."""
+    root = generate_dataset(tmp_path_factory.mktemp("mri"), seed=7, train=2, eval=8)
+    return {label: sorted((root / "eval" / label).iterdir()) for label in ("yes", "no")}
+
+
+def http(method: str, url: str, *, data: bytes | None = None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def multipart(filename: str, content: bytes, field: str = "file") -> tuple[bytes, dict]:
+    boundary = "crypto-doctor-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen
+    log_path: Path
+    patient_url: str
+    doctor_url: str
+    db_url: str
+    db_path: Path
+    data_dir: Path
+    control_log: Path
+    link_secret: bytes
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def party_pid(self, rank: int) -> int:
+        pids = re.findall(rf"party {rank} started \(pid (\d+)\)", self.log())
+        return int(pids[-1])
+
+    def health(self) -> dict | None:
+        try:
+            status, body, _ = http("GET", self.patient_url + "/healthz")
+        except OSError:
+            return None
+        return json.loads(body) if status == 200 else None
+
+    def wait_ready(self, timeout: float = 180, not_pid: int | None = None) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            health = self.health()
+            if health and health["mpc_ready"] and health["pid"] != not_pid:
+                return health
+            time.sleep(0.2)
+        raise AssertionError("predictor did not become ready:\n" + self.log())
+
+    def post_image(self, path: Path) -> tuple[int, dict]:
+        body, headers = multipart(path.name, path.read_bytes())
+        status, payload, _ = http("POST", self.patient_url + "/image", data=body, headers=headers)
+        return status, json.loads(payload)
+
+    def case(self, case_id: str, token: str) -> tuple[int, dict]:
+        status, payload, _ = http(
+            "GET",
+            f"{self.patient_url}/case/{case_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return status, json.loads(payload)
+
+    def wait_prediction(self, case_id: str, token: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, view = self.case(case_id, token)
+            assert status == 200, view
+            if view["prediction"] is not None:
+                return view
+            time.sleep(0.1)
+        raise AssertionError(f"no prediction for {case_id}:\n" + self.log())
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Service:
+    assert SEED_MODEL.exists(), "the seed model models/lenet.pth is part of the repository"
+    work = tmp_path_factory.mktemp("predictor")
+    secret = os.urandom(32)
+    db_path = work / "cases.sqlite3"
+    svc = Service(
+        process=None,  # type: ignore[arg-type]
+        log_path=work / "predictor.log",
+        patient_url="",
+        doctor_url="",
+        db_url=f"sqlite:///{db_path}",
+        db_path=db_path,
+        data_dir=work / "party0",
+        control_log=work / "party1-control.jsonl",
+        link_secret=secret,
+    )
+    patient_port, doctor_port = free_port(), free_port()
+    svc.patient_url = f"http://127.0.0.1:{patient_port}"
+    svc.doctor_url = f"http://127.0.0.1:{doctor_port}"
+    argv = [
+        sys.executable, "-m", "predictor",
+        "--patient-port", str(patient_port), "--doctor-port", str(doctor_port),
+        "--db-url", svc.db_url, "--data-dir", str(svc.data_dir),
+        "--model-path", str(SEED_MODEL), "--link-secret-hex", secret.hex(),
+        "--control-log", str(svc.control_log), "--batch-wait-ms", "50",
+        "--max-upload-bytes", str(MAX_UPLOAD),
+    ]  # fmt: skip
+    with open(svc.log_path, "wb") as log:
+        svc.process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.process.send_signal(signal.SIGTERM)
+        try:
+            svc.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            svc.process.kill()
