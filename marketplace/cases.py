@@ -24,7 +24,7 @@ from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.domain.pricing import price_bounty
 from marketplace.errors import CaseNotFound, InvalidInput, WrongPatientToken
 from marketplace.storage.models import Case
-from marketplace.storage.unit import unit_of_work
+from marketplace.storage.unit import read_only, unit_of_work
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -134,7 +134,7 @@ def record_inference_failure(session: Session, case_id: str, *, reason: str, now
     )
 
 
-@unit_of_work
+@read_only
 def unfinished_case_ids(session: Session) -> list[str]:
     """Ids of cases still ``queued``, oldest first (party 0 re-runs them after a crash)."""
     rows = session.scalars(
@@ -143,7 +143,7 @@ def unfinished_case_ids(session: Session) -> list[str]:
     return list(rows)
 
 
-@unit_of_work
+@read_only
 def patient_view(session: Session, case_id: str, patient_token_hash: str) -> dict[str, Any]:
     """What the patient may see: status, model prediction and final diagnosis - never votes."""
     case = session.get(Case, case_id)

@@ -39,7 +39,7 @@ class Tiers:
     and admits cases whose bounty tier (from ``bounty_thresholds``) is at most ``k``."""
 
     reputation_thresholds: tuple[int, ...] = (0, 120, 200)
-    bounty_thresholds: tuple[int, ...] = (0, 1500, 3000)
+    bounty_thresholds: tuple[int, ...] = (0, 2000, 3500)
 
     def __post_init__(self) -> None:
         for seq in (self.reputation_thresholds, self.bounty_thresholds):

@@ -7,6 +7,7 @@ from alembic import context
 import marketplace.storage.models  # noqa: F401  (registers the marketplace tables)
 from marketplace.storage.base import Base, UTCDateTime
 from marketplace.storage.engine import make_engine
+from marketplace.storage.unit import SQLITE_BEGIN
 
 config = context.config
 target_metadata = Base.metadata
@@ -29,7 +30,8 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     try:
-        with engine.connect() as connection:
+        # Both party processes may migrate at start-up: take the SQLite write lock first.
+        with engine.connect().execution_options(**{SQLITE_BEGIN: "IMMEDIATE"}) as connection:
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,

@@ -9,6 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from marketplace.storage.unit import SQLITE_BEGIN
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -26,9 +28,10 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     """Create an engine; for SQLite enable WAL, a busy timeout and foreign keys.
 
-    SQLite transactions start with ``BEGIN IMMEDIATE`` so that two processes
-    writing the same file queue on the busy timeout instead of failing with
-    "database is locked" when a read transaction later upgrades to a write.
+    Write units of work (``storage.unit``) begin SQLite transactions with
+    ``BEGIN IMMEDIATE`` so that two processes writing the same file queue on the
+    busy timeout instead of failing with "database is locked" when a read
+    transaction later upgrades to a write; reads begin deferred and never block.
     """
     url = normalize_url(url)
     parsed = make_url(url)
@@ -55,7 +58,8 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
 
     return engine
 

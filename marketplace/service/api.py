@@ -1,0 +1,171 @@
+"""JSON API for doctors (``Authorization: Bearer <token>``) and ``POST /decision``."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from marketplace import doctors, review
+from marketplace.image_links import sign_image_url
+from marketplace.service.app import SETTINGS, run_db, utcnow
+from marketplace.service.errors import ApiError
+
+routes = web.RouteTableDef()
+_CASE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+async def current_doctor(request: web.Request) -> str:
+    """Doctor id from the bearer token: 401 when missing or unknown."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <your API token>")
+    doctor_id = await run_db(request.app, doctors.authenticate, token.strip())
+    if doctor_id is None:
+        raise ApiError(401, "unauthorized", "unknown API token")
+    return doctor_id
+
+
+def case_id_of(request: web.Request) -> str:
+    case_id = request.match_info["case_id"]
+    if not _CASE_ID.fullmatch(case_id):
+        raise ApiError(404, "case_not_found", "no such case")
+    return case_id
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return body
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@routes.post("/api/doctors")
+async def register(request: web.Request) -> web.Response:
+    """Self-registration: returns the API token once (only its hash is stored)."""
+    settings = request.app[SETTINGS]
+    if not settings.allow_registration:
+        raise ApiError(403, "registration_closed", "registration is disabled on this server")
+    body = await json_body(request)
+    for key in ("display_name", "specialty"):
+        if not isinstance(body.get(key), str):
+            raise ApiError(400, "invalid_input", f"{key} is required")
+    wallet = body.get("wallet_address")
+    if wallet is not None and not isinstance(wallet, str):
+        raise ApiError(400, "invalid_input", "wallet_address must be a string")
+    doctor_id, token = await run_db(
+        request.app,
+        doctors.create_doctor,
+        display_name=body["display_name"],
+        specialty=body["specialty"],
+        wallet_address=wallet,
+        now=utcnow(),
+        policy=settings.policy,
+    )
+    return web.json_response({"doctor_id": doctor_id, "token": token}, status=201)
+
+
+@routes.get("/api/me")
+async def me(request: web.Request) -> web.Response:
+    doctor_id = await current_doctor(request)
+    profile = await run_db(
+        request.app, doctors.doctor_profile, doctor_id, request.app[SETTINGS].policy
+    )
+    return web.json_response(profile)
+
+
+@routes.get("/api/me/history")
+async def my_history(request: web.Request) -> web.Response:
+    doctor_id = await current_doctor(request)
+    return web.json_response({"settled": await run_db(request.app, review.history, doctor_id)})
+
+
+@routes.get("/api/pool")
+async def pool(request: web.Request) -> web.Response:
+    doctor_id = await current_doctor(request)
+    cases = await run_db(request.app, review.list_pool, doctor_id, request.app[SETTINGS].policy)
+    return web.json_response({"cases": cases})
+
+
+@routes.get("/api/claims")
+async def claims(request: web.Request) -> web.Response:
+    doctor_id = await current_doctor(request)
+    return web.json_response({"cases": await run_db(request.app, review.my_claims, doctor_id)})
+
+
+def _image_url(request: web.Request, case_id: str, doctor_id: str) -> str:
+    settings = request.app[SETTINGS]
+    return sign_image_url(
+        settings.image_link_secret,
+        settings.patient_base_url,
+        case_id,
+        doctor_id,
+        settings.image_link_ttl_s,
+        time.time(),
+    )
+
+
+@routes.post("/api/cases/{case_id}/claim")
+async def claim(request: web.Request) -> web.Response:
+    doctor_id = await current_doctor(request)
+    case_id = case_id_of(request)
+    card = await run_db(
+        request.app,
+        review.claim_case,
+        doctor_id,
+        case_id,
+        now=utcnow(),
+        policy=request.app[SETTINGS].policy,
+    )
+    card["image_url"] = _image_url(request, case_id, doctor_id)
+    return web.json_response(card, status=201)
+
+
+@routes.get("/api/cases/{case_id}/image-link")
+async def image_link(request: web.Request) -> web.Response:
+    """A short-lived signed link to the image at party 0, only for panel members."""
+    doctor_id = await current_doctor(request)
+    case_id = case_id_of(request)
+    await run_db(request.app, review.require_claim, doctor_id, case_id)
+    return web.json_response({"url": _image_url(request, case_id, doctor_id)})
+
+
+@routes.get("/api/cases/{case_id}/disclosure")
+async def case_disclosure(request: web.Request) -> web.Response:
+    """All votes and salts of a settled case, for participants to verify every receipt."""
+    doctor_id = await current_doctor(request)
+    case_id = case_id_of(request)
+    return web.json_response(await run_db(request.app, review.disclosure, doctor_id, case_id))
+
+
+@routes.post("/decision")
+async def decision(request: web.Request) -> web.Response:
+    """Cast a sealed vote ``{case_id, label, note?}``; answers with the vote's receipt."""
+    doctor_id = await current_doctor(request)
+    body = await json_body(request)
+    case_id, label, note = body.get("case_id"), body.get("label"), body.get("note")
+    if not isinstance(case_id, str) or not _CASE_ID.fullmatch(case_id):
+        raise ApiError(400, "invalid_input", "case_id must be a case id")
+    if not isinstance(label, str):
+        raise ApiError(400, "invalid_input", "label must be 'tumor' or 'no_tumor'")
+    if note is not None and not isinstance(note, str):
+        raise ApiError(400, "invalid_input", "note must be text")
+    receipt = await run_db(
+        request.app,
+        review.cast_vote,
+        doctor_id,
+        case_id,
+        label=label,
+        note=note,
+        now=utcnow(),
+        policy=request.app[SETTINGS].policy,
+    )
+    return web.json_response(receipt, status=201)

@@ -1,0 +1,57 @@
+"""``GET /decisions.csv``: the anonymized research rows as a live CSV stream.
+
+By default the response stays open and new rows are appended as cases settle
+(chunked transfer, the server polls the database); ``?follow=0`` returns the
+current rows and ends. Rows carry no identifiers, so no token is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from marketplace import research
+from marketplace.service.app import SETTINGS, run_db
+
+routes = web.RouteTableDef()
+CSV_TYPE = "text/csv"
+
+
+async def _all_rows(app: web.Application) -> list[list[str]]:
+    rows: list[list[str]] = []
+    last = 0
+    while True:
+        batch = await run_db(app, research.rows_after, last)
+        if not batch:
+            return rows
+        rows.extend(values for _, values in batch)
+        last = batch[-1][0]
+
+
+@routes.get("/decisions.csv")
+async def decisions_csv(request: web.Request) -> web.StreamResponse:
+    follow = request.query.get("follow", "1").lower() not in ("0", "false", "no")
+    if not follow:
+        text = research.csv_lines(await _all_rows(request.app), header=True)
+        return web.Response(text=text, content_type=CSV_TYPE, charset="utf-8")
+
+    response = web.StreamResponse(headers={"X-Accel-Buffering": "no"})
+    response.content_type = CSV_TYPE
+    response.charset = "utf-8"
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(research.csv_lines([], header=True).encode())
+    poll = request.app[SETTINGS].csv_poll_interval_s
+    last = 0
+    while request.transport is not None and not request.transport.is_closing():
+        batch = await run_db(request.app, research.rows_after, last)
+        if batch:
+            last = batch[-1][0]
+            try:
+                await response.write(research.csv_lines(v for _, v in batch).encode())
+            except ConnectionResetError:
+                break
+        else:
+            await asyncio.sleep(poll)
+    return response

@@ -1,0 +1,35 @@
+"""The doctor web page: plain HTML/CSS/JS served from the package, no build step or CDN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from marketplace.service.settings import MarketplaceSettings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def add_routes(app: web.Application, settings: MarketplaceSettings) -> None:
+    split = urlsplit(settings.patient_base_url)
+    image_origin = f"{split.scheme}://{split.netloc}"
+    csp = (
+        "default-src 'self'; "
+        f"img-src 'self' {image_origin}; "
+        "style-src 'self'; script-src 'self'; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    index_html = (STATIC_DIR / "index.html").read_bytes()
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(
+            body=index_html,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Content-Security-Policy": csp},
+        )
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)

@@ -1,0 +1,199 @@
+"""Doctor-side flows on a real database: pool, claims, sealed votes, settlement, escalation."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from marketplace import cases, doctors, ledger, research, review
+from marketplace.domain.consensus import verify_receipt
+from marketplace.domain.ledger import TREASURY, doctor_account, escrow_account
+from marketplace.domain.policy import DEFAULT_POLICY
+from marketplace.domain.pricing import price_bounty
+from marketplace.errors import (
+    AlreadyClaimed,
+    AlreadyVoted,
+    CaseNotClaimable,
+    CaseNotOpen,
+    InvalidInput,
+    NotOnPanel,
+    NotSettled,
+    TierTooLow,
+)
+from marketplace.storage.models import Case, ResearchRow
+from tests.marketplace.flows import make_doctors, open_case
+from tests.marketplace.helpers import T0, token_hash
+
+T1 = T0 + timedelta(minutes=10)
+
+
+def _panel(session, case_id, docs, labels):
+    receipts = []
+    for doctor_id, _ in docs:
+        review.claim_case(session, doctor_id, case_id, now=T1)
+    for (doctor_id, _), label in zip(docs, labels, strict=True):
+        receipts.append(
+            review.cast_vote(session, doctor_id, case_id, label=label, note=None, now=T1)
+        )
+    return receipts
+
+
+def test_three_doctor_panel_settles_and_pays_exactly_the_escrow(session) -> None:
+    case_id = open_case(session, confidence=0.95)
+    bounty = price_bounty(0.95)
+    docs = make_doctors(session, 3)
+    receipts = _panel(session, case_id, docs, ["tumor", "tumor", "tumor"])
+    view = cases.patient_view(session, case_id, token_hash("patient"))
+    assert view["status"] == "settled"
+    assert view["diagnosis"]["label"] == "tumor"
+    assert view["diagnosis"]["reviewers"] == 3 and view["diagnosis"]["agreement"] == 1.0
+    paid = [ledger.balance(session, doctor_account(d)) for d, _ in docs]
+    assert sum(paid) == bounty and max(paid) - min(paid) <= 1
+    assert ledger.balance(session, escrow_account(case_id)) == 0
+    assert sum(ledger.all_balances(session).values()) == 0
+    # Every participant can check every receipt against the disclosed votes.
+    disclosed = review.disclosure(session, docs[0][0], case_id)
+    assert sorted(r["receipt"] for r in receipts) == [v["receipt"] for v in disclosed["votes"]]
+    assert all(
+        verify_receipt(case_id, v["label"], v["salt"], v["receipt"]) for v in disclosed["votes"]
+    )
+    # Reputation up for all three, one research row.
+    for doctor_id, _ in docs:
+        assert doctors.doctor_profile(session, doctor_id)["reputation"] > 100
+    assert session.scalar(select(func.count()).select_from(ResearchRow)) == 1
+    history = review.history(session, docs[1][0])
+    assert history[0]["agreed"] and history[0]["paid"] == paid[1]
+
+
+def test_dissent_pays_only_agreeing_and_lowers_dissenter(session) -> None:
+    case_id = open_case(session, confidence=0.9)
+    docs = make_doctors(session, 3)
+    # New doctors have reliability 0.8: a 2-1 split has posterior 0.8 < 0.9, so the panel widens.
+    _panel(session, case_id, docs, ["tumor", "no_tumor", "tumor"])
+    case = session.get(Case, case_id)
+    assert case.status == "under_review" and case.reviewers_needed == 5
+    more = make_doctors(session, 2)
+    _panel(session, case_id, more, ["tumor", "tumor"])
+    assert cases.patient_view(session, case_id, token_hash("patient"))["diagnosis"] == {
+        "label": "tumor",
+        "settled_at": T1.isoformat(),
+        "reviewers": 5,
+        "agreement": 0.8,
+    }
+    dissenter = doctors.doctor_profile(session, docs[1][0])
+    assert dissenter["balance"] == 0 and dissenter["reputation"] < 100
+    agreeing = [ledger.balance(session, doctor_account(d)) for d, _ in docs[::2] + more]
+    assert sum(agreeing) == price_bounty(0.9)
+    assert sum(ledger.all_balances(session).values()) == 0
+
+
+def test_votes_are_sealed_and_single(session) -> None:
+    case_id = open_case(session)
+    (a, _), (b, _), (c, _) = make_doctors(session, 3)
+    for d in (a, b, c):
+        review.claim_case(session, d, case_id, now=T1)
+    review.cast_vote(session, a, case_id, label="no_tumor", note="secret-note", now=T1)
+    with pytest.raises(AlreadyVoted):
+        review.cast_vote(session, a, case_id, label="tumor", note=None, now=T1)
+    with pytest.raises(NotSettled):
+        review.disclosure(session, a, case_id)
+    with pytest.raises(InvalidInput):
+        review.cast_vote(session, b, case_id, label="glioma", note=None, now=T1)
+    # Nothing a doctor can list reveals the other votes.
+    for d in (a, b, c):
+        text = repr(
+            [review.my_claims(session, d), review.list_pool(session, d), review.history(session, d)]
+        )
+        assert "secret-note" not in text and "no_tumor" not in text
+
+
+def test_claims_are_limited_by_panel_and_tier(session) -> None:
+    easy = open_case(session, confidence=0.99)
+    hard = open_case(session, confidence=0.55)  # bounty above tier 0
+    docs = make_doctors(session, 4)
+    ((senior, _),) = make_doctors(session, 1, reputation=250)
+    assert [c["case_id"] for c in review.list_pool(session, docs[0][0])] == [easy]
+    assert [c["case_id"] for c in review.list_pool(session, senior)] == [hard, easy]
+    with pytest.raises(TierTooLow):
+        review.claim_case(session, docs[0][0], hard, now=T1)
+    for d, _ in docs[:3]:
+        review.claim_case(session, d, easy, now=T1)
+    with pytest.raises(AlreadyClaimed):
+        review.claim_case(session, docs[0][0], easy, now=T1)
+    with pytest.raises(CaseNotClaimable):
+        review.claim_case(session, docs[3][0], easy, now=T1)
+    assert review.list_pool(session, docs[3][0]) == []
+    with pytest.raises(NotOnPanel):
+        review.cast_vote(session, docs[3][0], easy, label="tumor", note=None, now=T1)
+
+
+def test_escalation_raises_bounty_widens_pool_and_frees_stale_claims(session) -> None:
+    case_id = open_case(session, confidence=0.6)  # tier 1 case
+    bounty = price_bounty(0.6)
+    juniors = make_doctors(session, 3)
+    ((senior, _),) = make_doctors(session, 1, reputation=150)
+    review.claim_case(session, senior, case_id, now=T1)
+    assert review.list_pool(session, juniors[0][0]) == []
+    assert review.escalate_overdue(session, now=T1) == []  # not overdue yet
+    late = T0 + DEFAULT_POLICY.review_window + timedelta(seconds=1)
+    assert review.escalate_overdue(session, now=late) == [case_id]
+    case = session.get(Case, case_id)
+    assert case.bounty == bounty * 3 // 2 and case.escalation_level == 1
+    assert ledger.balance(session, escrow_account(case_id)) == case.bounty
+    assert ledger.balance(session, TREASURY) == -case.bounty
+    # The senior never voted: their seat is freed; juniors now see the case.
+    assert case.claims_count == 0 and case.status == "open"
+    assert [c["case_id"] for c in review.list_pool(session, juniors[0][0])] == [case_id]
+    with pytest.raises(NotOnPanel):
+        review.require_claim(session, senior, case_id)
+    _panel(session, case_id, juniors, ["no_tumor"] * 3)
+    assert session.get(Case, case_id).status == "settled"
+    paid = sum(ledger.balance(session, doctor_account(d)) for d, _ in juniors)
+    assert paid == case.bounty
+    # Settled cases are never escalated again and take no more votes.
+    assert review.escalate_overdue(session, now=late + timedelta(days=5)) == []
+    with pytest.raises(AlreadyVoted):
+        review.cast_vote(session, juniors[0][0], case_id, label="tumor", note=None, now=late)
+
+
+def test_vote_on_settled_case_refused_for_late_claimer(session) -> None:
+    case_id = open_case(session)
+    docs = make_doctors(session, 3)
+    _panel(session, case_id, docs, ["tumor"] * 3)
+    with pytest.raises(CaseNotClaimable):
+        review.claim_case(session, make_doctors(session, 1)[0][0], case_id, now=T1)
+    with pytest.raises(CaseNotOpen):
+        review.require_claim(session, docs[0][0], case_id)
+
+
+def test_research_rows_publish_cycle(session) -> None:
+    for _ in range(2):
+        case_id = open_case(session, confidence=0.87, label="no_tumor")
+        _panel(session, case_id, make_doctors(session, 3), ["no_tumor"] * 3)
+    rows = research.unpublished_rows(session, limit=10)
+    assert [set(r) for r in rows] == [
+        {
+            "row_id",
+            "day",
+            "backbone",
+            "model_label",
+            "confidence_bucket",
+            "diagnosis",
+            "reviewers",
+            "agreement",
+        }
+    ] * 2
+    assert rows[0] | {"row_id": 0} == {
+        "row_id": 0,
+        "day": "2026-11-01",
+        "backbone": "resnet18",
+        "model_label": "no_tumor",
+        "confidence_bucket": "0.8-0.9",
+        "diagnosis": "no_tumor",
+        "reviewers": "3",
+        "agreement": "1.00",
+    }
+    research.mark_published(session, [rows[0]["row_id"]], ref="0xabc", now=T1)
+    assert [r["row_id"] for r in research.unpublished_rows(session, limit=10)] == [
+        rows[1]["row_id"]
+    ]
