@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,6 +26,7 @@ from marketplace.ocean.state import OceanState
 from tests.ocean.conftest import ListRowSource, research_row
 
 pytestmark = pytest.mark.chain
+REPO = Path(__file__).resolve().parents[2]
 
 
 def publish_rows(settings: OceanSettings, n: int) -> ListRowSource:
@@ -142,11 +147,43 @@ def test_expired_order_is_refused(settings, service) -> None:
     assert reply.status_code == 403 and reply.json()["error"] == "order_expired"
 
 
-def test_second_buyer_pays_and_downloads_with_own_key(settings, service, tmp_path) -> None:
+def test_researcher_cli_buys_and_downloads_with_its_own_key(settings, service, tmp_path) -> None:
     publish_rows(settings, 3)
-    other = OceanSettings(**{**settings.__dict__, "researcher_key": dev_key(2)})
-    purchase = researcher.buy(other)
-    assert purchase.consumer == account(dev_key(2)).address
-    got = researcher.download(other, purchase.order_tx, tmp_path / "b.csv")
-    assert got["rows"] == 3
-    assert (tmp_path / "b.csv").read_bytes() == settings.csv_path.read_bytes()
+    env = dict(
+        os.environ,
+        CRYPTO_DOCTOR_OCEAN_RESEARCHER_KEY=dev_key(2),  # a second researcher account
+        CRYPTO_DOCTOR_OCEAN_RPC_URL=settings.rpc_url,
+        CRYPTO_DOCTOR_OCEAN_ADDRESS_FILE=str(settings.address_file),
+        CRYPTO_DOCTOR_OCEAN_DATA_DIR=str(settings.data_dir),
+        CRYPTO_DOCTOR_OCEAN_SERVICE_URL=settings.service_url,
+    )
+    cli = [sys.executable, "-m", "marketplace.researcher"]
+    bought = subprocess.run(
+        cli + ["buy"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert bought.returncode == 0, bought.stderr
+    assert json.loads(bought.stdout)["consumer"] == account(dev_key(2)).address
+
+    out = tmp_path / "b.csv"
+    got = subprocess.run(
+        cli + ["download", "--out", str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["rows"] == 3
+    assert out.read_bytes() == settings.csv_path.read_bytes()
+
+    again = subprocess.run(
+        cli + ["download", "--out", str(tmp_path / "c.csv")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 1 and "order_reused" in again.stderr
+    assert not (tmp_path / "c.csv").exists()
