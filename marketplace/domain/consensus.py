@@ -90,15 +90,21 @@ def _clip(p: float) -> float:
     return min(0.99, max(0.01, p))
 
 
+def _weight_clip(r: float) -> float:
+    """Reliability used as a vote weight: below 0.5 counts as zero, never as a reversed vote."""
+    return min(0.99, max(0.5, r))
+
+
 def posterior(ballots: Sequence[Ballot], prior: float = 0.5) -> dict[str, float]:
     """P(true label | ballots) under the one-coin Dawid-Skene model.
 
     A doctor with reliability r votes the true label with probability r, so each
-    vote adds ``log(r / (1 - r))`` to its label's log-odds.
+    vote adds ``log(r / (1 - r))`` to its label's log-odds. Reliabilities below
+    0.5 are treated as 0.5 (no evidence): the market never turns a vote around.
     """
     log_odds = math.log(_clip(prior) / (1 - _clip(prior)))
     for ballot in ballots:
-        r = _clip(ballot.reliability)
+        r = _weight_clip(ballot.reliability)
         weight = math.log(r / (1 - r))
         log_odds += weight if validate_label(ballot.label) == LABELS[0] else -weight
     p_first = 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, log_odds))))
