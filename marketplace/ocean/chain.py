@@ -43,7 +43,8 @@ def ocean_config(settings: OceanSettings, w3: Web3 | None = None) -> dict[str, A
         "CHAIN_ID": w3.eth.chain_id,
         "NETWORK_NAME": settings.network_name,
         "ADDRESS_FILE": str(Path(settings.address_file).expanduser().resolve()),
-        "METADATA_CACHE_URI": settings.service_url,
+        # trailing slash: when mounted under a prefix (/ocean) the probe must hit the app's "/"
+        "METADATA_CACHE_URI": settings.service_url.rstrip("/") + "/",
         "PROVIDER_URL": settings.service_url,
         "DOWNLOADS_PATH": str(Path(settings.data_dir) / "downloads"),
     }

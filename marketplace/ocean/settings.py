@@ -97,6 +97,7 @@ _ENV_NAMES = {
     "order_timeout_s": "OCEAN_ORDER_TIMEOUT_S",
     "service_url": "OCEAN_SERVICE_URL",
     "quasi_identifiers": "OCEAN_QUASI_IDENTIFIERS",
+    "network_name": "OCEAN_NETWORK",
     "database_url": "DATABASE_URL",
 }
 

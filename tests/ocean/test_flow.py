@@ -187,3 +187,39 @@ def test_researcher_cli_buys_and_downloads_with_its_own_key(settings, service, t
     )
     assert again.returncode == 1 and "order_reused" in again.stderr
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_order_not_initialized_by_this_service_is_refused(settings, service) -> None:
+    """A real, paid order whose provider fee the buyer signed itself (bypassing /initialize)."""
+    from hexbytes import HexBytes
+    from ocean_lib.models.fixed_rate_exchange import OneExchange
+
+    from marketplace.ocean.orders import provider_fee
+    from marketplace.ocean.settings import ONE_TOKEN
+
+    publish_rows(settings, 3)
+    info = asset(settings)
+    ocean = Ocean(ocean_config(settings))
+    me = account(settings.researcher_key)
+    exchange = OneExchange(ocean.fixed_rate_exchange, HexBytes(info["exchange_id"]))
+    needed = exchange.BT_needed(ONE_TOKEN, 0)
+    ocean.OCEAN.approve(exchange.address, needed, {"from": me})
+    exchange.buy_DT(ONE_TOKEN, {"from": me}, max_basetoken_amt=needed)
+    w3 = ocean.config["web3_instance"]
+    fee = provider_fee(
+        settings.researcher_key,
+        ocean.OCEAN_address,
+        w3.eth.get_block("latest")["timestamp"] + 600,
+        {},
+    )
+    dt = ocean.get_datatoken(info["datatoken"])
+    order_tx = HexBytes(dt.start_order(me.address, 0, fee, {"from": me})["transactionHash"]).hex()
+
+    reply = post_download(
+        settings,
+        {
+            "order_tx": order_tx,
+            "signature": sign_download(settings.researcher_key, order_tx, dt.address),
+        },
+    )
+    assert (reply.status_code, reply.json()["error"]) == (403, "foreign_provider")

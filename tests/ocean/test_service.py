@@ -49,3 +49,44 @@ def test_chain_down_is_503_not_a_crash(tmp_path: Path) -> None:
         assert requests.get(settings.service_url + "/", timeout=10).status_code == 200
     finally:
         svc.stop()
+
+
+def test_mounted_under_a_prefix_ocean_lib_still_connects(chain, tmp_path: Path) -> None:
+    """The integrator mounts the app into party 1's service; ocean-lib's probe must still pass."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+    from ocean_lib.ocean.ocean import Ocean
+
+    from marketplace.ocean.chain import ocean_config
+    from marketplace.ocean.serve import create_download_app
+
+    port = free_port()
+    settings = OceanSettings(
+        rpc_url=chain.node.url,
+        address_file=chain.address_file,
+        data_dir=tmp_path / "ocean",
+        service_url=f"http://127.0.0.1:{port}/ocean",
+    )
+    parent = web.Application()
+    parent.add_subapp("/ocean", create_download_app(settings))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(parent)
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        ocean = Ocean(ocean_config(settings))  # raises if the Aquarius probe gets no 200
+        assert ocean.OCEAN_address == chain.deploy.addresses["Ocean"]
+        reply = requests.get(settings.service_url + "/asset", timeout=10)
+        assert reply.json()["error"] == "not_published"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
