@@ -10,6 +10,7 @@ from marketplace.storage.engine import make_engine
 from marketplace.storage.unit import SQLITE_BEGIN
 
 config = context.config
+MIGRATION_LOCK_ID = 0x63727970746F  # arbitrary constant: 'crypto'
 target_metadata = Base.metadata
 
 
@@ -39,6 +40,9 @@ def run_migrations_online() -> None:
                 render_item=render_item,
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # Serialise concurrent migrators (both party processes start together).
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -34,26 +34,29 @@ BACKENDS = [
 
 
 @pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """URL of a freshly migrated, empty database."""
+def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """URL of a new, empty (not yet migrated) database on each configured backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'marketplace.sqlite3'}"
-        migrate(url)
-        yield url
+        yield f"sqlite:///{tmp_path / 'marketplace.sqlite3'}"
         return
     admin_url = make_url(normalize_url(os.environ[PG_ENV]))
     name = f"cdtest_{uuid.uuid4().hex[:12]}"
     admin = make_engine(admin_url.render_as_string(hide_password=False))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
     try:
-        migrate(url)
-        yield url
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """URL of a freshly migrated, empty database."""
+    migrate(empty_db_url)
+    return empty_db_url
 
 
 @pytest.fixture

@@ -197,3 +197,34 @@ def test_research_rows_publish_cycle(session) -> None:
     assert [r["row_id"] for r in research.unpublished_rows(session, limit=10)] == [
         rows[1]["row_id"]
     ]
+
+
+def test_concurrent_claims_and_votes_settle_exactly_once(session_factory, session) -> None:
+    """Six doctors race for three seats, then the three panelists vote at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    case_id = open_case(session, confidence=0.9)
+    docs = make_doctors(session, 6)
+
+    def claim(doctor_id):
+        with session_factory() as s:
+            try:
+                review.claim_case(s, doctor_id, case_id, now=T1)
+                return doctor_id
+            except (CaseNotClaimable, AlreadyClaimed):
+                return None
+
+    def vote(doctor_id):
+        with session_factory() as s:
+            return review.cast_vote(s, doctor_id, case_id, label="tumor", note=None, now=T1)
+
+    with ThreadPoolExecutor(6) as pool:
+        seated = [d for d in pool.map(claim, [d for d, _ in docs]) if d]
+        assert len(seated) == 3
+        receipts = list(pool.map(vote, seated))
+    assert len({r["receipt"] for r in receipts}) == 3
+    case = session.get(Case, case_id)
+    assert case.status == "settled" and case.claims_count == 3 and case.reviewers == 3
+    assert session.scalar(select(func.count()).select_from(ResearchRow)) == 1
+    paid = sum(ledger.balance(session, doctor_account(d)) for d in seated)
+    assert paid == price_bounty(0.9) and ledger.balance(session, escrow_account(case_id)) == 0

@@ -70,3 +70,21 @@ def test_two_processes_share_the_database(db_url, session) -> None:
     assert sorted(results.get(timeout=5) for _ in procs) == [25, 25]
     assert session.scalar(select(func.count()).select_from(Case)) == 50
     assert session.scalar(select(func.sum(LedgerEntry.amount))) == 0
+
+
+def _migrator(url: str) -> None:  # runs in a child process
+    migrate(url)
+
+
+def test_party_processes_can_migrate_at_the_same_time(empty_db_url) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_migrator, args=(empty_db_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    engine = make_engine(empty_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    engine.dispose()
