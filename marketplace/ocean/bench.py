@@ -101,7 +101,9 @@ def run(rows: int, k: int) -> dict[str, Any]:
                 "rows": first.csv_rows,
                 "gas": {g.step: g.gas_used for g in first.gas},
             }
-            publisher.source.rows.append(dict(publisher.source.rows[0], row_id=rows))  # type: ignore[attr-defined]
+            source = publisher.source
+            assert isinstance(source, _Rows)
+            source.rows += [dict(source.rows[0], row_id=rows + i) for i in range(k)]
             t = time.perf_counter()
             more = publisher.publish()
             figures["append_publish"] = {

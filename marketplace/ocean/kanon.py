@@ -2,9 +2,12 @@
 
 A row is published only inside a group of at least k rows that share its quasi-identifiers
 (the fields an outsider could know about a patient: by default the day of the case, the model
-backbone and the number of reviewing doctors). Rows of a group still under k are held back, and
-released together once enough similar rows exist, so every group in the published file has
->= k members and a known patient can never be narrowed down to fewer than k rows.
+backbone and the number of reviewing doctors).
+
+The rule is applied to every *release*, not only to the whole file: a group's pending rows go
+out together once there are k of them. Researchers can buy the file twice and diff the versions;
+because each difference is itself k-anonymous, the newest rows can never be narrowed down to
+fewer than k either (a single late row joining an old group would be exposed by such a diff).
 """
 
 from __future__ import annotations
@@ -31,27 +34,21 @@ def group_counts(
 
 @dataclass(frozen=True)
 class Split:
-    """Rows that may be published now, and rows held back until their group reaches k."""
+    """Rows that may be published now, and rows held back until their group has k rows."""
 
     release: list
     hold: list
 
 
-def split_releasable(
-    published: Mapping[GroupKey, int],
-    pending: Sequence[R],
-    k: int,
-    quasi_identifiers: Sequence[str],
-) -> Split:
-    """Release every pending row whose group (already published + pending) has >= k rows."""
+def split_releasable(pending: Sequence[R], k: int, quasi_identifiers: Sequence[str]) -> Split:
+    """Release the pending rows of every group that has >= k pending rows; hold the rest."""
     if k < 1:
         raise ValueError("k must be >= 1")
     pending_counts = group_counts(pending, quasi_identifiers)
     release: list[R] = []
     hold: list[R] = []
     for row in pending:
-        key = group_key(row, quasi_identifiers)
-        if published.get(key, 0) + pending_counts[key] >= k:
+        if pending_counts[group_key(row, quasi_identifiers)] >= k:
             release.append(row)
         else:
             hold.append(row)

@@ -1,6 +1,6 @@
 """`python -m marketplace.ocean.publish`: publish pending research rows once, or every N seconds.
 
-Reads settled-case rows from the marketplace database (CRYPTO_DOCTOR_DATABASE_URL), keeps the
+Reads settled-case rows from the marketplace database (CRYPTO_DOCTOR_DB_URL), keeps the
 CSV k-anonymous, and puts its digest on the data NFT. When the chain is down the run logs it and
 the rows stay queued; the next run (or the next tick with --every) retries them.
 """
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     publisher = Publisher(
         settings,
-        MarketplaceRowSource.from_url(settings.database_url),
+        MarketplaceRowSource.from_url(settings.db_url),
         OceanState(settings.state_path),
     )
     stop = threading.Event()

@@ -3,8 +3,8 @@
 Idempotent per case and safe against chain outages:
 1. pending rows come from a RowSource (the marketplace DB); rows already known locally are never
    added twice;
-2. rows that keep the file k-anonymous are *staged* in the publisher's SQLite state, others wait
-   in the marketplace DB (not marked) until their group is big enough;
+2. rows of groups with >= k pending rows are *staged* (sorted by content) in the publisher's
+   SQLite state, others wait in the marketplace DB (not marked) until their group has k rows;
 3. the CSV of committed + staged rows is hashed and the digest set on chain; only then are the
    rows *committed*, the CSV file replaced atomically, and the rows marked published upstream.
 If the chain is down at step 3 the staged rows stay staged and the next run retries; if the
@@ -94,33 +94,27 @@ class Publisher:
     def publish(self, limit: int = 1000) -> PublishResult:
         """One run: stage what k-anonymity allows, commit it on chain, mark it upstream."""
         result = PublishResult()
-        pending = self.source.pending_rows(limit)
-        known = self.state.known_row_ids([r["row_id"] for r in pending if "row_id" in r])  # type: ignore[misc]
-        fresh: list[tuple[int, dict[str, str]]] = []
-        resync: list[int] = []  # committed locally but not yet marked upstream (earlier crash)
-        for raw in pending:
+        valid: list[tuple[int, dict[str, str]]] = []
+        for raw in self.source.pending_rows(limit):
             try:
-                rid = row_id(raw)
-                fields = public_row(raw)
+                valid.append((row_id(raw), public_row(raw)))
             except InvalidRow as exc:
-                log.warning("skipping invalid row: %s", exc)
-                if isinstance(raw.get("row_id"), int):
-                    result.invalid.append(int(raw["row_id"]))  # type: ignore[arg-type]
-                continue
-            status = known.get(rid)
-            if status == COMMITTED:
-                resync.append(rid)
-            elif status is None:
-                fresh.append((rid, fields))
+                log.warning("skipping invalid row (left unpublished): %s", exc)
+                rid = raw.get("row_id")
+                if isinstance(rid, int):
+                    result.invalid.append(rid)
+        known = self.state.known_row_ids([rid for rid, _ in valid])
+        fresh = [(rid, fields) for rid, fields in valid if rid not in known]
+        # committed locally but not yet marked upstream (a crash or DB error after the commit)
+        resync = [rid for rid, _ in valid if known.get(rid) == COMMITTED]
 
-        qis = self.settings.quasi_identifiers
-        existing = self.state.all_rows()
-        counts = kanon.group_counts(
-            (dict(zip(COLUMNS, r.fields, strict=True)) for r in existing), qis
-        )
         split = kanon.split_releasable(
-            counts, [dict(f, row_id=str(rid)) for rid, f in fresh], self.settings.k, qis
+            [dict(f, row_id=str(rid)) for rid, f in fresh],
+            self.settings.k,
+            self.settings.quasi_identifiers,
         )
+        # Within a release, order by content: a row's position must not reveal arrival order.
+        split.release.sort(key=lambda r: [r[c] for c in COLUMNS])
         self.state.stage([(int(r["row_id"]), [r[c] for c in COLUMNS]) for r in split.release])
         result.released, result.held = len(split.release), len(split.hold)
 

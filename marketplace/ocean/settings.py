@@ -51,7 +51,7 @@ class OceanSettings:
     service_url: str = "http://127.0.0.1:8082"  # where the download endpoint is reachable
     quasi_identifiers: tuple[str, ...] = DEFAULT_QUASI_IDENTIFIERS
     network_name: str = "development"
-    database_url: str = "sqlite:///var/marketplace.sqlite3"
+    db_url: str = "sqlite:///var/crypto-doctor.sqlite3"  # the marketplace database (shared)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -98,7 +98,7 @@ _ENV_NAMES = {
     "service_url": "OCEAN_SERVICE_URL",
     "quasi_identifiers": "OCEAN_QUASI_IDENTIFIERS",
     "network_name": "OCEAN_NETWORK",
-    "database_url": "DATABASE_URL",
+    "db_url": "DB_URL",
 }
 
 

@@ -56,7 +56,7 @@ def test_publish_cli_publishes_marketplace_rows_k_anonymously(
         str(settings.address_file),
         "--data-dir",
         str(settings.data_dir),
-        "--database-url",
+        "--db-url",
         url,
         "--k",
         str(settings.k),

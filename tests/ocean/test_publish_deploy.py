@@ -110,7 +110,10 @@ def test_rows_are_held_back_until_their_group_reaches_k(settings: OceanSettings)
 def test_invalid_rows_are_skipped_and_left_pending(settings: OceanSettings) -> None:
     bad = research_row(9)
     del bad["diagnosis"]
-    source = ListRowSource([bad] + [research_row(i) for i in range(3)])
+    arrivals = ["tumor", "no_tumor", "glioma"]  # arrival order must not survive in the file
+    source = ListRowSource([bad] + [research_row(i, diagnosis=d) for i, d in enumerate(arrivals)])
     result = Publisher(settings, source, OceanState(settings.state_path)).publish()
     assert result.invalid == [9] and result.csv_rows == 3
     assert [r["row_id"] for r in source.pending_rows(10)] == [9]
+    lines = settings.csv_path.read_text().splitlines()[1:]
+    assert [line.split(",")[4] for line in lines] == sorted(arrivals)
