@@ -147,6 +147,13 @@ def test_doctor_signs_in_claims_views_and_decides(browser, tmp_path) -> None:
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history-body tr"))
             history = browser.find_element(By.ID, "history-body").text
             assert first[:8] in history and "tumor" in history
+            # Check every disclosed receipt in the browser (Web Crypto SHA-256).
+            browser.find_element(By.CSS_SELECTOR, "#history-body tr button").click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "history-body"), "receipts valid"))
+            assert (
+                "✓ 1/1 receipts valid, yours included"
+                in browser.find_element(By.ID, "history-body").text
+            )
             balance = browser.find_element(By.ID, "me-balance").text
             assert balance == f"{price_bounty(0.7)} credits"  # the one-seat panel's whole escrow
 

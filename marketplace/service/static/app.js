@@ -105,7 +105,43 @@ function renderHistory(rows) {
     cell(tr, h.your_label.replace("_", " "), h.agreed ? "agreed" : "dissent");
     cell(tr, h.diagnosis.replace("_", " "));
     cell(tr, h.paid + " credits", "num");
+    const td = cell(tr, "");
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.textContent = "Verify";
+    btn.setAttribute("aria-label", "Verify all receipts of case " + short(h.case_id));
+    btn.addEventListener("click", () => verifyReceipts(h, td));
+    td.appendChild(btn);
     body.appendChild(tr);
+  }
+}
+
+async function sha256Hex(text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// After settlement every vote is disclosed with its salt: recompute every receipt here,
+// check that ours is among them with our label, and that the diagnosis matches the votes.
+async function verifyReceipts(h, td) {
+  try {
+    const d = await api("/api/cases/" + h.case_id + "/disclosure");
+    let valid = 0;
+    for (const v of d.votes) {
+      if (await sha256Hex("crypto-doctor-vote|" + h.case_id + "|" + v.label + "|" + v.salt) === v.receipt) valid++;
+    }
+    const mine = d.votes.some((v) => v.receipt === h.your_receipt && v.label === h.your_label);
+    const counts = {};
+    for (const v of d.votes) counts[v.label] = (counts[v.label] || 0) + 1;
+    const top = Math.max(...Object.values(counts));
+    const consistent = counts[d.diagnosis] === top || d.votes.length === 0;
+    const ok = valid === d.votes.length && mine;
+    td.textContent = (ok ? "✓ " : "✗ ") + valid + "/" + d.votes.length + " receipts valid" +
+      (mine ? ", yours included" : ", yours missing") + (consistent ? "" : " · diagnosis differs from the vote plurality (reliability-weighted)");
+    td.className = ok ? "agreed" : "dissent";
+  } catch (err) {
+    td.textContent = "Could not verify: " + err.message;
+    td.className = "dissent";
   }
 }
 
