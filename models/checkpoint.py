@@ -15,7 +15,8 @@ from torch import nn
 
 from models.nets import Architecture, build_model
 
-FORMAT_VERSION = 1
+#: 2: LeNet's first convolution has stride 2 (format-1 LeNet weights would load but mislead).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):

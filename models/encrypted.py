@@ -133,10 +133,9 @@ def forward(arch: Architecture, params, x):
     """
     act = arch.activation
     if arch.backbone == "lenet":
-        x = _activate(_avg_pool(_conv(x, params, "conv1", padding=2), 2), act)
+        x = _activate(_avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2), act)
         x = _activate(_avg_pool(_conv(x, params, "conv2", padding=2), 2), act)
-        x = _avg_pool(x, 2).flatten(1)
-        x = _activate(_linear(x, params, "fc1"), act)
+        x = _activate(_linear(x.flatten(1), params, "fc1"), act)
         x = _activate(_linear(x, params, "fc2"), act)
         return _linear(x, params, "fc3")
     x = _conv(x, params, "stem", stride=2, padding=3)
