@@ -81,6 +81,11 @@ class AssetChain:
     def tx(self) -> dict[str, Any]:
         return {"from": self.publisher}
 
+    def exists(self, asset: Asset) -> bool:
+        """False when the chain no longer knows the NFT (e.g. a fresh development chain)."""
+        with chain_errors():
+            return len(self.w3.eth.get_code(Web3.to_checksum_address(asset.nft))) > 0
+
     def create(self) -> tuple[Asset, GasRecord]:
         """NFT + datatoken + exchange priced in OCEAN, in one transaction."""
         with chain_errors():

@@ -81,6 +81,12 @@ class Publisher:
     def ensure_asset(self, chain: AssetChain, gas: list[GasRecord]) -> Asset:
         """Create the data NFT/datatoken/exchange and its metadata once per chain."""
         asset = self.state.asset(chain.chain_id)
+        if asset is not None and not chain.exists(asset):
+            # A development chain started afresh: publish everything again on a new data NFT.
+            log.warning(
+                "data NFT %s has no code on chain %s: recreating", asset.nft, asset.chain_id
+            )
+            asset = None
         if asset is None:
             asset, rec = chain.create()
             gas.append(rec)

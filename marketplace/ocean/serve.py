@@ -92,6 +92,21 @@ async def guarded(rt: Runtime, fn: Callable[[], T]) -> T | web.Response:
         return error(503, "chain_unavailable", "the chain node does not answer; retry later")
 
 
+def dataset_bytes(rt: Runtime, asset: Asset) -> bytes:
+    """The CSV, only if it is the version whose digest is on chain (else retry shortly)."""
+    from ocean_lib.models.data_nft import DataNFT
+
+    raw = DataNFT(rt.config(), asset.nft).get_data(DIGEST_KEY)
+    on_chain = json.loads(raw) if raw else None
+    try:
+        data = rt.settings.csv_path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    if not on_chain or on_chain.get("sha256") != digest(data):
+        raise OrderRejected(503, "dataset_updating", "the dataset is being updated; retry shortly")
+    return data
+
+
 @routes.get("/")
 async def index(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
@@ -182,7 +197,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             now=chain_now(config["web3_instance"], time.time()),
             timeout_s=rt.settings.order_timeout_s,
         )
-        data = rt.settings.csv_path.read_bytes()
+        data = dataset_bytes(rt, asset)
         if not rt.state.redeem_order(order_tx, asset.chain_id, consumer):
             raise OrderRejected(403, "order_reused", "this order was already used for a download")
         log.info("order %s redeemed by %s", order_tx, consumer)

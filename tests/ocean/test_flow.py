@@ -223,3 +223,23 @@ def test_order_not_initialized_by_this_service_is_refused(settings, service) -> 
         },
     )
     assert (reply.status_code, reply.json()["error"]) == (403, "foreign_provider")
+
+
+def test_file_out_of_step_with_the_chain_is_not_sold_and_order_survives(settings, service) -> None:
+    """Between the digest transaction and the file write (or after tampering) the service
+    refuses with 503 without consuming the order; once the file matches, the order works."""
+    publish_rows(settings, 3)
+    purchase = researcher.buy(settings)
+    body = {
+        "order_tx": purchase.order_tx,
+        "signature": sign_download(settings.researcher_key, purchase.order_tx, purchase.datatoken),
+    }
+    good = settings.csv_path.read_bytes()
+    settings.csv_path.write_bytes(good + b"1999-01-01,x,x,x,x,1,1.00\n")
+
+    reply = post_download(settings, body)
+    assert (reply.status_code, reply.json()["error"]) == (503, "dataset_updating")
+
+    settings.csv_path.write_bytes(good)
+    ok = post_download(settings, body)
+    assert ok.status_code == 200 and ok.content == good

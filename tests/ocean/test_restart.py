@@ -80,6 +80,35 @@ def test_chain_restart_mid_publish_loses_and_duplicates_nothing(tmp_path: Path) 
         node.stop()
 
 
+def test_fresh_chain_gets_the_whole_dataset_on_a_new_nft(tmp_path: Path) -> None:
+    """A development chain started without its database: the publisher's state names an NFT
+    that no longer exists, so the asset is recreated and the full CSV digest set on it."""
+    for round_ in ("first", "fresh"):
+        node = GanacheNode(db_path=tmp_path / f"db-{round_}")
+        node.start()
+        try:
+            deploy_contracts(connect(node.url), wallet(dev_key(0)), tmp_path / f"{round_}.json")
+            settings = OceanSettings(
+                rpc_url=node.url,
+                address_file=tmp_path / f"{round_}.json",
+                data_dir=tmp_path / "o",
+                k=3,
+            )
+            state = OceanState(settings.state_path)
+            source = ListRowSource([research_row(i) for i in range(3)])
+            if round_ == "first":
+                assert Publisher(settings, source, state).publish().csv_rows == 3
+                continue
+            result = Publisher(settings, source, state).publish()
+            assert not result.chain_down and result.csv_rows == 3
+            assert "create NFT+datatoken+exchange" in [g.step for g in result.gas]
+            nft = state.asset(8996).nft
+            on_chain = json.loads(DataNFT(ocean_config(settings), nft).get_data(DIGEST_KEY))
+            assert on_chain == {"sha256": digest(settings.csv_path.read_bytes()), "rows": 3}
+        finally:
+            node.stop()
+
+
 def test_digest_already_on_chain_is_not_sent_twice(settings: OceanSettings) -> None:
     """A crash after the digest transaction but before the local commit: the rerun finds the
     digest on chain, commits locally without a second transaction, and marks the rows."""
