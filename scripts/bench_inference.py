@@ -43,7 +43,9 @@ def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int, pro
     comm = crypten.communicator.get()
     crypten.cfg.communicator.verbose = True
     if rank == 1:
-        classifier = EncryptedClassifier(crypten, 1, load_checkpoint(checkpoint_path), file_sha256(checkpoint_path))
+        classifier = EncryptedClassifier(
+            crypten, 1, load_checkpoint(checkpoint_path), file_sha256(checkpoint_path)
+        )
     else:
         classifier = EncryptedClassifier(crypten, 0)
     size = classifier.card.architecture.image_size
@@ -58,7 +60,11 @@ def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int, pro
         stats = comm.get_communication_stats()
         rounds.append(stats["rounds"])
         sent.append(stats["bytes"])
-    return {"seconds": statistics.median(times), "rounds": statistics.median(rounds), "bytes": statistics.median(sent)}
+    return {
+        "seconds": statistics.median(times),
+        "rounds": statistics.median(rounds),
+        "bytes": statistics.median(sent),
+    }
 
 
 def checkpoint_for(backbone: str, workdir: Path) -> tuple[Path, str]:
@@ -126,7 +132,9 @@ def bench_baseline(reps: int, cases: list[tuple[str, int, int]]) -> list[dict]:
         )
         line = [x for x in result.stdout.splitlines() if x.startswith("{")]
         if not line:
-            rows.append({"system": "CrypTen from_pytorch", "model": kind, "error": result.stderr[-500:]})
+            rows.append(
+                {"system": "CrypTen from_pytorch", "model": kind, "error": result.stderr[-500:]}
+            )
             continue
         r = json.loads(line[-1])
         rows.append(
@@ -166,7 +174,9 @@ def _post_and_wait(patient_url: str, image: bytes) -> float:
         time.sleep(0.005)
 
 
-def bench_service(images: list[bytes], workdir: Path, clients: list[int], requests: int) -> list[dict]:
+def bench_service(
+    images: list[bytes], workdir: Path, clients: list[int], requests: int
+) -> list[dict]:
     rows = []
     for max_batch in (8, 1):
         port = free_port()
@@ -186,7 +196,13 @@ def bench_service(images: list[bytes], workdir: Path, clients: list[int], reques
                 total = max(requests, n)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(n) as pool:
-                    latencies = list(pool.map(lambda i: _post_and_wait(url, images[i % len(images)]), range(total)))
+                    latencies = list(
+                        pool.map(
+                            _post_and_wait,
+                            [url] * total,
+                            [images[i % len(images)] for i in range(total)],
+                        )
+                    )
                 wall = time.perf_counter() - started
                 rows.append(
                     {
@@ -270,7 +286,14 @@ def main() -> None:
         models = bench_models(args.reps, workdir, args.backbones.split(","))
         if not args.skip_baseline:
             models += bench_baseline(
-                3, [("lenet", 64, 1), ("lenet", 64, 8), ("lenet-avg", 64, 1), ("resnet18", 64, 1), ("resnet18", 128, 1)]
+                3,
+                [
+                    ("lenet", 64, 1),
+                    ("lenet", 64, 8),
+                    ("lenet-avg", 64, 1),
+                    ("resnet18", 64, 1),
+                    ("resnet18", 128, 1),
+                ],
             )
         service = []
         if not args.skip_service:
@@ -279,7 +302,12 @@ def main() -> None:
             root = generate_dataset(workdir / "mri", seed=11, train=2, eval=16)
             images = [p.read_bytes() for p in sorted((root / "eval").rglob("*.jp*g"))]
             service = bench_service(images, workdir, [1, 8], args.requests)
-    result = {"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": models, "service": service}
+    result = {
+        "machine": machine,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "models": models,
+        "service": service,
+    }
     (OUT / "inference.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(models, service, machine)
     (OUT / "inference.md").write_text(table)

@@ -79,3 +79,32 @@ def validate_encrypted(
         "max_abs_logit_difference_error": float((encrypted_unscaled - plain).abs().max()),
         "seconds_per_image": statistics.median(seconds),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.encrypted_validation",
+        description="Run a checkpoint encrypted (two real parties) and compare with plaintext.",
+    )
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/lenet.pth"))
+    parser.add_argument("--eval-dir", type=Path, default=Path("data/mri/eval"))
+    parser.add_argument("--limit", type=int, default=None, help="images (balanced); default all")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--provider", choices=("TFP", "TTP"), default="TFP")
+    args = parser.parse_args(argv)
+    report = validate_encrypted(
+        args.checkpoint,
+        args.eval_dir,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        provider=args.provider,
+    )
+    print(json.dumps(report, indent=2))
+    return 0 if report["argmax_agreement_pct"] >= 99.0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
