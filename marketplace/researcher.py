@@ -135,7 +135,11 @@ def _order_file(settings: OceanSettings) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from marketplace.ocean.settings import add_arguments, settings_from
 
-    parser = argparse.ArgumentParser(prog="python -m marketplace.researcher", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m marketplace.researcher",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_buy = sub.add_parser("buy", help="buy one datatoken and start an order")
     p_dl = sub.add_parser("download", help="redeem an order and download the CSV")
