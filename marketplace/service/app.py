@@ -77,23 +77,20 @@ async def _escalation(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    response = await handler(request)
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Added just before headers go out, so streamed responses get them too."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Cache-Control", "no-store")
-    return response
 
 
 def create_app(settings: MarketplaceSettings) -> web.Application:
     """The doctor service on :8081: JSON API, ``POST /decision``, ``/decisions.csv``, web page."""
     from marketplace.service import api, csv_stream, page
 
-    app = web.Application(
-        middlewares=[security_headers, error_middleware], client_max_size=64 * 1024
-    )
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     app[SETTINGS] = settings
+    app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_escalation)
     app.add_routes(api.routes)

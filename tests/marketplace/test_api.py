@@ -266,6 +266,7 @@ def test_decisions_csv_streams_rows_as_cases_settle(service: Service, session) -
 
     with requests.get(f"{service.url}/decisions.csv", stream=True, timeout=(5, 20)) as stream:
         assert stream.headers["Content-Type"].startswith("text/csv")
+        assert stream.headers["Cache-Control"] == "no-store"
         chunks = stream.iter_content(chunk_size=None, decode_unicode=True)
         buffer = next(chunks)
         assert (
@@ -339,3 +340,14 @@ def test_cli_and_standalone_service(db_url) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_page_is_self_contained(service: Service) -> None:
+    r = requests.get(f"{service.url}/", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert 'src="http' not in r.text and 'href="http' not in r.text  # no CDN
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert requests.get(service.url + asset, timeout=10).status_code == 200
+    r = requests.get(f"{service.url}/nope", timeout=10)
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
