@@ -48,12 +48,16 @@ class MarketplaceSettings:
             return env.get(ENV_PREFIX + name, default)
 
         d = _defaults()
-        secret = get("IMAGE_LINK_SECRET", "")
+        secret_hex = get("LINK_SECRET_HEX", "")
+        try:
+            secret = bytes.fromhex(secret_hex)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}LINK_SECRET_HEX must be hex") from exc
         values: dict[str, object] = {
             "db_url": env.get(DB_URL_ENV, d["db_url"]),
             "host": get("MARKETPLACE_HOST", d["host"]),
             "port": int(get("MARKETPLACE_PORT", str(d["port"]))),
-            "image_link_secret": secret.encode() if secret else b"",
+            "image_link_secret": secret,
             "patient_base_url": get("PATIENT_BASE_URL", d["patient_base_url"]),
             "image_link_ttl_s": int(get("IMAGE_LINK_TTL_S", str(d["image_link_ttl_s"]))),
             "policy": MarketPolicy.from_env(env),
@@ -66,7 +70,7 @@ class MarketplaceSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["image_link_secret"]:
             log.warning(
-                "no %sIMAGE_LINK_SECRET: using a random one; party 0 will reject image links",
+                "no %sLINK_SECRET_HEX: using a random one; party 0 will reject image links",
                 ENV_PREFIX,
             )
             values["image_link_secret"] = secrets.token_bytes(32)
@@ -82,11 +86,13 @@ class MarketplaceSettings:
         parser.add_argument("--host")
         parser.add_argument("--port", type=int)
         parser.add_argument("--patient-base-url")
-        parser.add_argument("--image-link-secret", help="shared with party 0 (prefer the env var)")
+        parser.add_argument(
+            "--link-secret-hex", help="image-link HMAC key shared with party 0 (prefer the env var)"
+        )
         parser.add_argument("--escalation-interval-s", type=float)
         parser.add_argument("--csv-poll-interval-s", type=float)
         args = parser.parse_args(argv)
-        secret = args.image_link_secret.encode() if args.image_link_secret else None
+        secret = bytes.fromhex(args.link_secret_hex) if args.link_secret_hex else None
         return cls.from_env(
             environ,
             db_url=args.db_url,

@@ -292,7 +292,7 @@ def _free_port() -> int:
 
 
 def test_cli_and_standalone_service(db_url) -> None:
-    env = dict(os.environ, CRYPTO_DOCTOR_DB_URL=db_url, CRYPTO_DOCTOR_IMAGE_LINK_SECRET="x" * 32)
+    env = dict(os.environ, CRYPTO_DOCTOR_DB_URL=db_url, CRYPTO_DOCTOR_LINK_SECRET_HEX="ab" * 32)
     out = subprocess.run(
         [
             sys.executable,
@@ -351,3 +351,25 @@ def test_page_is_self_contained(service: Service) -> None:
         assert requests.get(service.url + asset, timeout=10).status_code == 200
     r = requests.get(f"{service.url}/nope", timeout=10)
     assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_settings_from_flags_and_env() -> None:
+    env = {
+        "CRYPTO_DOCTOR_DB_URL": "sqlite:////tmp/x.sqlite3",
+        "CRYPTO_DOCTOR_LINK_SECRET_HEX": "00ff" * 8,
+        "CRYPTO_DOCTOR_QUORUM": "3",
+        "CRYPTO_DOCTOR_PANEL_SIZE": "3",
+    }
+    s = MarketplaceSettings.from_args(["--port", "9999"], environ=env)
+    assert (s.port, s.db_url, s.image_link_secret) == (
+        9999,
+        env["CRYPTO_DOCTOR_DB_URL"],
+        bytes.fromhex("00ff" * 8),
+    )
+    assert s.policy.panel.quorum == 3
+    flag = MarketplaceSettings.from_args(
+        ["--db-url", "sqlite:///y", "--link-secret-hex", "11" * 16], environ=env
+    )
+    assert flag.db_url == "sqlite:///y" and flag.image_link_secret == b"\x11" * 16
+    with pytest.raises(ValueError):
+        MarketplaceSettings.from_env({"CRYPTO_DOCTOR_LINK_SECRET_HEX": "zz"})
