@@ -45,6 +45,21 @@ class PredictorSettings:
     heartbeat_s: float = 20.0
     #: Party 1 appends every control message it receives from party 0 here (an audit trail).
     control_log: Path | None = None
+    # The Ocean side, run by the supervisor next to the parties (never by a single --rank).
+    #: False: parties only (tests that need no chain; a deployment whose Ocean side runs apart).
+    ocean: bool = True
+    #: External JSON-RPC URL of the chain; empty: start the project's ganache on ``chain_port``.
+    ocean_rpc_url: str = ""
+    chain_port: int = 8545
+    #: Port of the research-data download endpoint (stands in for Ocean's Provider).
+    ocean_port: int = 8082
+    ocean_data_dir: Path = Path("var/ocean")
+    #: Seconds between two publisher runs (settled cases -> k-anonymous CSV -> digest on chain).
+    publish_every_s: float = 10.0
+    #: k of the k-anonymity rule; 0: the Ocean side's own default (CRYPTO_DOCTOR_OCEAN_K or 5).
+    ocean_k: int = 0
+    #: Deploy Ocean's contracts if the address file does not point at live ones (dev chains).
+    ocean_deploy: bool = True
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -55,6 +70,8 @@ class PredictorSettings:
             raise ValueError("rank must be 0, 1 or 2 (the TTP dealer)")
         if not 1 <= self.max_batch <= 64:
             raise ValueError("max_batch must be between 1 and 64")
+        if self.ocean_k < 0 or self.publish_every_s <= 0:
+            raise ValueError("ocean_k must be >= 0 and publish_every_s positive")
 
     @property
     def resolved_model_path(self) -> Path:
@@ -63,6 +80,18 @@ class PredictorSettings:
     @property
     def resolved_patient_url(self) -> str:
         return self.patient_public_url or f"http://{self.host}:{self.patient_port}"
+
+    @property
+    def resolved_rpc_url(self) -> str:
+        return self.ocean_rpc_url or f"http://127.0.0.1:{self.chain_port}"
+
+    @property
+    def ocean_service_url(self) -> str:
+        return f"http://{self.host}:{self.ocean_port}"
+
+    @property
+    def ocean_address_file(self) -> Path:
+        return self.ocean_data_dir / "address.json"
 
     @property
     def link_secret(self) -> bytes:
@@ -95,7 +124,20 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "num_threads": (int, "torch threads per party"),
     "heartbeat_s": (float, "seconds of MPC silence before party 0 pings party 1"),
     "control_log": (Path, "party 1 appends each control message from party 0 here (audit)"),
+    "ocean_rpc_url": (str, "external chain JSON-RPC URL (default: start ganache on --chain-port)"),
+    "chain_port": (int, "port of the local ganache chain the supervisor starts"),
+    "ocean_port": (int, "port of the research-data download endpoint"),
+    "ocean_data_dir": (Path, "Ocean side's folder (chain, address file, CSV, publisher state)"),
+    "publish_every_s": (float, "seconds between two publisher runs"),
+    "ocean_k": (int, "k of the k-anonymity rule (0: CRYPTO_DOCTOR_OCEAN_K or 5)"),
 }
+
+#: On/off switches: ``--no-<name>`` turns one off; env ``CRYPTO_DOCTOR_<NAME>=0`` too.
+_SWITCHES: dict[str, str] = {
+    "ocean": "do not start the Ocean side (chain, deployment, publisher, download service)",
+    "ocean_deploy": "never deploy Ocean's contracts (a real chain: give the address file)",
+}
+_FALSE = ("0", "false", "no", "off")
 
 
 def settings_to_argv(settings: PredictorSettings) -> list[str]:
@@ -105,6 +147,9 @@ def settings_to_argv(settings: PredictorSettings) -> list[str]:
         value = getattr(settings, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
+    for name in _SWITCHES:
+        if not getattr(settings, name):
+            argv.append("--no-" + name.replace("_", "-"))
     return argv
 
 
@@ -115,16 +160,28 @@ def parse_settings(
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="python -m predictor",
-        description="Run crypto-doctor's two MPC parties (patient API :8080, doctor API :8081).",
+        description="Run crypto-doctor: two MPC parties (patient API :8080, doctor API :8081) "
+        "and the Ocean side (chain :8545, research downloads :8082).",
     )
     for name, (kind, help_text) in _FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
+    for name, help_text in _SWITCHES.items():
+        parser.add_argument(
+            "--no-" + name.replace("_", "-"), dest=name, action="store_false", default=None,
+            help=help_text,
+        )  # fmt: skip
     args = parser.parse_args(argv)
     values = {}
     for name, (kind, _) in _FLAGS.items():
         value = getattr(args, name)
         if value is None and (ENV_PREFIX + name.upper()) in env:
             value = kind(env[ENV_PREFIX + name.upper()])
+        if value is not None:
+            values[name] = value
+    for name in _SWITCHES:
+        value = getattr(args, name)
+        if value is None and (ENV_PREFIX + name.upper()) in env:
+            value = env[ENV_PREFIX + name.upper()].strip().lower() not in _FALSE
         if value is not None:
             values[name] = value
     try:

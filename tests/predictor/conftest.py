@@ -139,6 +139,7 @@ def service(tmp_path_factory) -> Service:
         "--model-path", str(SEED_MODEL), "--link-secret-hex", secret.hex(),
         "--control-log", str(svc.control_log), "--batch-wait-ms", "50",
         "--max-upload-bytes", str(MAX_UPLOAD),
+        "--no-ocean",  # these tests need no chain
     ]  # fmt: skip
     with open(svc.log_path, "wb") as log:
         svc.process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
