@@ -92,22 +92,48 @@ def generate_dataset(
     difficulty = difficulty or Difficulty()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for spec in (SplitSpec("train", train), SplitSpec("eval", eval)):
-        log.info("generating %s: %d images", spec.name, spec.count)
-        splits[spec.name] = write_split(root / spec.name, spec, seed, difficulty, progress)
+    clear_generated(root)
     manifest = {
         "generator": "training.synthetic",
         "generator_version": GENERATOR_VERSION,
         "anatomy": TEMPLATE_NAME,
         "seed": seed,
-        "splits": splits,
+        "complete": False,  # written first, so an interrupted run is recognisable as ours
+        "splits": {},
         "difficulty_name": difficulty_name,
         "difficulty": difficulty.to_dict(),
         "layout": "Kaggle brain-tumor-detection: <split>/yes, <split>/no",
     }
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest_path = root / MANIFEST_NAME
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    for spec in (SplitSpec("train", train), SplitSpec("eval", eval)):
+        log.info("generating %s: %d images", spec.name, spec.count)
+        manifest["splits"][spec.name] = write_split(
+            root / spec.name, spec, seed, difficulty, progress
+        )
+    manifest["complete"] = True
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return root
+
+
+def clear_generated(root: Path) -> None:
+    """Remove a previous generation's images; never touch a folder the generator did not write."""
+    manifest_path = root / MANIFEST_NAME
+    images = [
+        path
+        for split in ("train", "eval")
+        for label in ("yes", "no")
+        if (root / split / label).is_dir()
+        for path in (root / split / label).iterdir()
+        if path.is_file()
+    ]
+    if images and not manifest_path.is_file():
+        raise FileExistsError(
+            f"{root} holds images but no {MANIFEST_NAME}: not a generated data set, not overwriting"
+        )
+    for path in images:
+        path.unlink()
+    manifest_path.unlink(missing_ok=True)
 
 
 def find_manifest(data_dir: Path) -> dict | None:
