@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import torch
 
 from marketplace import cases
+from marketplace.domain.policy import MarketPolicy
 from models.checkpoint import file_sha256, load_checkpoint
 from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
 from models.mpc import PartyConfig, init_party
@@ -55,6 +56,7 @@ class PatientSideEngine:
         max_batch: int,
         batch_wait_ms: float,
         heartbeat_s: float,
+        policy: MarketPolicy,
         on_exit: Callable[[BaseException | None], None],
     ) -> None:
         self.party = party
@@ -63,6 +65,7 @@ class PatientSideEngine:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.heartbeat_s = heartbeat_s
+        self.policy = policy
         self.on_exit = on_exit
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self._pending: set[str] = set()
@@ -188,6 +191,7 @@ class PatientSideEngine:
                     backbone=self.card.architecture.backbone,
                     model_sha256=self.card.model_sha256,
                     now=now,
+                    policy=self.policy,
                 )
         self.stats.batches += 1
         self.stats.images += len(ready)

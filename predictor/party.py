@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
 from aiohttp import web
 
+from marketplace.domain.policy import MarketPolicy
 from marketplace.storage import make_engine, make_sessionmaker, migrate
 from models.mpc import DEALER_RANK, PartyConfig, run_dealer
 from predictor.engine import ModelSideEngine, PatientSideEngine
@@ -98,6 +100,8 @@ def run_party(settings: PredictorSettings) -> int:
             max_batch=settings.max_batch,
             batch_wait_ms=settings.batch_wait_ms,
             heartbeat_s=settings.heartbeat_s,
+            # Bounties are priced here (party 0) with the same policy party 1's marketplace uses.
+            policy=MarketPolicy.from_env(os.environ),
             on_exit=on_exit,
         )
         app, port = create_patient_app(settings, session_factory, engine), settings.patient_port
