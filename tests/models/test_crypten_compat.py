@@ -25,3 +25,24 @@ def test_load_crypten_applies_the_registration_alias():
         "print(crypten.__version__ if hasattr(crypten, '__version__') else 'ok')"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_fast_config_reads_keep_crypten_config_semantics():
+    result = run_python(
+        "from models.crypten_compat import load_crypten\n"
+        "from omegaconf import OmegaConf\n"
+        "cfg = load_crypten().cfg\n"
+        "plain = OmegaConf.to_container(cfg.config)\n"
+        "assert cfg.encoder.precision_bits == plain['encoder']['precision_bits']\n"
+        "assert cfg['mpc.provider'] == plain['mpc']['provider'] == 'TFP'\n"
+        "cfg.mpc.provider = 'TTP'\n"
+        "assert cfg.mpc.provider == 'TTP' and cfg.config.mpc.provider == 'TTP'\n"
+        "with cfg.temp_override({'mpc.provider': 'TFP'}):\n"
+        "    assert cfg.mpc.provider == 'TFP'\n"
+        "assert cfg.mpc.provider == 'TTP'\n"
+        "cfg.load_config(None)\n"
+        "assert cfg.mpc.provider == 'TFP'\n"
+        "print('ok')"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
