@@ -232,52 +232,66 @@ async def doctor(
     stop_at: float,
     error_rate: float,
 ) -> None:
-    """Pool -> claim -> signed image from party 0 -> sealed vote, until the work runs out."""
+    """Like a doctor on the page: finish my claimed cases first, else pool -> claim; then look
+    at the signed image from party 0 and cast a sealed vote. Until the work runs out."""
     headers = {"Authorization": f"Bearer {token}"}
     while time.monotonic() < stop_at and not done():
-        status, pool = await get_json(session, system.doctor_url + "/api/pool", headers=headers)
-        cases = (pool or {}).get("cases", []) if status == 200 else []
-        cases = [c for c in cases if c["case_id"] in stats.truth]
-        if not cases:
-            await asyncio.sleep(0.5 + rng.random())
-            continue
-        case = rng.choice(cases[:10])
-        case_id = case["case_id"]
         try:
-            url = f"{system.doctor_url}/api/cases/{case_id}/claim"
-            async with session.post(url, headers=headers, json={}) as reply:
-                card = await reply.json(content_type=None)
-                if reply.status != 201:
-                    stats.claim_conflicts += 1
-                    continue
-            async with session.get(card["image_url"]) as reply:
-                await reply.read()
-                if reply.status != 200:
-                    stats.vote_errors[f"image {reply.status}"] += 1
-            truth = stats.truth[case_id]
-            wrong = "no_tumor" if truth == "tumor" else "tumor"
-            label = wrong if rng.random() < error_rate else truth
-            sent = time.time()
-            for _attempt in range(5):
-                async with session.post(
-                    system.doctor_url + "/decision",
-                    headers=headers,
-                    json={"case_id": case_id, "label": label},
-                ) as reply:
-                    await reply.read()
-                    if reply.status == 201:
-                        stats.votes += 1
-                        stats.last_vote_sent[case_id] = max(
-                            sent, stats.last_vote_sent.get(case_id, 0.0)
-                        )
-                        break
-                    stats.vote_errors[reply.status] += 1
-                    if reply.status < 500:
-                        break
-                await asyncio.sleep(1)
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-            stats.vote_errors["connection"] += 1
+            case_id, image_url = await next_case(system, session, headers, stats, rng)
+            if case_id is None:
+                await asyncio.sleep(0.5 + rng.random())
+                continue
+            await review(system, session, headers, stats, rng, case_id, image_url, error_rate)
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
+            stats.vote_errors["connection"] += 1  # a party restarting: come back to it later
             await asyncio.sleep(1)
+
+
+async def next_case(system, session, headers, stats, rng) -> tuple[str | None, str | None]:
+    """An unvoted claim of mine (a claim whose answer or vote was lost), else a new claim."""
+    status, mine = await get_json(session, system.doctor_url + "/api/claims", headers=headers)
+    if status != 200:
+        return None, None
+    for card in mine["cases"]:
+        if not card["voted"] and card["case_id"] in stats.truth:
+            url = f"{system.doctor_url}/api/cases/{card['case_id']}/image-link"
+            status, link = await get_json(session, url, headers=headers)
+            return (card["case_id"], link["url"]) if status == 200 else (None, None)
+    status, pool = await get_json(session, system.doctor_url + "/api/pool", headers=headers)
+    cases = [c for c in (pool or {}).get("cases", []) if c["case_id"] in stats.truth]
+    if status != 200 or not cases:
+        return None, None
+    case_id = rng.choice(cases[:10])["case_id"]
+    url = f"{system.doctor_url}/api/cases/{case_id}/claim"
+    async with session.post(url, headers=headers, json={}) as reply:
+        card = await reply.json(content_type=None)
+        if reply.status != 201:
+            stats.claim_conflicts += 1
+            return None, None
+    return case_id, card["image_url"]
+
+
+async def review(system, session, headers, stats, rng, case_id, image_url, error_rate) -> None:
+    async with session.get(image_url) as reply:
+        await reply.read()
+        if reply.status != 200:
+            stats.vote_errors[f"image {reply.status}"] += 1
+            return
+    truth = stats.truth[case_id]
+    wrong = "no_tumor" if truth == "tumor" else "tumor"
+    label = wrong if rng.random() < error_rate else truth
+    sent = time.time()
+    async with session.post(
+        system.doctor_url + "/decision",
+        headers=headers,
+        json={"case_id": case_id, "label": label},
+    ) as reply:
+        await reply.read()
+        if reply.status == 201:
+            stats.votes += 1
+            stats.last_vote_sent[case_id] = max(sent, stats.last_vote_sent.get(case_id, 0.0))
+        else:
+            stats.vote_errors[reply.status] += 1
 
 
 def create_doctors(db_url: str, count: int) -> list[str]:
