@@ -14,6 +14,7 @@ SIGTERM/SIGINT stop every child (publisher and services first, the chain last).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -63,20 +64,38 @@ class OceanChild:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        # Own process group: a child's own children (ganache under the chain wrapper) can be
+        # cleaned up with it, even when the child itself was killed without warning.
         if self.stdout_path is None:
-            self.process = subprocess.Popen(self.argv)
+            self.process = subprocess.Popen(self.argv, start_new_session=True)
         else:
             self.stdout_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.stdout_path, "wb") as out:
-                self.process = subprocess.Popen(self.argv, stdout=out)
+                self.process = subprocess.Popen(self.argv, stdout=out, start_new_session=True)
         self.starts += 1
         self.not_before = time.monotonic() + OCEAN_RESTART_DELAY_S
         log.info("%s started (pid %d)", self.name, self.process.pid)
 
+    def reap(self) -> int | None:
+        """Forget a dead child; SIGTERM whatever is left of its process group."""
+        code = self.process.returncode if self.process is not None else None
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+        self.process = None
+        return code
+
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+            _signal_group(self.process.pid, signal.SIGKILL)
         self.process = None
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -133,8 +152,7 @@ class OceanSide:
         chain = self.children.get("chain")
         if chain is not None and not chain.running:
             if chain.process is not None:
-                log.warning("chain exited (%s); restarting it", chain.process.returncode)
-                chain.process = None
+                log.warning("chain exited (%s); restarting it", chain.reap())
                 self.deployed = "deploy" not in self.children
             if now >= chain.not_before:
                 chain.start()
@@ -146,7 +164,7 @@ class OceanSide:
                     log.info("Ocean contracts ready (%s)", self.settings.ocean_address_file)
                 else:
                     log.warning("deployment failed (%s); retrying", deploy.process.returncode)
-                deploy.process = None
+                deploy.reap()
             elif now >= deploy.not_before and self._chain_ready():
                 deploy.start()
         if not self.deployed:
@@ -156,8 +174,7 @@ class OceanSide:
             if child.running:
                 continue
             if child.process is not None:
-                log.warning("%s exited (%s); restarting it", name, child.process.returncode)
-                child.process = None
+                log.warning("%s exited (%s); restarting it", name, child.reap())
             if now >= child.not_before:
                 child.start()
 
