@@ -13,15 +13,10 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 
-COLUMNS: tuple[str, ...] = (
-    "day",
-    "backbone",
-    "model_label",
-    "confidence_bucket",
-    "diagnosis",
-    "reviewers",
-    "agreement",
-)
+from marketplace.domain.anonymize import CSV_COLUMNS
+
+#: The published columns are exactly the marketplace's anonymized research row.
+COLUMNS: tuple[str, ...] = CSV_COLUMNS
 
 
 class InvalidRow(ValueError):
