@@ -1,5 +1,6 @@
 """A real two-process encrypted forward: argmax agrees with plaintext, and only party 0 learns it."""
 
+import pytest
 import torch
 
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
@@ -22,14 +23,15 @@ def _party(rank, checkpoint_path, images):
     return classifier.logit_differences(images, len(images)), classifier.card
 
 
-def test_encrypted_lenet_agrees_with_plaintext(tmp_path):
+@pytest.mark.parametrize("provider", ["TFP", "TTP"])
+def test_encrypted_lenet_agrees_with_plaintext(tmp_path, provider):
     arch = default_architecture("lenet")
     model = trained_like(arch)
     path = tmp_path / "lenet.pth"
     sha = save_checkpoint(path, model, arch, temperature=1.5)
     torch.manual_seed(1)
     images = torch.randn(6, 1, 64, 64)
-    (revealed, card0), (nothing, card1) = run_parties(_party, str(path), images)
+    (revealed, card0), (nothing, card1) = run_parties(_party, str(path), images, provider=provider)
     with torch.no_grad():
         logits = model(images)
     plain = (logits[:, 1] - logits[:, 0]) / 1.5
