@@ -9,7 +9,7 @@ from pathlib import Path
 from training.synthetic import GENERATOR_VERSION, MANIFEST_NAME, generate_dataset
 
 log = logging.getLogger(__name__)
-DEFAULT_TRAIN = 600
+DEFAULT_TRAIN = 1000
 DEFAULT_EVAL = 200
 
 

@@ -26,10 +26,11 @@ from training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 ENCRYPTED_KEYS = (
+    "images",
     "plaintext_accuracy",
     "encrypted_accuracy",
     "argmax_agreement_pct",
-    "max_abs_logit_diff",
+    "max_abs_logit_difference_error",
     "seconds_per_image",
 )
 

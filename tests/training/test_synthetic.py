@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,10 @@ def test_lesion_is_painted_inside_the_brain_around_its_centre() -> None:
     rows, cols = np.nonzero(changed)
     distance = np.hypot(rows - lesion.row, cols - lesion.col)
     assert distance.max() < 4.0 * lesion.radius  # mass effect + halo stay local
-    assert not changed[~ndimage.binary_dilation(mask, iterations=3)].any()
+    # Without mass effect, the lesion itself never spills out of the brain.
+    flat = paint_lesion(canvas, mask, replace(lesion, mass_effect=0.0), np.random.default_rng(7))
+    spilled = np.abs(flat - canvas) > 0.02
+    assert spilled.any() and not spilled[~ndimage.binary_dilation(mask, iterations=3)].any()
 
 
 def test_healthy_slice_has_no_lesion() -> None:

@@ -61,11 +61,11 @@ def with_skull(slice_mm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     depth = outside / (scale * rng.uniform(0.85, 1.2))
     # depth (mm) -> intensity: CSF gap, inner table, diploe, outer table, scalp fat, skin, air.
     knots = [0.0, 2.0, 2.6, 4.0, 5.0, 6.4, 7.2, 11.5, 12.5, 14.0, 15.0]
-    fat = rng.uniform(0.65, 0.95)
+    fat = rng.uniform(0.55, 0.85)
     values = [0.12, 0.1, 0.05, 0.35, 0.05, 0.05, fat, fat * 0.9, 0.45, 0.35, 0.0]
     layers = np.interp(depth, knots, values).astype(np.float32)
     layers *= ndimage.gaussian_filter(rng.normal(1.0, 0.15, slice_mm.shape), 2.0).astype(np.float32)
     out = np.where(head, slice_mm, layers)
     # Inside the filled outline but outside tissue (sulci between lobes): dark CSF.
     out = np.where(head & ~mask, np.maximum(slice_mm, 0.1), out)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, None).astype(np.float32)

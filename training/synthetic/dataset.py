@@ -26,7 +26,7 @@ from training.synthetic.anatomy import TEMPLATE_NAME
 from training.synthetic.difficulty import Difficulty
 from training.synthetic.render import render_slice
 
-GENERATOR_VERSION = "mri-synth-1.0"
+GENERATOR_VERSION = "mri-synth-1.1"
 MANIFEST_NAME = "dataset.json"
 SPLIT_STREAMS = {"train": 1, "eval": 2}
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ def draw_lesion(mask: np.ndarray, difficulty: Difficulty, rng: np.random.Generat
         candidates = np.argwhere(depth >= 0.8 * depth.max())
         radius = min(radius, max(3.0, float(depth.max())))
     row, col = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 2)
-    sign = 1.0 if rng.random() < 0.5 else -1.0
+    sign = 1.0 if rng.random() < difficulty.hyperintense_probability else -1.0
     harmonics = tuple(
         (
             k,
@@ -76,7 +76,11 @@ def _normalised_distance(lesion: Lesion, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _mass_effect(image: np.ndarray, lesion: Lesion) -> np.ndarray:
-    """Push tissue away from the lesion centre (backward radial map, decays with distance)."""
+    """Push tissue away from the lesion centre (backward radial map, decays with distance).
+
+    Near the surface this can push the brain outline out by a few mm; the skull is drawn
+    afterwards around the displaced outline.
+    """
     if lesion.mass_effect <= 0:
         return image
     rows, cols = np.indices(image.shape, dtype=np.float32)
@@ -93,7 +97,7 @@ def _mass_effect(image: np.ndarray, lesion: Lesion) -> np.ndarray:
 def paint_lesion(
     image: np.ndarray, mask: np.ndarray, lesion: Lesion, rng: np.random.Generator
 ) -> np.ndarray:
-    """``image`` (canvas, [0, 1]) with ``lesion`` added, confined to brain tissue."""
+    """``image`` (canvas, template scale) with ``lesion`` added, confined to brain tissue."""
     image = _mass_effect(image, lesion)
     d = _normalised_distance(lesion, image.shape)
     soft = max(lesion.edge / lesion.radius, 0.05)
@@ -102,18 +106,24 @@ def paint_lesion(
     near = (d > 1.0) & (d < 2.5) & mask
     local = float(np.median(image[near])) if near.any() else 0.6
     local = max(local, 0.25)
+    # Enhancing parts are brighter than white matter (T1 + contrast), not just than neighbours.
+    white = float(np.percentile(image[mask], 95)) if mask.any() else 0.8
+    strength = abs(lesion.contrast)
     texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, image.shape), 1.5).astype(np.float32)
-    texture *= 0.12 / (texture.std() + 1e-6)
-    if lesion.ring:
+    texture = 1.0 + texture * (0.12 / (texture.std() + 1e-6))
+    bright = white * (1.0 + 0.5 * strength)
+    if lesion.ring:  # enhancing rim around a dark necrotic core
         rim = np.exp(-(((d - 0.85) / (0.12 + soft)) ** 2))
-        core = local * (1.0 - 0.6 * abs(lesion.contrast)) * (1.0 + texture)
-        target = core + rim * local * (abs(lesion.contrast) + 0.15) * 1.2
+        core = local * (1.0 - 0.6 * strength) * texture
+        target = core * (1.0 - rim) + rim * bright
+    elif lesion.contrast > 0:
+        target = bright * texture
     else:
-        target = local * (1.0 + lesion.contrast) * (1.0 + texture)
+        target = local * (1.0 - strength) * texture
     out = image * (1.0 - inside * tissue) + target * inside * tissue
     if lesion.edema:
         halo = np.exp(-(((d - 1.0) / 0.7) ** 2)) * (d > 0.8) * tissue
         out = out * (
             1.0 - 0.6 * abs(lesion.contrast) * halo * (1.0 if lesion.contrast < 0 else -0.5)
         )
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, None).astype(np.float32)  # > 1 allowed: the render windows it

@@ -67,12 +67,15 @@ def _geometry(
 
 
 def _intensity(image: np.ndarray, difficulty: Difficulty, rng: np.random.Generator) -> np.ndarray:
-    """Bias field, scanner gain and gamma, then Rician noise; returns float in [0, 1]."""
+    """Bias field, gamma, display window, then Rician noise; returns float in [0, 1].
+
+    The window maps the 99.5th percentile to ``window`` x full scale, as a viewer's auto
+    window does, so gain changes never wipe out a lesion by saturating the whole brain.
+    """
     bias = rng.uniform(*difficulty.bias_strength) * _smooth_field(rng, image.shape, 3)
-    image = image * np.exp(bias)
-    image = rng.uniform(*difficulty.gain) * np.power(
-        np.clip(image, 0, None), rng.uniform(*difficulty.gamma)
-    )
+    image = np.power(np.clip(image * np.exp(bias), 0, None), rng.uniform(*difficulty.gamma))
+    level = float(np.percentile(image, 99.5)) or 1.0
+    image = image / level * rng.uniform(*difficulty.window)
     sigma = rng.uniform(*difficulty.noise_sigma)
     real = image + rng.normal(0.0, sigma, image.shape)
     imag = rng.normal(0.0, sigma, image.shape)
