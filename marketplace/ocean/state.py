@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import ForeignKey, String, create_engine, event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 STAGED = "staged"
@@ -93,7 +93,14 @@ class OceanState:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            # The publisher and the download service may create the file at the same moment;
+            # create_all's check-then-create then loses the race in one of them. Look again.
+            if "already exists" not in str(exc):
+                raise
+            Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
