@@ -76,3 +76,20 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def benchmark_checkpoint(models_dir: Path, backbone: str, workdir: Path) -> tuple[Path, str]:
+    """``models_dir/<backbone>.pth`` if trained, else freshly initialised weights in ``workdir``.
+
+    For timing runs: encrypted latency does not depend on the weights' values. The second
+    item says which one was used, for the benchmark's table.
+    """
+    trained = Path(models_dir) / f"{backbone}.pth"
+    if trained.exists():
+        return trained, "trained"
+    from models.nets import default_architecture
+
+    arch = default_architecture(backbone)
+    path = Path(workdir) / f"{backbone}-random.pth"
+    save_checkpoint(path, build_model(arch).eval(), arch, 1.0)
+    return path, "random init"

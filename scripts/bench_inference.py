@@ -27,10 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint  # noqa: E402
+from models.checkpoint import benchmark_checkpoint, file_sha256, load_checkpoint  # noqa: E402
 from models.inference import EncryptedClassifier  # noqa: E402
 from models.mpc import free_port, run_parties  # noqa: E402
-from models.nets import build_model, default_architecture  # noqa: E402
 
 BASELINE = ROOT.parent / "shared" / "bench" / "crypten_baseline.py"
 OUT = ROOT / "bench"
@@ -67,16 +66,6 @@ def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int, pro
     }
 
 
-def checkpoint_for(backbone: str, workdir: Path) -> tuple[Path, str]:
-    trained = ROOT / "models" / f"{backbone}.pth"
-    if trained.exists():
-        return trained, "trained"
-    arch = default_architecture(backbone)
-    path = workdir / f"{backbone}-random.pth"
-    save_checkpoint(path, build_model(arch).eval(), arch, 1.0)
-    return path, "random init (no trained checkpoint on disk)"
-
-
 def plaintext_seconds(checkpoint_path: Path, batch: int, reps: int) -> float:
     torch.set_num_threads(1)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -96,7 +85,7 @@ def plaintext_seconds(checkpoint_path: Path, batch: int, reps: int) -> float:
 def bench_models(reps: int, workdir: Path, backbones: list[str]) -> list[dict]:
     rows = []
     for backbone in backbones:
-        path, weights = checkpoint_for(backbone, workdir)
+        path, weights = benchmark_checkpoint(ROOT / "models", backbone, workdir)
         size = load_checkpoint(path).architecture.image_size
         for batch in (1, 8):
             enc = run_parties(_encrypted_party, str(path), batch, reps, 1)[0]

@@ -237,20 +237,6 @@ def run_echo() -> None:
         server.serve_forever()
 
 
-def checkpoint_for(backbone: str, workdir: Path) -> tuple[Path, str]:
-    """The trained checkpoint if present, else random weights (latency ignores weights)."""
-    from models.checkpoint import save_checkpoint
-    from models.nets import build_model, default_architecture
-
-    trained = ROOT / "models" / f"{backbone}.pth"
-    if trained.exists():
-        return trained, "trained"
-    arch = default_architecture(backbone)
-    path = workdir / f"{backbone}-random.pth"
-    save_checkpoint(path, build_model(arch).eval(), arch, 1.0)
-    return path, "random init"
-
-
 def party(rank: int, checkpoint: str, reps: int, master_addr: str, port: int) -> dict:
     """One party of the benchmark (run inside its namespace): warm-up, then ``reps`` images."""
     import torch
@@ -386,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         if hosts.mode != "tc netem":
             rtts = [None, *rtts]  # also the plain veth, to show what the delay line itself costs
         port = PORT
+        from models.checkpoint import benchmark_checkpoint
+
         for backbone in backbones:
-            checkpoint, weights = checkpoint_for(backbone, workdir)
+            checkpoint, weights = benchmark_checkpoint(ROOT / "models", backbone, workdir)
             reps = args.reps if backbone == "lenet" else max(1, min(args.reps, 2))
             for rtt in rtts:
                 hosts.set_rtt(rtt)
