@@ -165,7 +165,7 @@ def encrypted_validation(checkpoint: Path, settings: TrainSettings) -> dict:
     log.info("encrypted validation (%s, two parties):", checkpoint.name)
     for key in ENCRYPTED_KEYS:
         if key in result:
-            log.info("  %-22s %s", key, _fmt(result[key]))
+            log.info("  %-31s %s", key, _fmt(result[key]))
     return result
 
 

@@ -110,3 +110,25 @@ def test_regenerating_with_fewer_images_leaves_no_stale_files(tmp_path: Path) ->
     ensure_dataset(root, seed=1, train=2, eval=2)
     assert len(list((root / "train").rglob("*.*"))) == 2
     assert dataset_is_complete(root, seed=1, train=2, eval=2)
+
+
+@pytest.mark.slow
+def test_cli_validate_encrypted_merges_two_party_figures(tiny_root: Path, tmp_path: Path) -> None:
+    """Real two-party CrypTen run on 4 eval images; figures land in metrics and provenance."""
+    out = tmp_path / "enc" / "lenet.pth"
+    result = subprocess.run(
+        [sys.executable, "-m", "training",
+         "--source-dir-train", str(tiny_root / "train"), "--source-dir-eval", str(tiny_root / "eval"),
+         "--training-run-out", str(out), "--max-epochs", "1", "--batch-size", "4",
+         "--num-threads", "1", "--progress", "False",
+         "--validate-encrypted", "True", "--encrypted-limit", "4"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    encrypted = json.loads((out.parent / "lenet.metrics.json").read_text())["encrypted_validation"]
+    assert encrypted["images"] == 4
+    assert encrypted["argmax_agreement_pct"] >= 75.0
+    assert encrypted["max_abs_logit_difference_error"] < 0.5
+    passport = json.loads((out.parent / "lenet.provenance.json").read_text())
+    assert passport["metrics"]["encrypted_validation"]["images"] == 4
+    assert "argmax_agreement_pct" in result.stderr
