@@ -67,6 +67,8 @@ class PatientSideEngine:
         self.heartbeat_s = heartbeat_s
         self.policy = policy
         self.on_exit = on_exit
+        #: Called (on this thread) with the ids of cases whose outcome was just recorded.
+        self.on_recorded: Callable[[list[str]], None] = lambda case_ids: None
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
@@ -172,6 +174,7 @@ class PatientSideEngine:
             self._infer(comm, classifier, ready, images)
         with self._pending_lock:
             self._pending.difference_update(batch)
+        self.on_recorded(batch)
 
     def _infer(
         self, comm, classifier: EncryptedClassifier, ready: list[str], images: list[torch.Tensor]

@@ -24,6 +24,41 @@ from predictor.uploads import UploadRejected, validate_image
 routes = web.RouteTableDef()
 
 
+MAX_WAIT_S = 30.0
+
+
+class OutcomeWaiters:
+    """Lets ``GET /case/{id}?wait=N`` answer as soon as the engine records the case's outcome.
+
+    Lives on the event loop; the MPC thread reaches it only through ``notify_threadsafe``.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[asyncio.Event, int]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def register(self, case_id: str) -> asyncio.Event:
+        event, count = self._waiting.get(case_id, (asyncio.Event(), 0))
+        self._waiting[case_id] = (event, count + 1)
+        return event
+
+    def release(self, case_id: str) -> None:
+        event, count = self._waiting[case_id]
+        if count == 1:
+            del self._waiting[case_id]
+        else:
+            self._waiting[case_id] = (event, count - 1)
+
+    def notify_threadsafe(self, case_ids: list[str]) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._notify, case_ids)
+
+    def _notify(self, case_ids: list[str]) -> None:
+        for case_id in case_ids:
+            if case_id in self._waiting:
+                self._waiting[case_id][0].set()
+
+
 @dataclass
 class PatientSide:
     settings: PredictorSettings
@@ -32,6 +67,7 @@ class PatientSide:
     engine: PatientSideEngine
     #: Database work runs here so the event loop never blocks on SQLite.
     executor: ThreadPoolExecutor
+    waiters: OutcomeWaiters
 
 
 PATIENT_SIDE = web.AppKey("patient_side", PatientSide)
@@ -127,9 +163,24 @@ async def get_case(request: web.Request) -> web.Response:
             "pass the patient token as 'Authorization: Bearer <token>' or ?token=",
         )
     try:
-        view = await _in_db(
-            side, cases.patient_view, request.match_info["case_id"], token_hash(token)
-        )
+        wait_s = min(float(request.query.get("wait", 0)), MAX_WAIT_S)
+    except ValueError:
+        return json_error(400, "bad_request", "wait must be a number of seconds")
+    case_id = request.match_info["case_id"]
+    try:
+        # Register before reading, so an outcome recorded right after the read still wakes us.
+        outcome = side.waiters.register(case_id) if wait_s > 0 else None
+        try:
+            view = await _in_db(side, cases.patient_view, case_id, token_hash(token))
+            if outcome is not None and view["status"] == cases.QUEUED:
+                try:
+                    await asyncio.wait_for(outcome.wait(), wait_s)
+                except TimeoutError:
+                    return web.json_response(view)
+                view = await _in_db(side, cases.patient_view, case_id, token_hash(token))
+        finally:
+            if outcome is not None:
+                side.waiters.release(case_id)
     except CaseNotFound:
         return json_error(404, "case_not_found", "no such case")
     except WrongPatientToken:
@@ -189,7 +240,8 @@ async def index(request: web.Request) -> web.Response:
         {
             "service": "crypto-doctor patient API (MPC party 0)",
             "submit": "POST /image (multipart field 'file', JPEG or PNG)",
-            "follow": "GET /case/{case_id} with 'Authorization: Bearer <patient_token>'",
+            "follow": "GET /case/{case_id} with 'Authorization: Bearer <patient_token>'"
+            " (add ?wait=N to wait up to N seconds for the prediction)",
         }
     )
 
@@ -200,11 +252,18 @@ def create_patient_app(
     # Multipart overhead on top of the image; _read_upload enforces the image limit itself.
     app = web.Application(client_max_size=settings.max_upload_bytes + 1024 * 1024)
     side = PatientSide(
-        settings, session_factory, engine.image_store, engine, ThreadPoolExecutor(4, "db")
+        settings,
+        session_factory,
+        engine.image_store,
+        engine,
+        ThreadPoolExecutor(4, "db"),
+        OutcomeWaiters(),
     )
+    engine.on_recorded = side.waiters.notify_threadsafe
     app[PATIENT_SIDE] = side
 
     async def lifecycle(app: web.Application):
+        side.waiters.loop = asyncio.get_running_loop()
         engine.start()
         yield
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -156,11 +157,10 @@ def _post_and_wait(patient_url: str, image: bytes) -> float:
     answer = json.loads(payload)
     assert status == 202, answer
     auth = {"Authorization": f"Bearer {answer['patient_token']}"}
-    while True:
-        _, view, _ = http("GET", f"{patient_url}/case/{answer['case_id']}", headers=auth)
+    while True:  # long-poll: the answer comes as soon as the prediction is recorded
+        _, view, _ = http("GET", f"{patient_url}/case/{answer['case_id']}?wait=30", headers=auth)
         if json.loads(view)["prediction"] is not None:
             return time.perf_counter() - started
-        time.sleep(0.005)
 
 
 def bench_service(
@@ -228,9 +228,12 @@ def _wait_ready(url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError("predictor did not start")
 
 
-def markdown(models: list[dict], service: list[dict], machine: str) -> str:
+def markdown(
+    models: list[dict], service: list[dict], machine: str, models_date: str, service_date: str
+) -> str:
     lines = [
         f"Machine: {machine}. Two parties on loopback, 1 torch thread each, TFP triples, median of repeats.",
+        f"Model rows measured {models_date}; served-path rows {service_date}.",
         "",
         "| system | model | input | batch | weights | s/img encrypted | s/img plaintext | enc/plain | rounds | MB/img |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -264,16 +267,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--skip-service", action="store_true")
+    parser.add_argument(
+        "--skip-models",
+        action="store_true",
+        help="re-measure only the served path; keep the model rows (and their date) of the last run",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--backbones", default="lenet,resnet18")
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} cores visible to torch, {platform.python_version()}, torch {torch.__version__}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        models = bench_models(args.reps, workdir, args.backbones.split(","))
-        if not args.skip_baseline:
+        previous = json.loads((OUT / "inference.json").read_text()) if args.skip_models else None
+        models = (
+            previous["models"]
+            if previous
+            else bench_models(args.reps, workdir, args.backbones.split(","))
+        )
+        if not args.skip_baseline and not previous:
             models += bench_baseline(
                 3,
                 [
@@ -290,15 +303,17 @@ def main() -> None:
 
             root = generate_dataset(workdir / "mri", seed=11, train=2, eval=16)
             images = [p.read_bytes() for p in sorted((root / "eval").rglob("*.jp*g"))]
-            service = bench_service(images, workdir, [1, 8], args.requests)
+            service = bench_service(images, workdir, [1, 8, 16], args.requests)
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result = {
         "machine": machine,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": now,
+        "models_date": previous["models_date"] if previous else now,
         "models": models,
         "service": service,
     }
     (OUT / "inference.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(models, service, machine)
+    table = markdown(models, service, machine, result["models_date"], now)
     (OUT / "inference.md").write_text(table)
     print(table)
 

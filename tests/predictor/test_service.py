@@ -159,3 +159,18 @@ def test_killed_party_is_restarted_and_the_job_completes_once(service, mri_image
             (answer["case_id"],),
         ).fetchone()[0]
     assert fundings == 1
+
+
+def test_long_poll_answers_as_soon_as_the_prediction_is_recorded(service, mri_images):
+    status, answer = service.post_image(mri_images["yes"][3])
+    assert status == 202
+    code, body, _ = http(
+        "GET",
+        f"{service.patient_url}/case/{answer['case_id']}?wait=30",
+        headers={"Authorization": f"Bearer {answer['patient_token']}"},
+    )
+    view = json.loads(body)
+    assert code == 200 and view["status"] == "open" and view["prediction"] is not None
+    bad = http("GET", f"{service.patient_url}/case/{answer['case_id']}?wait=soon",
+               headers={"Authorization": f"Bearer {answer['patient_token']}"})  # fmt: skip
+    assert bad[0] == 400
