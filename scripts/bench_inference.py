@@ -173,7 +173,7 @@ def bench_service(
         argv = [
             sys.executable, "-m", "predictor", "--patient-port", str(port), "--doctor-port", str(free_port()),
             "--db-url", f"sqlite:///{run_dir / 'db.sqlite3'}", "--data-dir", str(run_dir / "party0"),
-            "--max-batch", str(max_batch), "--batch-wait-ms", "5",
+            "--max-batch", str(max_batch), "--batch-wait-ms", "5", "--no-ocean",
         ]  # fmt: skip
         with open(run_dir / "log", "wb") as log:
             proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
