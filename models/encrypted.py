@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from models.nets import Architecture, build_model
 
-Params = "OrderedDict[str, torch.Tensor]"
+Params = OrderedDict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,14 @@ protocol step); the batch size is public.
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from models.checkpoint import Checkpoint
+from models.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from models.encrypted import Prediction, fold, forward, share_images, share_parameters
 from models.nets import Architecture
 
@@ -51,6 +54,15 @@ class EncryptedClassifier:
             model_params = fold(checkpoint.model(), checkpoint.architecture, checkpoint.temperature)
         self.encrypted_model = share_parameters(crypten, self.card.architecture, model_params, rank)
 
+    @classmethod
+    def for_party(cls, crypten, rank: int, checkpoint_path: Path | str) -> EncryptedClassifier:
+        """Party 1 reads the checkpoint at ``checkpoint_path``; party 0 never touches it."""
+        if rank == MODEL_OWNER:
+            return cls(
+                crypten, rank, load_checkpoint(checkpoint_path), file_sha256(checkpoint_path)
+            )
+        return cls(crypten, rank)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         size = self.card.architecture.image_size
@@ -70,3 +82,32 @@ class EncryptedClassifier:
         if differences is None:
             return None
         return [Prediction.from_logit_difference(float(d)) for d in differences]
+
+
+def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> dict:
+    """Median seconds, rounds and bytes of ``reps`` encrypted forwards on random images.
+
+    Both parties call it (each measures its own side); one warm-up pass is not counted.
+    """
+    crypten = classifier.crypten
+    comm = crypten.communicator.get()
+    crypten.cfg.communicator.verbose = True
+    images = None
+    if classifier.rank == IMAGE_OWNER:
+        images = torch.randn(batch, *classifier.image_shape)
+    classifier.logit_differences(images, batch)
+    times, rounds, sent = [], [], []
+    for _ in range(reps):
+        comm.reset_communication_stats()
+        started = time.perf_counter()
+        classifier.logit_differences(images, batch)
+        times.append(time.perf_counter() - started)
+        stats = comm.get_communication_stats()
+        rounds.append(stats["rounds"])
+        sent.append(stats["bytes"])
+    return {
+        "seconds": statistics.median(times),
+        "all_seconds": [round(t, 4) for t in times],
+        "rounds": statistics.median(rounds),
+        "bytes": statistics.median(sent),
+    }

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import torch
@@ -41,7 +41,6 @@ INFER, PING, STOP = "infer", "ping", "stop"
 class EngineStats:
     batches: int = 0
     images: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 class PatientSideEngine:
@@ -198,7 +197,6 @@ class PatientSideEngine:
                 )
         self.stats.batches += 1
         self.stats.images += len(ready)
-        self.stats.batch_sizes.append(len(ready))
         log.info("encrypted batch of %d in %.3f s", len(ready), seconds)
 
 
@@ -228,6 +226,7 @@ class ModelSideEngine:
 
     def _run(self) -> None:
         try:
+            # Read the checkpoint before the rendezvous: a bad file fails fast, not mid-protocol.
             checkpoint = load_checkpoint(self.model_path)
             crypten = init_party(self.party)
             comm = crypten.communicator.get()

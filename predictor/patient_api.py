@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
 import time
@@ -14,6 +13,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from marketplace import cases
+from marketplace.doctors import hash_token
 from marketplace.errors import CaseNotFound, WrongPatientToken
 from marketplace.image_links import verify_image_signature
 from predictor.engine import PatientSideEngine
@@ -77,10 +77,6 @@ def json_error(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status)
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 async def _in_db(side: PatientSide, fn, *args, **kwargs):
     def work():
         with side.session_factory() as session:
@@ -122,7 +118,7 @@ async def post_image(request: web.Request) -> web.Response:
         staged = side.images.stage(accepted.data, accepted.content_type)
         try:
             case_id = cases.create_case(
-                session, patient_token_hash=token_hash(token), now=datetime.now(UTC)
+                session, patient_token_hash=hash_token(token), now=datetime.now(UTC)
             )
         except BaseException:
             staged.unlink(missing_ok=True)
@@ -171,13 +167,13 @@ async def get_case(request: web.Request) -> web.Response:
         # Register before reading, so an outcome recorded right after the read still wakes us.
         outcome = side.waiters.register(case_id) if wait_s > 0 else None
         try:
-            view = await _in_db(side, cases.patient_view, case_id, token_hash(token))
+            view = await _in_db(side, cases.patient_view, case_id, hash_token(token))
             if outcome is not None and view["status"] == cases.QUEUED:
                 try:
                     await asyncio.wait_for(outcome.wait(), wait_s)
                 except TimeoutError:
                     return web.json_response(view)
-                view = await _in_db(side, cases.patient_view, case_id, token_hash(token))
+                view = await _in_db(side, cases.patient_view, case_id, hash_token(token))
         finally:
             if outcome is not None:
                 side.waiters.release(case_id)

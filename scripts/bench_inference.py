@@ -28,43 +28,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import benchmark_checkpoint, file_sha256, load_checkpoint  # noqa: E402
-from models.inference import EncryptedClassifier  # noqa: E402
+from models.checkpoint import benchmark_checkpoint, load_checkpoint  # noqa: E402
+from models.inference import EncryptedClassifier, measure_forward  # noqa: E402
 from models.mpc import free_port, run_parties  # noqa: E402
 
 BASELINE = ROOT.parent / "shared" / "bench" / "crypten_baseline.py"
 OUT = ROOT / "bench"
 
 
-def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int, provider_threads: int):
+def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int):
     from models.crypten_compat import load_crypten
 
-    crypten = load_crypten()
-    comm = crypten.communicator.get()
-    crypten.cfg.communicator.verbose = True
-    if rank == 1:
-        classifier = EncryptedClassifier(
-            crypten, 1, load_checkpoint(checkpoint_path), file_sha256(checkpoint_path)
-        )
-    else:
-        classifier = EncryptedClassifier(crypten, 0)
-    size = classifier.card.architecture.image_size
-    images = torch.randn(batch, 1, size, size) if rank == 0 else None
-    classifier.logit_differences(images, batch)  # warm-up
-    times, rounds, sent = [], [], []
-    for _ in range(reps):
-        comm.reset_communication_stats()
-        started = time.perf_counter()
-        classifier.logit_differences(images, batch)
-        times.append(time.perf_counter() - started)
-        stats = comm.get_communication_stats()
-        rounds.append(stats["rounds"])
-        sent.append(stats["bytes"])
-    return {
-        "seconds": statistics.median(times),
-        "rounds": statistics.median(rounds),
-        "bytes": statistics.median(sent),
-    }
+    classifier = EncryptedClassifier.for_party(load_crypten(), rank, checkpoint_path)
+    return measure_forward(classifier, batch, reps)
 
 
 def plaintext_seconds(checkpoint_path: Path, batch: int, reps: int) -> float:
@@ -89,7 +65,7 @@ def bench_models(reps: int, workdir: Path, backbones: list[str]) -> list[dict]:
         path, weights = benchmark_checkpoint(ROOT / "models", backbone, workdir)
         size = load_checkpoint(path).architecture.image_size
         for batch in (1, 8):
-            enc = run_parties(_encrypted_party, str(path), batch, reps, 1)[0]
+            enc = run_parties(_encrypted_party, str(path), batch, reps)[0]
             plain = plaintext_seconds(path, batch, reps)
             rows.append(
                 {

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -239,40 +238,13 @@ def run_echo() -> None:
 
 def party(rank: int, checkpoint: str, reps: int, master_addr: str, port: int) -> dict:
     """One party of the benchmark (run inside its namespace): warm-up, then ``reps`` images."""
-    import torch
-
-    from models.checkpoint import file_sha256, load_checkpoint
-    from models.inference import EncryptedClassifier
+    from models.inference import EncryptedClassifier, measure_forward
     from models.mpc import PartyConfig, init_party
 
     crypten = init_party(PartyConfig(rank=rank, master_port=port, master_addr=master_addr))
     try:
-        comm = crypten.communicator.get()
-        crypten.cfg.communicator.verbose = True
-        if rank == 1:  # the model owner: plaintext weights only here
-            classifier = EncryptedClassifier(
-                crypten, 1, load_checkpoint(checkpoint), file_sha256(checkpoint)
-            )
-        else:  # the image owner
-            classifier = EncryptedClassifier(crypten, 0)
-        size = classifier.card.architecture.image_size
-        image = torch.randn(1, 1, size, size) if rank == 0 else None
-        classifier.logit_differences(image, 1)  # warm-up (first-use costs)
-        times, rounds, sent = [], [], []
-        for _ in range(reps):
-            comm.reset_communication_stats()
-            started = time.perf_counter()
-            classifier.logit_differences(image, 1)
-            times.append(time.perf_counter() - started)
-            stats = comm.get_communication_stats()
-            rounds.append(stats["rounds"])
-            sent.append(stats["bytes"])
-        return {
-            "seconds": statistics.median(times),
-            "all_seconds": [round(t, 4) for t in times],
-            "rounds": statistics.median(rounds),
-            "bytes": statistics.median(sent),
-        }
+        # Party 1 (model owner) reads the checkpoint; party 0 (image owner) never does.
+        return measure_forward(EncryptedClassifier.for_party(crypten, rank, checkpoint), 1, reps)
     finally:
         crypten.uninit()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import file_sha256, load_checkpoint
+from models.checkpoint import load_checkpoint
 from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
 from models.mpc import run_parties
 from models.preprocessing import Preprocessing
@@ -24,12 +24,9 @@ def _party(rank: int, checkpoint_path: str, eval_dir: str, limit: int | None, ba
 
     crypten = load_crypten()
     comm = crypten.communicator.get()
-    if rank == MODEL_OWNER:
-        checkpoint = load_checkpoint(checkpoint_path)
-        classifier = EncryptedClassifier(crypten, rank, checkpoint, file_sha256(checkpoint_path))
-        images = None
-    else:
-        classifier = EncryptedClassifier(crypten, rank)
+    classifier = EncryptedClassifier.for_party(crypten, rank, checkpoint_path)
+    images = None
+    if rank == IMAGE_OWNER:
         size = classifier.card.architecture.image_size
         images = ImageFolder(Path(eval_dir), Preprocessing(size), limit=limit).images
     count = comm.broadcast_obj(None if images is None else len(images), IMAGE_OWNER)

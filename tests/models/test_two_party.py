@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from models.checkpoint import save_checkpoint
 from models.mpc import run_parties
 from models.nets import default_architecture
 from tests.models.test_nets import trained_like
@@ -13,14 +13,9 @@ def _party(rank, checkpoint_path, images):
     from models.crypten_compat import load_crypten
     from models.inference import EncryptedClassifier
 
-    crypten = load_crypten()
-    if rank == 1:
-        classifier = EncryptedClassifier(
-            crypten, 1, load_checkpoint(checkpoint_path), file_sha256(checkpoint_path)
-        )
-        return classifier.logit_differences(None, len(images)), classifier.card
-    classifier = EncryptedClassifier(crypten, 0)
-    return classifier.logit_differences(images, len(images)), classifier.card
+    classifier = EncryptedClassifier.for_party(load_crypten(), rank, checkpoint_path)
+    own_images = images if rank == 0 else None  # party 1 never uses the images
+    return classifier.logit_differences(own_images, len(images)), classifier.card
 
 
 @pytest.mark.parametrize("provider", ["TFP", "TTP"])
