@@ -31,9 +31,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-import load_test  # noqa: E402  (the sibling script: system, clients, audit)
+from load.clients import create_doctors  # noqa: E402  (needs the paths above)
+from load.report import report  # noqa: E402
+from load.scenario import parse_args, prepare, run_and_audit, setup_logging  # noqa: E402
+from load.system import System, wait_ready  # noqa: E402
 
 log = logging.getLogger("fault_test")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -134,18 +139,14 @@ class Faults:
 def main(argv: list[str] | None = None) -> int:
     from marketplace.ocean.node import GanacheNode, free_port
 
-    logging.basicConfig(level=logging.INFO, format="[fault_test] %(asctime)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    args = load_test.parse_args(argv, description=__doc__.splitlines()[0])
+    setup_logging("fault_test")
+    args = parse_args(argv, description=__doc__.splitlines()[0])
     if not (PG_BIN / "initdb").exists():
         print("[fault_test] PostgreSQL 15 is not installed (scripts/setup installs it as root)")
         return 2
     started = time.monotonic()
     deadline = started + args.deadline_s
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="crypto-doctor-fault-"))
-    work.mkdir(parents=True, exist_ok=True)
-    log.info("state and logs in %s (shared 2-core machine: figures are noisy)", work)
-    images = load_test.make_images(work, max(2, args.distinct_images // 2))
+    work, images = prepare(args, prefix="crypto-doctor-fault-")
     pg = Postgres(Path(tempfile.mkdtemp(prefix="crypto-doctor-pg-")), free_port())
     chain = GanacheNode(db_path=work / "chain", port=free_port(), log_path=work / "ganache.log")
     system = None
@@ -153,40 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg.init()
         chain.start()
-        system = load_test.System(work, args.model_path, db_url=pg.url, rpc_url=chain.url)
+        system = System(work, args.model_path, db_url=pg.url, rpc_url=chain.url)
         system.start()
-        asyncio.run(load_test.wait_ready(system, deadline))
+        asyncio.run(wait_ready(system, deadline))
         log.info(
             "system ready after %.1f s (PostgreSQL, external chain)", time.monotonic() - started
         )
-        tokens = load_test.create_doctors(system.db_url, args.doctors)
+        tokens = create_doctors(system.db_url, args.doctors)
         faults = Faults(system, pg, chain, args.chain_down_s)
-        load_start = time.monotonic()
-        stats = asyncio.run(
-            load_test.run_load(
-                system, images, tokens, args.patients, deadline - 90, args.error_rate, faults
-            )
-        )
-        load_s = time.monotonic() - load_start
-        log.info("load finished in %.1f s; waiting for the publisher", load_s)
-        load_test.wait_published(system, load_test.DEFAULT_K, deadline - 60)
-        fig = load_test.figures(system, stats)
         notes: list[str] = []
-        problems = load_test.audit(system, stats, notes=notes)
-        bought = load_test.researcher_download(system) if not problems else {}
-        extra = {
-            "patients": args.patients,
-            "doctors": args.doctors,
-            "load_s": round(load_s, 1),
-            "faults": faults.events,
-            "notes": notes,
-            "party_restarts": system.log_text().count("restarting both parties"),
-            "rows": load_test.audit_rows(system.db_url),
-            "researcher_download": bought,
-        }
-        code = load_test.report("fault_test", fig, problems, extra, args.out)
-        if code == 0 and len(stats.accepted) < args.patients:
-            print(f"[fault_test] only {len(stats.accepted)} of {args.patients} got a 202")
+        run = run_and_audit(system, images, tokens, args, deadline, during=faults, notes=notes)
+        extra = run.extra(
+            args,
+            faults=faults.events,
+            notes=notes,
+            party_restarts=system.log_text().count("restarting both parties"),
+        )
+        code = report("fault_test", run.figures, run.problems, extra, args.out)
+        if code == 0 and len(run.stats.accepted) < args.patients:
+            print(f"[fault_test] only {len(run.stats.accepted)} of {args.patients} got a 202")
             code = 2
     finally:
         rc = system.stop() if system else None
