@@ -7,7 +7,10 @@ fraction of reviewers who agreed with it.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -79,3 +82,17 @@ def anonymize(
         reviewers=reviewers,
         agreement=round(agreement, 2),
     )
+
+
+def csv_text(rows: Iterable[Sequence[str]], *, header: bool) -> str:
+    """The one research-CSV dialect: RFC 4180 quoting, '\\n' line ends, optional header.
+
+    The doctor service's live stream and the Ocean publisher's hashed file both render here,
+    so every consumer sees identical bytes for identical rows.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    writer.writerows(rows)
+    return buf.getvalue()
