@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Privacy-preserving second opinions on brain-MRI slices: CrypTen MPC + blind doctor panel",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["models", "training*", "predictor*", "marketplace*"]),
+    packages=find_packages(include=["infra", "models", "training*", "predictor*", "marketplace*"]),
     include_package_data=True,
     package_data={
         "marketplace": [
