@@ -7,7 +7,7 @@ field's default. Flags win over the environment, which wins over defaults.
 
 Supported field types: ``str``, ``int``, ``float``, ``bool`` (a switch: ``--no-x`` when the
 default is on, ``--x`` when it is off; env ``0/1/true/false``), ``Path``, ``bytes`` (hex),
-``timedelta`` (seconds), ``tuple[str, ...]`` (comma-separated), ``X | None``, and a nested
+``timedelta`` (seconds, the flag named ``--<name>-s``), ``tuple[str, ...]`` (comma-separated), ``X | None``, and a nested
 dataclass marked with :func:`nested` (its fields get the nested prefix).
 
 Secrets (:func:`flag` with ``secret=True``) are read from the environment only: a command line
@@ -149,7 +149,9 @@ def _leaves(
             continue
         if dataclasses.is_dataclass(kind):
             continue  # a nested value nobody marked configurable: its defaults stand
-        yield _Leaf((*path, f.name), prefix + f.name, kind, optional, _default(f), meta)
+        # A duration is given in seconds, and says so in its name: --review-window-s.
+        name = prefix + f.name + ("_s" if kind is timedelta else "")
+        yield _Leaf((*path, f.name), name, kind, optional, _default(f), meta)
 
 
 def _converter(leaf: _Leaf) -> Callable[[str], Any]:

@@ -56,7 +56,7 @@ def test_flags_win_over_environment_which_wins_over_defaults():
         "CRYPTO_DOCTOR_BOUNTY_BASE": "700",
         "CRYPTO_DOCTOR_NAMES": "x, y",
     }
-    settings = parse_settings(Example, ["--port", "9100", "--no-ocean", "--window", "60"], env)
+    settings = parse_settings(Example, ["--port", "9100", "--no-ocean", "--window-s", "60"], env)
     assert settings.port == 9100
     assert settings.ocean is False and settings.verbose is False
     assert settings.names == ("x", "y")
