@@ -22,6 +22,7 @@ setup(
             "static/*",
         ],
         "models": ["*.pth", "*.json"],
+        "predictor": ["*.yaml"],
     },
     # Runtime pins live in requirements.lock; crypten==0.4.1 is installed with --no-deps
     # because its metadata requires the deprecated "sklearn" package name.

@@ -11,6 +11,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,9 +32,17 @@ class ApiError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+def status_for(exc: BaseException, statuses: Mapping[type[Exception], int]) -> int | None:
+    """The status a table gives an exception (its class or nearest mapped base), or None."""
+    for kind in type(exc).__mro__:
+        if kind in statuses:
+            return statuses[kind]
+    return None
+
+
 def error_middleware(
     statuses: Mapping[type[Exception], int], *, realm: str = "crypto-doctor"
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """Middleware mapping exceptions to JSON errors through one ``{exception: status}`` table.
 
     A mapped exception answers with its status, its ``code`` attribute (or its class name in
@@ -65,9 +74,9 @@ def error_middleware(
         except json.JSONDecodeError:
             return json_error(400, "invalid_json", "request body must be JSON")
         except Exception as exc:
-            for kind in type(exc).__mro__:
-                if kind in statuses:
-                    return json_error(statuses[kind], code_of(exc), str(exc) or code_of(exc))
+            status = status_for(exc, statuses)
+            if status is not None:
+                return json_error(status, code_of(exc), str(exc) or code_of(exc))
             log.exception("unhandled error on %s %s", request.method, request.path)
             return json_error(500, "internal_error", "internal error")
 

@@ -11,8 +11,8 @@ import hmac
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -22,13 +22,64 @@ from marketplace.domain import ledger as ledger_domain
 from marketplace.domain.consensus import LABELS
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.domain.pricing import price_bounty
+from marketplace.domain.status import CaseStatus
 from marketplace.errors import CaseNotFound, InvalidInput, WrongPatientToken
 from marketplace.storage.models import Case
 from marketplace.storage.unit import read_only, unit_of_work
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-QUEUED, OPEN, UNDER_REVIEW, SETTLED, FAILED = "queued", "open", "under_review", "settled", "failed"
+
+@dataclass(frozen=True)
+class ModelPrediction:
+    label: str
+    confidence: float
+    backbone: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    label: str
+    settled_at: datetime
+    reviewers: int
+    agreement: float
+
+
+@dataclass(frozen=True)
+class PatientView:
+    """What the patient may see of their case: never votes or reviewers' identities."""
+
+    case_id: str
+    status: CaseStatus
+    submitted_at: datetime
+    prediction: ModelPrediction | None
+    diagnosis: Diagnosis | None
+    failure_reason: str | None
+
+    def to_json(self) -> dict[str, object]:
+        view: dict[str, object] = {
+            "case_id": self.case_id,
+            "status": self.status.value,
+            "submitted_at": self.submitted_at.isoformat(),
+            "prediction": None
+            if self.prediction is None
+            else {
+                "label": self.prediction.label,
+                "confidence": self.prediction.confidence,
+                "backbone": self.prediction.backbone,
+            },
+            "diagnosis": None
+            if self.diagnosis is None
+            else {
+                "label": self.diagnosis.label,
+                "settled_at": self.diagnosis.settled_at.isoformat(),
+                "reviewers": self.diagnosis.reviewers,
+                "agreement": self.diagnosis.agreement,
+            },
+        }
+        if self.status is CaseStatus.FAILED:
+            view["failure_reason"] = self.failure_reason
+        return view
 
 
 def _require_aware(now: datetime) -> None:
@@ -47,7 +98,7 @@ def create_case(session: Session, *, patient_token_hash: str, now: datetime) -> 
         Case(
             id=case_id,
             patient_token_hash=patient_token_hash,
-            status=QUEUED,
+            status=CaseStatus.QUEUED,
             submitted_at=now,
             min_tier=0,
             reviewers_needed=0,
@@ -91,9 +142,9 @@ def record_prediction(
     bounty = price_bounty(float(confidence), policy.pricing)
     moved = session.execute(
         update(Case)
-        .where(Case.id == case_id, Case.status == QUEUED)
+        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED)
         .values(
-            status=OPEN,
+            status=CaseStatus.OPEN,
             predicted_at=now,
             model_label=label,
             confidence=float(confidence),
@@ -128,8 +179,8 @@ def record_inference_failure(session: Session, case_id: str, *, reason: str, now
         raise CaseNotFound(case_id)
     session.execute(
         update(Case)
-        .where(Case.id == case_id, Case.status == QUEUED)
-        .values(status=FAILED, failure_reason=(reason or "inference failed")[:2000])
+        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED)
+        .values(status=CaseStatus.FAILED, failure_reason=(reason or "inference failed")[:2000])
         .execution_options(synchronize_session=False)
     )
 
@@ -138,41 +189,33 @@ def record_inference_failure(session: Session, case_id: str, *, reason: str, now
 def unfinished_case_ids(session: Session) -> list[str]:
     """Ids of cases still ``queued``, oldest first (party 0 re-runs them after a crash)."""
     rows = session.scalars(
-        select(Case.id).where(Case.status == QUEUED).order_by(Case.submitted_at, Case.id)
+        select(Case.id).where(Case.status == CaseStatus.QUEUED).order_by(Case.submitted_at, Case.id)
     )
     return list(rows)
 
 
 @read_only
-def patient_view(session: Session, case_id: str, patient_token_hash: str) -> dict[str, Any]:
+def patient_view(session: Session, case_id: str, patient_token_hash: str) -> PatientView:
     """What the patient may see: status, model prediction and final diagnosis - never votes."""
     case = session.get(Case, case_id)
     if case is None:
         raise CaseNotFound(case_id)
     if not hmac.compare_digest(case.patient_token_hash.encode(), patient_token_hash.encode()):
         raise WrongPatientToken(case_id)
+    status = CaseStatus(case.status)
     prediction = None
-    if case.model_label is not None:
-        prediction = {
-            "label": case.model_label,
-            "confidence": case.confidence,
-            "backbone": case.backbone,
-        }
+    if case.model_label is not None and case.confidence is not None:
+        prediction = ModelPrediction(case.model_label, case.confidence, case.backbone or "")
     diagnosis = None
-    if case.status == SETTLED and case.settled_at is not None:
-        diagnosis = {
-            "label": case.diagnosis,
-            "settled_at": case.settled_at.isoformat(),
-            "reviewers": case.reviewers,
-            "agreement": case.agreement,
-        }
-    view: dict[str, Any] = {
-        "case_id": case.id,
-        "status": case.status,
-        "submitted_at": case.submitted_at.isoformat(),
-        "prediction": prediction,
-        "diagnosis": diagnosis,
-    }
-    if case.status == FAILED:
-        view["failure_reason"] = case.failure_reason
-    return view
+    if status is CaseStatus.SETTLED and case.settled_at is not None and case.diagnosis:
+        diagnosis = Diagnosis(
+            case.diagnosis, case.settled_at, case.reviewers or 0, case.agreement or 0.0
+        )
+    return PatientView(
+        case_id=case.id,
+        status=status,
+        submitted_at=case.submitted_at,
+        prediction=prediction,
+        diagnosis=diagnosis,
+        failure_reason=case.failure_reason if status is CaseStatus.FAILED else None,
+    )

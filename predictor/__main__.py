@@ -3,13 +3,13 @@
 import logging
 import sys
 
-from predictor.launcher import Supervisor
 from predictor.party import run_party
-from predictor.settings import parse_settings
+from predictor.settings import parse_predictor_settings
+from predictor.supervisor import Supervisor
 
 
 def main() -> int:
-    settings = parse_settings()
+    settings = parse_predictor_settings()
     if settings.rank is not None:
         return run_party(settings)
     logging.basicConfig(

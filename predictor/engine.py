@@ -15,14 +15,15 @@ the database and run again.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import torch
+from sqlalchemy.orm import Session, sessionmaker
 
 from marketplace import cases
 from marketplace.domain.policy import MarketPolicy
@@ -31,91 +32,97 @@ from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
 from models.mpc import PartyConfig, init_party
 from models.preprocessing import CLASS_NAMES, Preprocessing
 from predictor.images import ImageStore
+from predictor.inference_queue import BatchQueue, ModelCard, QueueStatus
+from predictor.metrics import PatientSideMetrics
 
 log = logging.getLogger(__name__)
 
 INFER, PING, STOP = "infer", "ping", "stop"
 
 
-@dataclass
-class EngineStats:
-    batches: int = 0
-    images: int = 0
-
-
 class PatientSideEngine:
-    """Party 0: queue, batching, announcing, recording predictions."""
+    """Party 0: queue, batching, announcing, recording predictions (an ``InferenceQueue``)."""
 
     def __init__(
         self,
         party: PartyConfig,
-        session_factory,
+        sessions: sessionmaker[Session],
         image_store: ImageStore,
         *,
         max_batch: int,
         batch_wait_ms: float,
         heartbeat_s: float,
         policy: MarketPolicy,
+        metrics: PatientSideMetrics,
+        on_recorded: Callable[[list[str]], None],
         on_exit: Callable[[BaseException | None], None],
     ) -> None:
         self.party = party
-        self.session_factory = session_factory
+        self.sessions = sessions
         self.image_store = image_store
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.heartbeat_s = heartbeat_s
         self.policy = policy
+        self.metrics = metrics
+        #: Called (on the MPC thread) with the ids of cases whose outcome was just recorded.
+        self.on_recorded = on_recorded
         self.on_exit = on_exit
-        #: Called (on this thread) with the ids of cases whose outcome was just recorded.
-        self.on_recorded: Callable[[list[str]], None] = lambda case_ids: None
-        self.jobs: queue.Queue[str | None] = queue.Queue()
-        self._pending: set[str] = set()
-        self._pending_lock = threading.Lock()
-        self.ready = threading.Event()
-        self.stats = EngineStats()
-        self.card = None
+        self.jobs = BatchQueue()
+        self._queued_at: dict[str, float] = {}
+        self._ready = threading.Event()
+        self._batches = 0
+        self._images = 0
+        self._card: ModelCard | None = None
         self._thread = threading.Thread(target=self._run, name="mpc-party-0", daemon=True)
+
+    # -- InferenceQueue -----------------------------------------------------------------
+
+    def submit(self, case_id: str) -> None:
+        """Queue a case once, however often it is submitted (restarts re-submit)."""
+        if self.jobs.submit(case_id):
+            self._queued_at[case_id] = time.monotonic()
+
+    def pending(self) -> int:
+        return self.jobs.pending()
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def status(self) -> QueueStatus:
+        return QueueStatus(self.ready(), self.pending(), self._batches, self._images, self._card)
+
+    # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, case_id: str) -> None:
-        """Queue a case once, however often it is submitted (restarts re-submit)."""
-        with self._pending_lock:
-            if case_id in self._pending:
-                return
-            self._pending.add(case_id)
-        self.jobs.put(case_id)
-
-    def pending_count(self) -> int:
-        with self._pending_lock:
-            return len(self._pending)
-
     def stop(self) -> None:
-        self.jobs.put(None)
+        self.jobs.close()
         self._thread.join(timeout=30)
 
-    # -- worker thread ----------------------------------------------------------------
+    # -- worker thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             crypten = init_party(self.party)
             comm = crypten.communicator.get()
             classifier = EncryptedClassifier(crypten, IMAGE_OWNER)
-            self.card = classifier.card
-            self.preprocessing = Preprocessing(classifier.card.architecture.image_size)
+            architecture = classifier.card.architecture
+            self._card = ModelCard(architecture.backbone, classifier.card.model_sha256)
+            self.preprocessing = Preprocessing(architecture.image_size)
             log.info(
                 "encrypted %s model ready (sha256 %s…)",
-                self.card.architecture.backbone,
-                self.card.model_sha256[:12],
+                self._card.backbone,
+                self._card.sha256[:12],
             )
-            with self.session_factory() as session:
+            with self.sessions() as session:
                 for case_id in cases.unfinished_case_ids(session):
                     log.info("re-queueing unfinished case %s", case_id)
                     self.submit(case_id)
-            self.ready.set()
+            self._ready.set()
             while True:
-                batch = self._next_batch()
+                batch = self.jobs.next_batch(self.max_batch, self.batch_wait_s, self.heartbeat_s)
                 if batch is None:
                     comm.broadcast_obj({"op": STOP}, IMAGE_OWNER)
                     crypten.uninit()
@@ -128,33 +135,7 @@ class PatientSideEngine:
             log.exception("MPC engine failed")
             self.on_exit(exc)
 
-    def _next_batch(self) -> list[str] | None:
-        """Case ids for one forward pass; [] after a quiet heartbeat period; None to stop."""
-        try:
-            first = self.jobs.get(timeout=self.heartbeat_s)
-        except queue.Empty:
-            return []
-        if first is None:
-            return None
-        batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                nxt = (
-                    self.jobs.get(timeout=max(remaining, 0))
-                    if remaining > 0
-                    else self.jobs.get_nowait()
-                )
-            except queue.Empty:
-                break
-            if nxt is None:
-                self.jobs.put(None)  # stop after this batch
-                break
-            batch.append(nxt)
-        return batch
-
-    def _run_batch(self, comm, classifier: EncryptedClassifier, batch: list[str]) -> None:
+    def _run_batch(self, comm: Any, classifier: EncryptedClassifier, batch: list[str]) -> None:
         images, ready = [], []
         for case_id in batch:
             found = self.image_store.find(case_id)
@@ -165,38 +146,52 @@ class PatientSideEngine:
                 ready.append(case_id)
             except (OSError, ValueError) as exc:
                 log.error("case %s cannot be run: %s", case_id, exc)
-                with self.session_factory() as session:
+                with self.sessions() as session:
                     cases.record_inference_failure(
                         session, case_id, reason=str(exc), now=datetime.now(UTC)
                     )
+                self.metrics.inference_failures.inc()
         if ready:
             self._infer(comm, classifier, ready, images)
-        with self._pending_lock:
-            self._pending.difference_update(batch)
+        self.jobs.done(batch)
+        finished = time.monotonic()
+        for case_id in batch:
+            queued_at = self._queued_at.pop(case_id, None)
+            if queued_at is not None and case_id in ready:
+                self.metrics.prediction_latency.observe(finished - queued_at)
         self.on_recorded(batch)
 
     def _infer(
-        self, comm, classifier: EncryptedClassifier, ready: list[str], images: list[torch.Tensor]
+        self,
+        comm: Any,
+        classifier: EncryptedClassifier,
+        ready: list[str],
+        images: list[torch.Tensor],
     ) -> None:
+        assert self._card is not None
         started = time.perf_counter()
         comm.broadcast_obj({"op": INFER, "batch": len(ready)}, IMAGE_OWNER)
         predictions = classifier.predict(torch.stack(images), len(ready))
+        assert predictions is not None  # party 0 is the one that learns the output
         seconds = time.perf_counter() - started
         now = datetime.now(UTC)
-        with self.session_factory() as session:
+        with self.sessions() as session:
             for case_id, prediction in zip(ready, predictions, strict=True):
                 cases.record_prediction(
                     session,
                     case_id,
                     label=CLASS_NAMES[prediction.label],
                     confidence=prediction.confidence,
-                    backbone=self.card.architecture.backbone,
-                    model_sha256=self.card.model_sha256,
+                    backbone=self._card.backbone,
+                    model_sha256=self._card.sha256,
                     now=now,
                     policy=self.policy,
                 )
-        self.stats.batches += 1
-        self.stats.images += len(ready)
+        self._batches += 1
+        self._images += len(ready)
+        self.metrics.batch_seconds.observe(seconds)
+        self.metrics.batch_size.observe(len(ready))
+        self.metrics.predictions.inc(len(ready))
         log.info("encrypted batch of %d in %.3f s", len(ready), seconds)
 
 
@@ -206,11 +201,11 @@ class ModelSideEngine:
     def __init__(
         self,
         party: PartyConfig,
-        model_path,
+        model_path: Path,
         *,
-        on_exit,
-        audit: Callable[[dict], None] | None = None,
-    ):
+        on_exit: Callable[[BaseException | None], None],
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.party = party
         self.model_path = model_path
         self.on_exit = on_exit

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
 
 from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
 
-from marketplace.domain.policy import MarketPolicy
 from marketplace.storage import make_engine, make_sessionmaker, migrate
 from models.mpc import DEALER_RANK, PartyConfig, run_dealer
 from predictor.engine import ModelSideEngine, PatientSideEngine
 from predictor.images import ImageStore
+from predictor.metrics import PatientSideMetrics
+from predictor.outcomes import OutcomeWaiters
 from predictor.patient_api import create_patient_app
 from predictor.settings import PredictorSettings
 
@@ -43,17 +47,19 @@ def _party_config(settings: PredictorSettings, rank: int) -> PartyConfig:
 
 
 def doctor_app(settings: PredictorSettings) -> web.Application:
-    """The marketplace's doctor service, hosted by party 1."""
+    """The marketplace's doctor service, hosted by party 1, with the predictor's settings."""
     from marketplace.service import MarketplaceSettings, create_app
 
-    # Marketplace policy (quorum, pricing, ...) still comes from its own CRYPTO_DOCTOR_* variables.
     return create_app(
-        MarketplaceSettings.from_env(
+        MarketplaceSettings(
             db_url=settings.db_url,
             host=settings.host,
             port=settings.doctor_port,
             image_link_secret=settings.link_secret,
             patient_base_url=settings.resolved_patient_url,
+            image_link_ttl_s=settings.link_ttl_s,
+            policy=settings.policy,
+            operator_token=settings.operator_token,
         )
     )
 
@@ -69,18 +75,79 @@ async def _serve(app: web.Application, host: str, port: int, stop: asyncio.Event
         await runner.cleanup()
 
 
+def _control_audit(settings: PredictorSettings) -> Callable[[dict[str, Any]], None] | None:
+    """Party 1's audit trail of control messages from party 0 (None when not configured)."""
+    if settings.control_log is None:
+        return None
+    handle: IO[str] = open(settings.control_log, "a", buffering=1)  # noqa: SIM115 - party-long
+
+    def audit(message: dict[str, Any]) -> None:
+        handle.write(json.dumps(message) + "\n")
+
+    return audit
+
+
+@dataclass(frozen=True)
+class PartyRole:
+    """What one party process serves over HTTP, and its MPC thread's start and stop."""
+
+    app: web.Application
+    port: int
+    start: Callable[[], None]
+    stop: Callable[[], None]
+
+
+def patient_side(
+    settings: PredictorSettings,
+    sessions: sessionmaker[Session],
+    on_exit: Callable[[BaseException | None], None],
+) -> PartyRole:
+    """Party 0: the patient API over the MPC engine that holds the images."""
+    metrics, waiters = PatientSideMetrics(), OutcomeWaiters()
+    images = ImageStore(settings.data_dir)
+    engine = PatientSideEngine(
+        _party_config(settings, 0),
+        sessions,
+        images,
+        max_batch=settings.max_batch,
+        batch_wait_ms=settings.batch_wait_ms,
+        heartbeat_s=settings.heartbeat_s,
+        # Bounties are priced here (party 0) with the policy party 1's marketplace uses.
+        policy=settings.policy,
+        metrics=metrics,
+        on_recorded=waiters.notify_threadsafe,
+        on_exit=on_exit,
+    )
+    app = create_patient_app(settings, sessions, images, engine, waiters, metrics)
+    return PartyRole(app, settings.patient_port, engine.start, engine.stop)
+
+
+def model_side(
+    settings: PredictorSettings, on_exit: Callable[[BaseException | None], None]
+) -> PartyRole:
+    """Party 1: the weights' MPC engine, and the marketplace's doctor service it hosts."""
+    engine = ModelSideEngine(
+        _party_config(settings, 1),
+        settings.resolved_model_path,
+        on_exit=on_exit,
+        audit=_control_audit(settings),
+    )
+    return PartyRole(doctor_app(settings), settings.doctor_port, engine.start, lambda: None)
+
+
 def run_party(settings: PredictorSettings) -> int:
     """Run the party named by ``settings.rank`` until it is told to stop; return an exit code."""
     rank = settings.rank
+    assert rank is not None
     configure_logging(rank)
     if rank == DEALER_RANK:
         run_dealer(_party_config(settings, rank))
         return 0
     if not settings.link_secret_hex:
-        log.error("both parties need the same --link-secret-hex (or CRYPTO_DOCTOR_LINK_SECRET_HEX)")
+        log.error("both parties need the same CRYPTO_DOCTOR_LINK_SECRET_HEX")
         return 2
     migrate(settings.db_url)
-    session_factory = make_sessionmaker(make_engine(settings.db_url))
+    sessions = make_sessionmaker(make_engine(settings.db_url))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     outcome: dict[str, BaseException | None] = {}
@@ -91,33 +158,12 @@ def run_party(settings: PredictorSettings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-
-    if rank == 0:
-        engine = PatientSideEngine(
-            _party_config(settings, 0),
-            session_factory,
-            ImageStore(settings.data_dir),
-            max_batch=settings.max_batch,
-            batch_wait_ms=settings.batch_wait_ms,
-            heartbeat_s=settings.heartbeat_s,
-            # Bounties are priced here (party 0) with the same policy party 1's marketplace uses.
-            policy=MarketPolicy.from_env(os.environ),
-            on_exit=on_exit,
-        )
-        app, port = create_patient_app(settings, session_factory, engine), settings.patient_port
-    else:
-        audit = None
-        if settings.control_log:
-            handle = open(settings.control_log, "a", buffering=1)  # noqa: SIM115 - lives as long as the party
-            audit = lambda message: handle.write(json.dumps(message) + "\n")  # noqa: E731
-        engine = ModelSideEngine(
-            _party_config(settings, 1), settings.resolved_model_path, on_exit=on_exit, audit=audit
-        )
-        engine.start()
-        app, port = doctor_app(settings), settings.doctor_port
+    role = patient_side(settings, sessions, on_exit) if rank == 0 else model_side(settings, on_exit)
     try:
-        loop.run_until_complete(_serve(app, settings.host, port, stop))
+        role.start()
+        loop.run_until_complete(_serve(role.app, settings.host, role.port, stop))
     finally:
+        role.stop()
         loop.close()
     exc = outcome.get("exc")
     if exc is not None:

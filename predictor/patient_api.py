@@ -1,106 +1,95 @@
-"""Party 0's patient API on :8080: upload an image, follow the case, serve doctors' signed links."""
+"""Party 0's patient API on :8080: upload an image, follow the case, serve doctors' signed links.
+
+Handlers parse and validate, call one use case (:mod:`predictor.submission`), and format the
+answer; errors become JSON through one table (:data:`ERROR_STATUS`). The API depends on an
+:class:`~predictor.inference_queue.InferenceQueue`, not on the MPC engine.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from sqlalchemy.orm import Session, sessionmaker
 
-from marketplace import cases
-from marketplace.doctors import hash_token
+from infra.metrics import add_metrics_route
+from infra.openapi import add_openapi_route, load_spec
+from infra.web import ApiError, error_middleware, run_blocking
+from marketplace.domain.status import CaseStatus
 from marketplace.errors import CaseNotFound, WrongPatientToken
 from marketplace.image_links import verify_image_signature
-from predictor.engine import PatientSideEngine
 from predictor.images import ImageStore
+from predictor.inference_queue import InferenceQueue
+from predictor.metrics import PatientSideMetrics
+from predictor.outcomes import OutcomeWaiters
 from predictor.settings import PredictorSettings
-from predictor.uploads import UploadRejected, validate_image
+from predictor.submission import case_for_patient, submit_case
+from predictor.uploads import (
+    CorruptImage,
+    EmptyUpload,
+    MalformedUpload,
+    UnsupportedImage,
+    UploadRejected,
+    UploadTooLarge,
+    validate_image,
+)
 
 routes = web.RouteTableDef()
 
-
 MAX_WAIT_S = 30.0
+OPENAPI = Path(__file__).resolve().parent / "patient_openapi.yaml"
+
+#: The one place where the patient side's errors become HTTP statuses.
+ERROR_STATUS: dict[type[Exception], int] = {
+    MalformedUpload: 400,
+    EmptyUpload: 400,
+    CorruptImage: 400,
+    UploadTooLarge: 413,
+    UnsupportedImage: 415,
+    UploadRejected: 400,
+    WrongPatientToken: 403,
+    CaseNotFound: 404,
+}
 
 
-class OutcomeWaiters:
-    """Lets ``GET /case/{id}?wait=N`` answer as soon as the engine records the case's outcome.
-
-    Lives on the event loop; the MPC thread reaches it only through ``notify_threadsafe``.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, tuple[asyncio.Event, int]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def register(self, case_id: str) -> asyncio.Event:
-        event, count = self._waiting.get(case_id, (asyncio.Event(), 0))
-        self._waiting[case_id] = (event, count + 1)
-        return event
-
-    def release(self, case_id: str) -> None:
-        event, count = self._waiting[case_id]
-        if count == 1:
-            del self._waiting[case_id]
-        else:
-            self._waiting[case_id] = (event, count - 1)
-
-    def notify_threadsafe(self, case_ids: list[str]) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._notify, case_ids)
-
-    def _notify(self, case_ids: list[str]) -> None:
-        for case_id in case_ids:
-            if case_id in self._waiting:
-                self._waiting[case_id][0].set()
-
-
-@dataclass
+@dataclass(frozen=True)
 class PatientSide:
     settings: PredictorSettings
-    session_factory: object
+    sessions: sessionmaker[Session]
     images: ImageStore
-    engine: PatientSideEngine
-    #: Database work runs here so the event loop never blocks on SQLite.
+    queue: InferenceQueue
+    #: Database and file work runs here so the event loop never blocks on SQLite or fsync.
     executor: ThreadPoolExecutor
     waiters: OutcomeWaiters
+    metrics: PatientSideMetrics
 
 
 PATIENT_SIDE = web.AppKey("patient_side", PatientSide)
 
 
-def json_error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-async def _in_db(side: PatientSide, fn, *args, **kwargs):
-    def work():
-        with side.session_factory() as session:
-            return fn(session, *args, **kwargs)
-
-    return await asyncio.get_running_loop().run_in_executor(side.executor, work)
-
-
 async def _read_upload(request: web.Request, limit: int) -> bytes:
     """The ``file`` part of a multipart form, refusing to buffer more than ``limit`` bytes."""
     if not request.content_type.startswith("multipart/"):
-        raise UploadRejected(400, "bad_request", 'send the image as multipart form field "file"')
+        raise MalformedUpload('send the image as multipart form field "file"')
     reader = await request.multipart()
     async for part in reader:
-        if part.name != "file":
+        if not isinstance(part, BodyPartReader) or part.name != "file":
             continue
         chunks, size = [], 0
         while chunk := await part.read_chunk(64 * 1024):
             size += len(chunk)
             if size > limit:
-                raise UploadRejected(413, "too_large", f"upload exceeds {limit} bytes")
+                raise UploadTooLarge(f"upload exceeds {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-    raise UploadRejected(400, "bad_request", 'no multipart field named "file"')
+    raise MalformedUpload('no multipart field named "file"')
 
 
 @routes.post("/image")
@@ -111,29 +100,24 @@ async def post_image(request: web.Request) -> web.Response:
         data = await _read_upload(request, limit)
         accepted = validate_image(data, max_bytes=limit, max_pixels=side.settings.max_image_pixels)
     except UploadRejected as exc:
-        return json_error(exc.status, exc.code, exc.detail)
-    token = secrets.token_urlsafe(32)
-
-    def store(session):
-        staged = side.images.stage(accepted.data, accepted.content_type)
-        try:
-            case_id = cases.create_case(
-                session, patient_token_hash=hash_token(token), now=datetime.now(UTC)
-            )
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        side.images.commit(staged, case_id)
-        return case_id
-
-    case_id = await _in_db(side, store)
-    side.engine.submit(case_id)
-    status_url = f"/case/{case_id}"
+        side.metrics.uploads_rejected.labels(exc.code).inc()
+        raise
+    submission = await run_blocking(
+        side.executor,
+        submit_case,
+        side.sessions,
+        side.images,
+        side.queue,
+        accepted,
+        now=datetime.now(UTC),
+    )
+    side.metrics.cases_submitted.inc()
+    status_url = f"/case/{submission.case_id}"
     return web.json_response(
         {
-            "case_id": case_id,
-            "patient_token": token,
-            "status": cases.QUEUED,
+            "case_id": submission.case_id,
+            "patient_token": submission.patient_token,
+            "status": submission.status.value,
             "status_url": status_url,
         },
         status=202,
@@ -141,47 +125,45 @@ async def post_image(request: web.Request) -> web.Response:
     )
 
 
-def _patient_token(request: web.Request) -> str | None:
+def _patient_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[len("Bearer ") :].strip()
-    return request.query.get("token")
+    token = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+    token = token or request.query.get("token", "")
+    if not token:
+        raise ApiError(
+            401,
+            "missing_token",
+            "pass the patient token as 'Authorization: Bearer <token>' or ?token=",
+        )
+    return token
 
 
 @routes.get("/case/{case_id}")
 async def get_case(request: web.Request) -> web.Response:
     side = request.app[PATIENT_SIDE]
     token = _patient_token(request)
-    if not token:
-        return json_error(
-            401,
-            "missing_token",
-            "pass the patient token as 'Authorization: Bearer <token>' or ?token=",
-        )
     try:
         wait_s = min(float(request.query.get("wait", 0)), MAX_WAIT_S)
-    except ValueError:
-        return json_error(400, "bad_request", "wait must be a number of seconds")
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", "wait must be a number of seconds") from exc
     case_id = request.match_info["case_id"]
+
+    # Register before reading, so an outcome recorded right after the read still wakes us.
+    outcome = side.waiters.register(case_id) if wait_s > 0 else None
     try:
-        # Register before reading, so an outcome recorded right after the read still wakes us.
-        outcome = side.waiters.register(case_id) if wait_s > 0 else None
-        try:
-            view = await _in_db(side, cases.patient_view, case_id, hash_token(token))
-            if outcome is not None and view["status"] == cases.QUEUED:
-                try:
-                    await asyncio.wait_for(outcome.wait(), wait_s)
-                except TimeoutError:
-                    return web.json_response(view)
-                view = await _in_db(side, cases.patient_view, case_id, hash_token(token))
-        finally:
-            if outcome is not None:
-                side.waiters.release(case_id)
-    except CaseNotFound:
-        return json_error(404, "case_not_found", "no such case")
-    except WrongPatientToken:
-        return json_error(403, "wrong_token", "this token does not open this case")
-    return web.json_response(view)
+        view = await run_blocking(side.executor, case_for_patient, side.sessions, case_id, token)
+        if outcome is not None and view.status is CaseStatus.QUEUED:
+            try:
+                await asyncio.wait_for(outcome.wait(), wait_s)
+            except TimeoutError:
+                return web.json_response(view.to_json())
+            view = await run_blocking(
+                side.executor, case_for_patient, side.sessions, case_id, token
+            )
+    finally:
+        if outcome is not None:
+            side.waiters.release(case_id)
+    return web.json_response(view.to_json())
 
 
 @routes.get("/image/{case_id}")
@@ -198,10 +180,10 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         time.time(),
     )
     if not valid:
-        return json_error(403, "invalid_link", "the image link is invalid or has expired")
+        raise ApiError(403, "invalid_link", "the image link is invalid or has expired")
     found = side.images.find(case_id)
     if found is None:
-        return json_error(404, "image_not_found", "no image for this case")
+        raise ApiError(404, "image_not_found", "no image for this case")
     path, content_type = found
     return web.FileResponse(
         path, headers={"Content-Type": content_type, "Cache-Control": "private, no-store"}
@@ -210,22 +192,18 @@ async def get_image(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    side = request.app[PATIENT_SIDE]
-    engine = side.engine
+    status = request.app[PATIENT_SIDE].queue.status()
     return web.json_response(
         {
             "rank": 0,
             "pid": os.getpid(),
-            "mpc_ready": engine.ready.is_set(),
-            "queued": engine.pending_count(),
-            "batches": engine.stats.batches,
-            "images": engine.stats.images,
+            "mpc_ready": status.ready,
+            "queued": status.queued,
+            "batches": status.batches,
+            "images": status.images,
             "model": None
-            if engine.card is None
-            else {
-                "backbone": engine.card.architecture.backbone,
-                "sha256": engine.card.model_sha256,
-            },
+            if status.model is None
+            else {"backbone": status.model.backbone, "sha256": status.model.sha256},
         }
     )
 
@@ -238,33 +216,46 @@ async def index(request: web.Request) -> web.Response:
             "submit": "POST /image (multipart field 'file', JPEG or PNG)",
             "follow": "GET /case/{case_id} with 'Authorization: Bearer <patient_token>'"
             " (add ?wait=N to wait up to N seconds for the prediction)",
+            "reference": "GET /openapi.json",
         }
     )
 
 
 def create_patient_app(
-    settings: PredictorSettings, session_factory, engine: PatientSideEngine
+    settings: PredictorSettings,
+    sessions: sessionmaker[Session],
+    images: ImageStore,
+    queue: InferenceQueue,
+    waiters: OutcomeWaiters,
+    metrics: PatientSideMetrics,
 ) -> web.Application:
+    """The patient API over a case store, party 0's image store and an inference queue.
+
+    ``waiters`` must be the object the queue's owner notifies when outcomes are recorded.
+    """
     # Multipart overhead on top of the image; _read_upload enforces the image limit itself.
-    app = web.Application(client_max_size=settings.max_upload_bytes + 1024 * 1024)
-    side = PatientSide(
-        settings,
-        session_factory,
-        engine.image_store,
-        engine,
-        ThreadPoolExecutor(4, "db"),
-        OutcomeWaiters(),
+    app = web.Application(
+        client_max_size=settings.max_upload_bytes + 1024 * 1024,
+        middlewares=[error_middleware(ERROR_STATUS)],
     )
-    engine.on_recorded = side.waiters.notify_threadsafe
+    side = PatientSide(
+        settings, sessions, images, queue, ThreadPoolExecutor(4, "db"), waiters, metrics
+    )
     app[PATIENT_SIDE] = side
 
-    async def lifecycle(app: web.Application):
-        side.waiters.loop = asyncio.get_running_loop()
-        engine.start()
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        waiters.attach(asyncio.get_running_loop())
         yield
-        await asyncio.get_running_loop().run_in_executor(None, engine.stop)
         side.executor.shutdown(wait=True)
 
     app.cleanup_ctx.append(lifecycle)
     app.add_routes(routes)
+    metrics.party_restarts.set(settings.restarts)
+    add_metrics_route(
+        app,
+        metrics.registry,
+        settings.operator_token,
+        before_scrape=lambda: metrics.queue_depth.set(queue.pending()),
+    )
+    add_openapi_route(app, load_spec(OPENAPI))
     return app

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from infra.net import free_port
+from infra.settings import secrets_to_env, settings_to_argv
 from marketplace.ocean.node import rpc_ready
-from models.mpc import free_port
-from predictor.settings import PredictorSettings, parse_settings, settings_to_argv
+from predictor.settings import PredictorSettings
+from predictor.settings import parse_predictor_settings as parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ocean_switches_round_trip_through_child_argv_and_env() -> None:
     settings = PredictorSettings(ocean=False, ocean_deploy=False, ocean_k=3).with_link_secret()
-    assert parse_settings(settings_to_argv(settings), {}) == settings
+    assert parse_settings(settings_to_argv(settings), secrets_to_env(settings)) == settings
     from_env = parse_settings([], {"CRYPTO_DOCTOR_OCEAN": "0", "CRYPTO_DOCTOR_OCEAN_PORT": "9"})
     assert (from_env.ocean, from_env.ocean_port, from_env.ocean_deploy) == (False, 9, True)
     assert parse_settings(["--no-ocean"], {"CRYPTO_DOCTOR_OCEAN": "1"}).ocean is False

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from models.mpc import free_port
+from infra.net import free_port
 from training.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,13 +136,16 @@ def service(tmp_path_factory) -> Service:
         sys.executable, "-m", "predictor",
         "--patient-port", str(patient_port), "--doctor-port", str(doctor_port),
         "--db-url", svc.db_url, "--data-dir", str(svc.data_dir),
-        "--model-path", str(SEED_MODEL), "--link-secret-hex", secret.hex(),
+        "--model-path", str(SEED_MODEL),
         "--control-log", str(svc.control_log), "--batch-wait-ms", "50",
         "--max-upload-bytes", str(MAX_UPLOAD),
         "--no-ocean",  # these tests need no chain
     ]  # fmt: skip
     with open(svc.log_path, "wb") as log:
-        svc.process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "CRYPTO_DOCTOR_LINK_SECRET_HEX": secret.hex()}
+        svc.process = subprocess.Popen(
+            argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     try:
         svc.wait_ready()
         yield svc

@@ -1,14 +1,9 @@
-"""``python -m predictor``: start everything on this machine and keep it alive.
+"""The Ocean side the single-host supervisor runs next to the parties.
 
-- The two MPC parties, each a separate OS process (``python -m predictor --rank N``)
-  rendezvousing over torch.distributed. If either dies, the supervisor stops the other and
-  starts both again on a fresh rendezvous port: queued cases are in the database and run again.
-- The Ocean side (unless ``--no-ocean``): the local ganache chain (only when no external RPC URL
-  is configured), the idempotent contract deployment, the publisher loop and the research-data
-  download service. Each is restarted on its own if it dies; after a chain restart the
-  deployment runs again (a no-op when the contracts are still there).
-
-SIGTERM/SIGINT stop every child (publisher and services first, the chain last).
+The local ganache chain (only when no external RPC URL is configured), the idempotent contract
+deployment, the publisher loop and the research-data download service. Each is restarted on
+its own if it dies; after a chain restart the deployment runs again (a no-op when the contracts
+are still there).
 """
 
 from __future__ import annotations
@@ -19,17 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from marketplace.storage import migrate
-from models.mpc import free_port
-from predictor.settings import PredictorSettings, settings_to_argv
+from predictor.settings import PredictorSettings
 
-log = logging.getLogger("predictor.launcher")
+log = logging.getLogger("predictor.supervisor")
 
-POLL_S = 0.2
-MAX_RESTARTS_PER_MINUTE = 5
 #: A dead Ocean child is started again at most this often (it never gives up: a chain may
 #: be down for long, the parties keep serving patients meanwhile).
 OCEAN_RESTART_DELAY_S = 2.0
@@ -184,91 +175,3 @@ class OceanSide:
                 self.children[name].stop()
 
 
-class Supervisor:
-    def __init__(self, settings: PredictorSettings) -> None:
-        self.settings = settings.with_link_secret()
-        self.children: dict[int, subprocess.Popen] = {}
-        self.stopping = False
-        self.restarts: list[float] = []
-        self.ocean = OceanSide(self.settings) if self.settings.ocean else None
-
-    def _ranks(self) -> list[int]:
-        return [0, 1] + ([2] if self.settings.provider == "TTP" else [])
-
-    def start_parties(self) -> None:
-        party_settings = replace(self.settings, master_port=free_port(self.settings.master_addr))
-        base = [sys.executable, "-m", "predictor", *settings_to_argv(party_settings)]
-        for rank in self._ranks():
-            self.children[rank] = subprocess.Popen([*base, "--rank", str(rank)])
-            log.info("party %d started (pid %d)", rank, self.children[rank].pid)
-
-    def stop_parties(self) -> None:
-        # Party 0 first: it tells party 1 (and the dealer) to stop over the MPC channel.
-        for rank in sorted(self.children):
-            stop_process(self.children[rank])
-        self.children.clear()
-
-    def _request_stop(self, *_args) -> None:
-        self.stopping = True
-
-    def where_users_go(self) -> list[str]:
-        """One line per kind of user: where they go (logged at start)."""
-        s = self.settings
-        doctor = f"http://{s.host}:{s.doctor_port}"
-        lines = [
-            f"patients:    curl -F file=@scan.jpg {s.resolved_patient_url}/image"
-            f"  (then GET /case/<id> with the patient token)",
-            f"doctors:     {doctor}/  (web page; API token from "
-            f"`python -m marketplace.doctors create --name ... --specialty ... --db-url {s.db_url}`)",
-        ]
-        if self.ocean is not None:
-            lines.append(
-                "researchers: python -m marketplace.researcher buy|download "
-                f"--service-url {s.ocean_service_url} --rpc-url {s.resolved_rpc_url} "
-                f"--address-file {s.ocean_address_file}"
-            )
-            lines.append(f"chain:       {s.resolved_rpc_url}")
-        else:
-            lines.append("researchers: Ocean side not started here (--no-ocean)")
-        return lines
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
-        migrate(self.settings.db_url)
-        self.start_parties()
-        log.info(
-            "patient API: %s  |  doctors: http://%s:%d",
-            self.settings.resolved_patient_url,
-            self.settings.host,
-            self.settings.doctor_port,
-        )
-        for line in self.where_users_go():
-            log.info("%s", line)
-        try:
-            while not self.stopping:
-                time.sleep(POLL_S)
-                if self.ocean is not None and not self.stopping:
-                    self.ocean.tick()
-                dead = {
-                    rank: child.returncode
-                    for rank, child in self.children.items()
-                    if child.poll() is not None
-                }
-                if dead and not self.stopping:
-                    if not self._may_restart():
-                        log.error("parties keep dying (%s); giving up", dead)
-                        return 1
-                    log.warning("party exited %s; restarting both parties", dead)
-                    self.stop_parties()
-                    self.start_parties()
-        finally:
-            if self.ocean is not None:
-                self.ocean.stop()
-            self.stop_parties()
-        return 0
-
-    def _may_restart(self) -> bool:
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
-        return len(self.restarts) <= MAX_RESTARTS_PER_MINUTE

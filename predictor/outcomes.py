@@ -1,0 +1,41 @@
+"""Lets ``GET /case/{id}?wait=N`` answer as soon as the case's outcome is recorded.
+
+Lives on the event loop; the thread that records predictions reaches it only through
+:meth:`OutcomeWaiters.notify_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class OutcomeWaiters:
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[asyncio.Event, int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the event loop the waiting handlers run on."""
+        self._loop = loop
+
+    def register(self, case_id: str) -> asyncio.Event:
+        event, count = self._waiting.get(case_id, (asyncio.Event(), 0))
+        self._waiting[case_id] = (event, count + 1)
+        return event
+
+    def release(self, case_id: str) -> None:
+        event, count = self._waiting[case_id]
+        if count == 1:
+            del self._waiting[case_id]
+        else:
+            self._waiting[case_id] = (event, count - 1)
+
+    def notify_threadsafe(self, case_ids: list[str]) -> None:
+        """Wake whoever waits on these cases (callable from any thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._notify, case_ids)
+
+    def _notify(self, case_ids: list[str]) -> None:
+        for case_id in case_ids:
+            if case_id in self._waiting:
+                self._waiting[case_id][0].set()
