@@ -7,14 +7,14 @@ import sys
 
 from training.data import DatasetError
 from training.run import run_training
-from training.settings import parse_settings
+from training.settings import parse_train_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = parse_settings(argv)
+    settings = parse_train_settings(argv)
     try:
         run_training(
             settings,

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from infra.settings import flag, parse_settings
 from models.checkpoint import load_checkpoint
 from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
-from models.mpc import run_parties
+from models.mpc import PROVIDERS, run_parties
 from models.preprocessing import Preprocessing
 from training.data import ImageFolder
 
@@ -78,26 +80,49 @@ def validate_encrypted(
     }
 
 
+@dataclass(frozen=True)
+class ValidationSettings:
+    """``python -m training.encrypted_validation``'s flags (env ``CRYPTO_DOCTOR_*``)."""
+
+    checkpoint: Path = field(default=Path("models/lenet.pth"), metadata=flag("checkpoint to run"))
+    eval_dir: Path = field(
+        default=Path("data/mri/eval"), metadata=flag("folder with yes/ and no/", env="EVAL_DIR")
+    )
+    limit: int | None = field(
+        default=None,
+        metadata=flag("images (balanced; 0 = all); default all", env="ENCRYPTED_LIMIT"),
+    )
+    batch_size: int = field(
+        default=8, metadata=flag("images per encrypted forward", env="ENCRYPTED_BATCH_SIZE")
+    )
+    provider: str = field(default="TFP", metadata=flag(f"Beaver triples: {' or '.join(PROVIDERS)}"))
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise ValueError("--limit must be >= 0 (0 = all)")
+        if self.limit == 0:
+            object.__setattr__(self, "limit", None)
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch-size must be > 0, got {self.batch_size}")
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"--provider must be one of {PROVIDERS}, not {self.provider!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(
+    settings = parse_settings(
+        ValidationSettings,
+        argv,
         prog="python -m training.encrypted_validation",
         description="Run a checkpoint encrypted (two real parties) and compare with plaintext.",
     )
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/lenet.pth"))
-    parser.add_argument("--eval-dir", type=Path, default=Path("data/mri/eval"))
-    parser.add_argument("--limit", type=int, default=None, help="images (balanced); default all")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--provider", choices=("TFP", "TTP"), default="TFP")
-    args = parser.parse_args(argv)
     report = validate_encrypted(
-        args.checkpoint,
-        args.eval_dir,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        provider=args.provider,
+        settings.checkpoint,
+        settings.eval_dir,
+        limit=settings.limit,
+        batch_size=settings.batch_size,
+        provider=settings.provider,
     )
     print(json.dumps(report, indent=2))
     return 0 if report["argmax_agreement_pct"] >= 99.0 else 1

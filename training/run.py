@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.nets import Architecture, build_model, default_architecture
+from models.nets import build_model
 from models.preprocessing import Preprocessing
 from training.calibration import fit_temperature
 from training.data import ImageFolder, fingerprint, stratified_split
@@ -35,31 +35,22 @@ ENCRYPTED_KEYS = (
 )
 
 
-def architecture_for(settings: TrainSettings) -> Architecture:
-    base = default_architecture(settings.backbone)
-    return Architecture(
-        backbone=settings.backbone,
-        image_size=settings.image_size,
-        activation=settings.activation or base.activation,
-    )
-
-
 def run_training(settings: TrainSettings, command: list[str] | None = None) -> dict:
     """Train per ``settings``; write checkpoint + companions; return the metrics dict."""
     started = time.perf_counter()
     torch.set_num_threads(settings.num_threads)
     torch.manual_seed(settings.seed)
-    arch = architecture_for(settings)
-    paths = output_paths(settings.training_run_out)
+    arch = settings.architecture()
+    paths = output_paths(settings.checkpoint_path)
     preprocessing = Preprocessing(arch.image_size)
 
-    train_set = ImageFolder(settings.source_dir_train, preprocessing, settings.train_limit)
-    eval_set = ImageFolder(settings.source_dir_eval, preprocessing, settings.eval_limit)
+    train_set = ImageFolder(settings.train_dir, preprocessing, settings.train_limit)
+    eval_set = ImageFolder(settings.eval_dir, preprocessing, settings.eval_limit)
     keep, held = stratified_split(train_set.labels, settings.calibration_fraction, settings.seed)
     log.info(
         "data: %d train (%d fit, %d calibration) from %s, %d eval from %s",
-        len(train_set), len(keep), len(held), settings.source_dir_train,
-        len(eval_set), settings.source_dir_eval,
+        len(train_set), len(keep), len(held), settings.train_dir,
+        len(eval_set), settings.eval_dir,
     )  # fmt: skip
 
     model = build_model(arch)
@@ -97,12 +88,12 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> d
     plot_reliability(eval_logits, eval_labels, temperature, paths["reliability"], f"{title}: eval")
 
     train_data = data_record(
-        settings.source_dir_train,
+        settings.train_dir,
         fingerprint(train_set.root, train_set.samples),
         train_set.class_counts(),
     )
     eval_data = data_record(
-        settings.source_dir_eval,
+        settings.eval_dir,
         fingerprint(eval_set.root, eval_set.samples),
         eval_set.class_counts(),
     )
@@ -119,8 +110,8 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> d
         "calibration_split": classification_report(calib_logits, calib_labels, temperature),
         "history": history.to_dict(),
         "data": {
-            "train_dir": str(settings.source_dir_train),
-            "eval_dir": str(settings.source_dir_eval),
+            "train_dir": str(settings.train_dir),
+            "eval_dir": str(settings.eval_dir),
             "train_count": len(keep),
             "calibration_count": len(held),
             "eval_count": len(eval_set),
@@ -159,9 +150,7 @@ def encrypted_validation(checkpoint: Path, settings: TrainSettings) -> dict:
     """Run the lead's two-party check (imported lazily: it pulls in CrypTen)."""
     from training.encrypted_validation import validate_encrypted
 
-    result = validate_encrypted(
-        checkpoint, settings.source_dir_eval, limit=settings.encrypted_limit
-    )
+    result = validate_encrypted(checkpoint, settings.eval_dir, limit=settings.encrypted_limit)
     log.info("encrypted validation (%s, two parties):", checkpoint.name)
     for key in ENCRYPTED_KEYS:
         if key in result:

@@ -5,174 +5,144 @@ The flags follow the original write-up::
     python -m training --source-dir-train DIR --source-dir-eval DIR \
         --training-run-out models/resnet18.pth --backbone resnet18 --max-epochs 5 \
         --validate-encrypted True
+
+Every field is a flag (``--field-name``) with a ``CRYPTO_DOCTOR_FIELD_NAME`` fallback
+(``infra.settings``); the data folders fall back to ``CRYPTO_DOCTOR_TRAIN_DIR`` and
+``CRYPTO_DOCTOR_EVAL_DIR``. Limits of 0 mean "no limit".
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from models.nets import ACTIVATIONS, BACKBONES
+from infra.settings import ENV_PREFIX, flag, parse_settings
+from models.nets import ACTIVATIONS, BACKBONES, Architecture, default_architecture
 
-ENV_TRAIN_DIR = "CRYPTO_DOCTOR_TRAIN_DIR"
-ENV_EVAL_DIR = "CRYPTO_DOCTOR_EVAL_DIR"
-ENV_NUM_THREADS = "CRYPTO_DOCTOR_NUM_THREADS"
+ENV_TRAIN_DIR = ENV_PREFIX + "TRAIN_DIR"
+ENV_EVAL_DIR = ENV_PREFIX + "EVAL_DIR"
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    source_dir_train: Path
-    source_dir_eval: Path
-    training_run_out: Path
-    backbone: str = "lenet"
-    activation: str | None = None  # None: the backbone's default (quad for LeNet)
-    image_size: int = 64
-    max_epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
+    # Required: __post_init__ refuses None (infra.settings has no required fields).
+    source_dir_train: Path | None = field(
+        default=None, metadata=flag("folder with yes/ and no/", env="TRAIN_DIR")
+    )
+    source_dir_eval: Path | None = field(
+        default=None, metadata=flag("folder with yes/ and no/", env="EVAL_DIR")
+    )
+    # None: models/<backbone>.pth, filled in by __post_init__.
+    training_run_out: Path | None = field(
+        default=None, metadata=flag("checkpoint path; default models/<backbone>.pth")
+    )
+    backbone: str = field(default="lenet", metadata=flag(f"one of {', '.join(BACKBONES)}"))
+    activation: str | None = field(
+        default=None,
+        metadata=flag(
+            f"one of {', '.join(ACTIVATIONS)}; default quad for lenet, relu for resnet18"
+        ),
+    )
+    image_size: int = field(default=64, metadata=flag("input side in pixels (multiple of 16)"))
+    max_epochs: int = field(default=5, metadata=flag("epochs; the best one is kept"))
+    batch_size: int = field(default=32, metadata=flag("images per training step"))
+    lr: float = field(default=1e-3, metadata=flag("Adam learning rate"))
     weight_decay: float = 1e-4
-    seed: int = 0
-    num_threads: int = 2
-    calibration_fraction: float = 0.15
-    augment: bool = True
-    train_limit: int | None = None
-    eval_limit: int | None = None
-    validate_encrypted: bool = False
-    encrypted_limit: int | None = 32
-    progress: bool = True
+    seed: int = field(default=0, metadata=flag("seed of the split, initialisation, augmentation"))
+    num_threads: int = field(default=2, metadata=flag("torch CPU threads"))
+    calibration_fraction: float = field(
+        default=0.15,
+        metadata=flag("share of the training folder held out to fit the temperature, in [0, 0.9)"),
+    )
+    augment: bool = field(
+        default=True, metadata=flag("True/False: random flips/shifts while training", valued=True)
+    )
+    train_limit: int | None = field(
+        default=None, metadata=flag("use at most N training images (0 = all)")
+    )
+    eval_limit: int | None = field(
+        default=None, metadata=flag("use at most N eval images (0 = all)")
+    )
+    validate_encrypted: bool = field(
+        default=False,
+        metadata=flag("True: run the two-party encrypted model on eval images", valued=True),
+    )
+    encrypted_limit: int | None = field(
+        default=32, metadata=flag("eval images for --validate-encrypted (0 = all)")
+    )
+    progress: bool = field(
+        default=True, metadata=flag("True/False: tqdm progress bars", valued=True)
+    )
 
-    def to_dict(self) -> dict:
+    def __post_init__(self) -> None:
+        if self.source_dir_train is None or self.source_dir_eval is None:
+            raise ValueError(
+                "--source-dir-train and --source-dir-eval are required "
+                f"(or {ENV_TRAIN_DIR}/{ENV_EVAL_DIR})"
+            )
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {BACKBONES}, not {self.backbone!r}")
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(f"--activation must be one of {ACTIVATIONS}, not {self.activation!r}")
+        for name in ("image_size", "max_epochs", "batch_size", "lr", "num_threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
+        if not 0.0 <= self.calibration_fraction < 0.9:
+            raise ValueError("--calibration-fraction must be in [0, 0.9)")
+        for name in ("train_limit", "eval_limit", "encrypted_limit"):
+            limit = getattr(self, name)
+            if limit is not None and limit < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0 = no limit)")
+            if limit == 0:
+                object.__setattr__(self, name, None)
+        if self.training_run_out is None:
+            object.__setattr__(self, "training_run_out", Path("models") / f"{self.backbone}.pth")
+        self.architecture()  # the backbone/activation/size combination must be buildable
+
+    @property
+    def train_dir(self) -> Path:
+        """``source_dir_train``, which ``__post_init__`` guarantees is set."""
+        assert self.source_dir_train is not None
+        return self.source_dir_train
+
+    @property
+    def eval_dir(self) -> Path:
+        """``source_dir_eval``, which ``__post_init__`` guarantees is set."""
+        assert self.source_dir_eval is not None
+        return self.source_dir_eval
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """``training_run_out``, which ``__post_init__`` fills in from the backbone if unset."""
+        assert self.training_run_out is not None
+        return self.training_run_out
+
+    def architecture(self) -> Architecture:
+        """The network to train; raises ``ValueError`` for a combination that cannot be built."""
+        base = default_architecture(self.backbone)
+        return Architecture(
+            backbone=self.backbone,
+            image_size=self.image_size,
+            activation=self.activation or base.activation,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values, as the metrics and provenance files record them."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def str_bool(text: str) -> bool:
-    """``True``/``False`` as the write-up passes them (also yes/no/1/0, any case)."""
-    value = text.strip().lower()
-    if value in {"true", "yes", "1", "on"}:
-        return True
-    if value in {"false", "no", "0", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _limit(text: str) -> int | None:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0 (0 = no limit)")
-    return value or None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training", description="Train, calibrate and evaluate a tumour classifier."
-    )
-    p.add_argument(
-        "--source-dir-train", type=Path, help=f"folder with yes/ and no/ (env {ENV_TRAIN_DIR})"
-    )
-    p.add_argument(
-        "--source-dir-eval", type=Path, help=f"folder with yes/ and no/ (env {ENV_EVAL_DIR})"
-    )
-    p.add_argument(
-        "--training-run-out", type=Path, help="checkpoint path (default models/<backbone>.pth)"
-    )
-    p.add_argument("--backbone", choices=BACKBONES, default="lenet")
-    p.add_argument(
-        "--activation", choices=ACTIVATIONS, help="default: quad for lenet, relu for resnet18"
-    )
-    p.add_argument("--image-size", type=_positive(int), default=64)
-    p.add_argument("--max-epochs", type=_positive(int), default=5)
-    p.add_argument("--batch-size", type=_positive(int), default=32)
-    p.add_argument("--lr", type=_positive(float), default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--num-threads",
-        type=_positive(int),
-        help=f"torch CPU threads (env {ENV_NUM_THREADS}, default 2)",
-    )
-    p.add_argument(
-        "--calibration-fraction",
-        type=float,
-        default=0.15,
-        help="share of the training folder held out to fit the temperature",
-    )
-    p.add_argument(
-        "--augment", type=str_bool, default=True, help="random flips/shifts while training"
-    )
-    p.add_argument(
-        "--train-limit", type=_limit, default=None, help="use at most N training images (0 = all)"
-    )
-    p.add_argument(
-        "--eval-limit", type=_limit, default=None, help="use at most N eval images (0 = all)"
-    )
-    p.add_argument(
-        "--validate-encrypted",
-        type=str_bool,
-        default=False,
-        help="True: run the two-party encrypted model on eval images",
-    )
-    p.add_argument(
-        "--encrypted-limit",
-        type=_limit,
-        default=32,
-        help="eval images for --validate-encrypted (0 = all)",
-    )
-    p.add_argument("--progress", type=str_bool, default=True, help="tqdm progress bars")
-    return p
-
-
-def parse_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+def parse_train_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> TrainSettings:
-    """Settings from ``argv``; data folders and thread count fall back to the environment."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    train_dir = args.source_dir_train or _env_path(environ, ENV_TRAIN_DIR)
-    eval_dir = args.source_dir_eval or _env_path(environ, ENV_EVAL_DIR)
-    if train_dir is None or eval_dir is None:
-        parser.error(
-            f"--source-dir-train and --source-dir-eval are required (or {ENV_TRAIN_DIR}/{ENV_EVAL_DIR})"
-        )
-    if not 0.0 <= args.calibration_fraction < 0.9:
-        parser.error("--calibration-fraction must be in [0, 0.9)")
-    threads = args.num_threads or int(environ.get(ENV_NUM_THREADS, "2"))
-    return TrainSettings(
-        source_dir_train=train_dir,
-        source_dir_eval=eval_dir,
-        training_run_out=args.training_run_out or Path("models") / f"{args.backbone}.pth",
-        backbone=args.backbone,
-        activation=args.activation,
-        image_size=args.image_size,
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        num_threads=threads,
-        calibration_fraction=args.calibration_fraction,
-        augment=args.augment,
-        train_limit=args.train_limit,
-        eval_limit=args.eval_limit,
-        validate_encrypted=args.validate_encrypted,
-        encrypted_limit=args.encrypted_limit,
-        progress=args.progress,
+    """Settings from ``argv`` and the environment; bad values exit with argparse's usage message."""
+    return parse_settings(
+        TrainSettings,
+        argv,
+        env,
+        prog="python -m training",
+        description="Train, calibrate and evaluate a tumour classifier.",
     )
-
-
-def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
-    value = environ.get(name, "").strip()
-    return Path(value) if value else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -10,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from infra.settings import parse_settings
 from models.checkpoint import file_sha256, load_checkpoint
 from training.bootstrap import dataset_is_complete, ensure_dataset
-from training.settings import parse_settings, str_bool
+from training.encrypted_validation import ValidationSettings
+from training.settings import TrainSettings, parse_train_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,28 +68,68 @@ def test_cli_rejects_a_folder_without_the_layout(tmp_path: Path, tiny_root: Path
     assert not (tmp_path / "x.pth").exists()
 
 
-def test_settings_follow_the_write_up_and_env_fallbacks(tmp_path: Path) -> None:
-    settings = parse_settings(
+def test_settings_follow_the_write_up_and_env_fallbacks() -> None:
+    settings = parse_train_settings(
         ["--source-dir-train", "a", "--source-dir-eval", "b", "--training-run-out",
          "models/resnet18.pth", "--backbone", "resnet18", "--max-epochs", "5",
-         "--validate-encrypted", "True"],
-        environ={},
+         "--validate-encrypted", "True", "--augment", "FALSE", "--progress", "no",
+         "--train-limit", "0", "--eval-limit", "7"],
+        env={},
     )  # fmt: skip
     assert settings.backbone == "resnet18" and settings.validate_encrypted is True
+    assert settings.augment is False and settings.progress is False
+    assert (settings.train_limit, settings.eval_limit, settings.encrypted_limit) == (None, 7, 32)
     assert settings.training_run_out == Path("models/resnet18.pth")
+    assert settings.architecture().activation == "relu"
     env = {
         "CRYPTO_DOCTOR_TRAIN_DIR": "t",
         "CRYPTO_DOCTOR_EVAL_DIR": "e",
         "CRYPTO_DOCTOR_NUM_THREADS": "3",
     }
-    from_env = parse_settings([], environ=env)
-    assert from_env.source_dir_train == Path("t") and from_env.num_threads == 3
+    from_env = parse_train_settings([], env=env)
+    assert from_env.source_dir_train == Path("t") and from_env.source_dir_eval == Path("e")
+    assert from_env.num_threads == 3
     assert from_env.training_run_out == Path("models/lenet.pth")
+    assert parse_train_settings(["--source-dir-eval", "x"], env=env).source_dir_eval == Path("x")
+    assert parse_train_settings(["--source-dir-train", "a", "--source-dir-eval", "b"], env={}) == (
+        TrainSettings(Path("a"), Path("b"), Path("models/lenet.pth"), num_threads=2)
+    )
+
+
+DIRS = ["--source-dir-train", "a", "--source-dir-eval", "b"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source-dir-train", "a"], "--source-dir-train and --source-dir-eval are required"),
+        ([*DIRS, "--calibration-fraction", "0.95"], "--calibration-fraction must be in [0, 0.9)"),
+        ([*DIRS, "--max-epochs", "0"], "--max-epochs must be > 0"),
+        ([*DIRS, "--lr=-0.001"], "--lr must be > 0"),
+        ([*DIRS, "--train-limit", "-1"], "--train-limit must be >= 0"),
+        ([*DIRS, "--backbone", "vgg"], "--backbone must be one of"),
+        ([*DIRS, "--backbone", "resnet18", "--activation", "quad"], "resnet18 uses ReLU"),
+        ([*DIRS, "--image-size", "50"], "image_size must be a multiple of 16"),
+        ([*DIRS, "--augment", "maybe"], "--augment: expected true or false"),
+        ([*DIRS, "--validate-encrypted"], "expected one argument"),
+    ],
+)
+def test_settings_refuse_bad_values_with_a_usage_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_settings(argv, env={})
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_encrypted_validation_flags_and_env() -> None:
+    settings = parse_settings(
+        ValidationSettings, ["--limit", "0", "--provider", "TTP"], {"CRYPTO_DOCTOR_EVAL_DIR": "e"}
+    )
+    assert settings == ValidationSettings(Path("models/lenet.pth"), Path("e"), None, 8, "TTP")
     with pytest.raises(SystemExit):
-        parse_settings(["--source-dir-train", "a"], environ={})
-    with pytest.raises(argparse.ArgumentTypeError):
-        str_bool("maybe")
-    assert str_bool("FALSE") is False and str_bool("yes") is True
+        parse_settings(ValidationSettings, ["--provider", "XYZ"], {})
 
 
 def test_ensure_dataset_reuses_and_refuses_foreign_folders(tiny_root: Path, tmp_path: Path) -> None:
