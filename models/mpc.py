@@ -18,13 +18,15 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# Still imported from here by predictor/launcher.py, scripts/load, scripts/story, tests/predictor
+# and tests/e2e: they should import infra.net instead.
+from infra.net import free_port
 from models.crypten_compat import load_crypten
 
 PROVIDERS = ("TFP", "TTP")
@@ -49,12 +51,6 @@ class PartyConfig:
             raise ValueError("rank must be 0 (patient side), 1 (model side) or 2 (TTP dealer)")
         if self.rank == DEALER_RANK and self.provider != "TTP":
             raise ValueError("rank 2 is the TTP dealer; it exists only with provider TTP")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def init_party(config: PartyConfig):

@@ -28,9 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from infra.net import free_port  # noqa: E402
 from models.checkpoint import benchmark_checkpoint, load_checkpoint  # noqa: E402
 from models.inference import EncryptedClassifier, measure_forward  # noqa: E402
-from models.mpc import free_port, run_parties  # noqa: E402
+from models.mpc import run_parties  # noqa: E402
 
 BASELINE = ROOT.parent / "shared" / "bench" / "crypten_baseline.py"
 OUT = ROOT / "bench"
