@@ -1,7 +1,7 @@
 """Doctor accounts: registration, token authentication, profile; plus the demo CLI.
 
-    python -m marketplace.doctors create --name "Dr A" --specialty neuroradiology \
-        [--wallet 0x...] [--reputation N] [--db-url URL]
+    python -m marketplace.doctors [--db-url URL] create --name "Dr A" \
+        --specialty neuroradiology [--wallet 0x...] [--reputation N]
 
 prints ``{"doctor_id": ..., "token": ...}`` once; only the token's sha256 is stored.
 """
@@ -9,20 +9,19 @@ prints ``{"doctor_id": ..., "token": ...}`` once; only the token's sha256 is sto
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import re
-import secrets
 import sys
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from infra.settings import DEFAULT_DB_URL, add_flags, flag, settings_from
+from infra.tokens import hash_token, new_token
 from marketplace import ledger
 from marketplace.domain.ledger import doctor_account
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
@@ -30,20 +29,35 @@ from marketplace.errors import DoctorNotFound, InvalidInput
 from marketplace.storage.models import Doctor
 from marketplace.storage.unit import read_only, unit_of_work
 
-DEFAULT_DB_URL = "sqlite:///var/crypto-doctor.sqlite3"
-DB_URL_ENV = "CRYPTO_DOCTOR_DB_URL"
 _WALLET = re.compile(r"0x[0-9a-fA-F]{40}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,128}")
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+@dataclass(frozen=True)
+class DoctorProfile:
+    """What a doctor sees about themself: reputation, tier, estimated reliability, balance."""
+
+    doctor_id: str
+    display_name: str
+    specialty: str
+    wallet_address: str | None
+    reputation: int
+    tier: int
+    reliability: float
+    balance: int
 
 
-def _clean(value: str, field: str, max_len: int) -> str:
+@dataclass(frozen=True)
+class CliSettings:
+    """Settings of the doctors CLI (flags over ``CRYPTO_DOCTOR_*`` env)."""
+
+    db_url: str = field(default=DEFAULT_DB_URL, metadata=flag("SQLite or PostgreSQL URL"))
+
+
+def _clean(value: str, what: str, max_len: int) -> str:
     value = (value or "").strip()
     if not value or len(value) > max_len or any(ord(ch) < 32 for ch in value):
-        raise InvalidInput(f"{field} must be 1-{max_len} printable characters")
+        raise InvalidInput(f"{what} must be 1-{max_len} printable characters")
     return value
 
 
@@ -69,7 +83,7 @@ def create_doctor(
     if reputation is not None and (not isinstance(reputation, int) or reputation < 0):
         raise InvalidInput("reputation must be a non-negative integer")
     doctor_id = uuid.uuid4().hex
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     session.add(
         Doctor(
             id=doctor_id,
@@ -97,22 +111,22 @@ def authenticate(session: Session, token: str) -> str | None:
 @read_only
 def doctor_profile(
     session: Session, doctor_id: str, policy: MarketPolicy = DEFAULT_POLICY
-) -> dict[str, Any]:
-    """What a doctor sees about themself: reputation, tier, estimated reliability, balance."""
+) -> DoctorProfile:
+    """A doctor's own profile (their tier and reliability under ``policy``)."""
     doctor = session.get(Doctor, doctor_id)
     if doctor is None:
         raise DoctorNotFound(doctor_id)
     rep = policy.reputation
-    return {
-        "doctor_id": doctor.id,
-        "display_name": doctor.display_name,
-        "specialty": doctor.specialty,
-        "wallet_address": doctor.wallet_address,
-        "reputation": doctor.reputation,
-        "tier": rep.tiers.doctor_tier(doctor.reputation),
-        "reliability": round(rep.reliability.estimate(doctor.beta_agree, doctor.beta_dissent), 3),
-        "balance": ledger.balance(session, doctor_account(doctor.id)),
-    }
+    return DoctorProfile(
+        doctor_id=doctor.id,
+        display_name=doctor.display_name,
+        specialty=doctor.specialty,
+        wallet_address=doctor.wallet_address,
+        reputation=doctor.reputation,
+        tier=rep.tiers.doctor_tier(doctor.reputation),
+        reliability=round(rep.reliability.estimate(doctor.beta_agree, doctor.beta_dissent), 3),
+        balance=ledger.balance(session, doctor_account(doctor.id)),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from marketplace.storage import make_engine, make_sessionmaker, migrate
 
     parser = argparse.ArgumentParser(prog="python -m marketplace.doctors")
-    parser.add_argument("--db-url", default=os.environ.get(DB_URL_ENV, DEFAULT_DB_URL))
+    add_flags(parser, CliSettings)
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create a doctor and print its id and API token")
     create.add_argument("--name", required=True)
@@ -129,9 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--reputation", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    try:
+        settings = settings_from(CliSettings, args)
+    except ValueError as exc:
+        parser.error(str(exc))
 
-    migrate(args.db_url)
-    engine = make_engine(args.db_url)
+    migrate(settings.db_url)
+    engine = make_engine(settings.db_url)
     try:
         with make_sessionmaker(engine)() as session:
             doctor_id, token = create_doctor(

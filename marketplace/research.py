@@ -1,12 +1,11 @@
-"""Research rows: the anonymized stream of settled cases (CSV and Ocean publisher source)."""
+"""Research rows: the anonymized stream of settled cases (CSV and Ocean publisher source).
+
+Both consumers render the rows with ``domain.anonymize.csv_text``, the one CSV dialect.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -28,13 +27,13 @@ def _record(row: ResearchRow) -> ResearchRecord:
     )
 
 
-def _public(row: ResearchRow) -> dict[str, Any]:
+def _public(row: ResearchRow) -> dict[str, object]:
     """Public fields as the exact CSV strings, so every consumer renders identical bytes."""
     return {"row_id": row.id} | dict(zip(CSV_COLUMNS, _record(row).as_csv_values(), strict=True))
 
 
 @read_only
-def unpublished_rows(session: Session, limit: int) -> list[dict[str, Any]]:
+def unpublished_rows(session: Session, limit: int) -> list[dict[str, object]]:
     """Oldest rows not yet published: ``row_id`` plus the public fields (strings)."""
     rows = session.scalars(
         select(ResearchRow)
@@ -65,13 +64,3 @@ def rows_after(session: Session, after_id: int, limit: int = 500) -> list[tuple[
         select(ResearchRow).where(ResearchRow.id > after_id).order_by(ResearchRow.id).limit(limit)
     )
     return [(row.id, _record(row).as_csv_values()) for row in rows]
-
-
-def csv_lines(rows: Iterable[Sequence[str]], header: bool = False) -> str:
-    """RFC 4180 CSV text with '\\n' line ends (same dialect as the Ocean publisher)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    if header:
-        writer.writerow(CSV_COLUMNS)
-    writer.writerows(rows)
-    return buf.getvalue()

@@ -9,17 +9,18 @@ claims and votes cannot overfill a panel or skip a settlement.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from marketplace import ledger
 from marketplace.domain import ledger as ledger_domain
 from marketplace.domain.consensus import commitment, validate_label
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
+from marketplace.domain.status import REVIEWABLE, CaseStatus
 from marketplace.errors import (
     AlreadyClaimed,
     AlreadyVoted,
@@ -32,11 +33,78 @@ from marketplace.errors import (
     NotSettled,
     TierTooLow,
 )
-from marketplace.settlement import REVIEWABLE, advance_panel, escalate_case
+from marketplace.settlement import advance_panel, escalate_case
 from marketplace.storage.models import Case, Claim, Doctor, LedgerEntry, LedgerTransaction, Vote
 from marketplace.storage.unit import read_only, unit_of_work
 
 MAX_NOTE = 2000
+
+
+@dataclass(frozen=True)
+class CaseCard:
+    """Public facts about a case for doctors: no votes, tallies, panel size or patient data."""
+
+    case_id: str
+    bounty: int | None
+    submitted_at: datetime
+    review_deadline: datetime | None
+    escalation_level: int
+
+
+@dataclass(frozen=True)
+class ClaimedCase(CaseCard):
+    """A case on the doctor's panel, with their own receipt once they voted."""
+
+    voted: bool
+    receipt: str | None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a voter gets back: the same whatever the vote did to the panel."""
+
+    case_id: str
+    receipt: str
+    cast_at: datetime
+
+
+@dataclass(frozen=True)
+class DisclosedVote:
+    receipt: str
+    label: str
+    salt: str
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """A settled case's votes with their salts, ordered by receipt."""
+
+    case_id: str
+    diagnosis: str | None
+    settled_at: datetime
+    votes: tuple[DisclosedVote, ...]
+
+
+@dataclass(frozen=True)
+class SettledReview:
+    """One settled case the doctor voted on, and what it earned them."""
+
+    case_id: str
+    settled_at: datetime | None
+    your_label: str
+    your_receipt: str
+    diagnosis: str | None
+    agreed: bool
+    reviewers: int | None
+    paid: int
+
+
+@dataclass(frozen=True)
+class MarketCounts:
+    """Totals for operators: cases per status (every status listed) and votes cast."""
+
+    cases: Mapping[CaseStatus, int]
+    votes: int
 
 
 def _doctor(session: Session, doctor_id: str) -> Doctor:
@@ -59,21 +127,16 @@ def _claim(session: Session, case_id: str, doctor_id: str) -> Claim | None:
     )
 
 
-def _card(case: Case) -> dict[str, Any]:
-    """Public facts about a case for doctors: no votes, tallies, panel size or patient data."""
-    return {
-        "case_id": case.id,
-        "bounty": case.bounty,
-        "submitted_at": case.submitted_at.isoformat(),
-        "review_deadline": case.review_deadline.isoformat() if case.review_deadline else None,
-        "escalation_level": case.escalation_level,
-    }
+def _card(case: Case) -> CaseCard:
+    return CaseCard(
+        case.id, case.bounty, case.submitted_at, case.review_deadline, case.escalation_level
+    )
 
 
 @read_only
 def list_pool(
     session: Session, doctor_id: str, policy: MarketPolicy = DEFAULT_POLICY
-) -> list[dict[str, Any]]:
+) -> list[CaseCard]:
     """Cases this doctor may claim now, highest bounty first (tier-filtered, not yet claimed)."""
     doctor = _doctor(session, doctor_id)
     tier = policy.reputation.tiers.doctor_tier(doctor.reputation)
@@ -100,7 +163,7 @@ def claim_case(
     *,
     now: datetime,
     policy: MarketPolicy = DEFAULT_POLICY,
-) -> dict[str, Any]:
+) -> CaseCard:
     """Take a seat on a case's panel (only while seats are left and the tier admits it)."""
     doctor = _doctor(session, doctor_id)
     case = _locked_case(session, case_id)
@@ -118,12 +181,12 @@ def claim_case(
     except IntegrityError as exc:
         raise AlreadyClaimed(case_id) from exc
     case.claims_count += 1
-    case.status = "under_review"
+    case.status = CaseStatus.UNDER_REVIEW
     return _card(case)
 
 
 @read_only
-def my_claims(session: Session, doctor_id: str) -> list[dict[str, Any]]:
+def my_claims(session: Session, doctor_id: str) -> list[ClaimedCase]:
     """The doctor's unsettled claimed cases, with their own receipt once they voted."""
     rows = session.execute(
         select(Case, Vote)
@@ -132,13 +195,14 @@ def my_claims(session: Session, doctor_id: str) -> list[dict[str, Any]]:
         .where(Case.status.in_(REVIEWABLE))
         .order_by(Claim.claimed_at, Case.id)
     )
-    result = []
-    for case, vote in rows:
-        card = _card(case)
-        card["voted"] = vote is not None
-        card["receipt"] = vote.commitment if vote is not None else None
-        result.append(card)
-    return result
+    return [
+        ClaimedCase(
+            **vars(_card(case)),
+            voted=vote is not None,
+            receipt=vote.commitment if vote is not None else None,
+        )
+        for case, vote in rows
+    ]
 
 
 @read_only
@@ -163,7 +227,7 @@ def cast_vote(
     note: str | None,
     now: datetime,
     policy: MarketPolicy = DEFAULT_POLICY,
-) -> dict[str, Any]:
+) -> Receipt:
     """Record a sealed vote and return its receipt; may widen or settle the panel.
 
     The response is the same whatever the vote did to the panel, so a voter
@@ -183,7 +247,7 @@ def cast_vote(
     )
     if existing is not None:
         raise AlreadyVoted("one vote per doctor per case; votes cannot be changed")
-    if case.status != "under_review":
+    if case.status != CaseStatus.UNDER_REVIEW:
         raise CaseNotOpen(f"case is {case.status}")
     salt = secrets.token_hex(32)
     receipt = commitment(case_id, label, salt)
@@ -203,39 +267,34 @@ def cast_vote(
     except IntegrityError as exc:
         raise AlreadyVoted("one vote per doctor per case") from exc
     advance_panel(session, case, now, policy)
-    return {"case_id": case_id, "receipt": receipt, "cast_at": now.isoformat()}
+    return Receipt(case_id, receipt, now)
 
 
 @read_only
-def disclosure(session: Session, doctor_id: str, case_id: str) -> dict[str, Any]:
+def disclosure(session: Session, doctor_id: str, case_id: str) -> Disclosure:
     """After settlement, every vote with its salt so participants can check all receipts."""
     case = session.get(Case, case_id)
     if case is None:
         raise CaseNotFound(case_id)
     if _claim(session, case_id, doctor_id) is None:
         raise NotOnPanel(case_id)
-    if case.status != "settled" or case.settled_at is None:
+    if case.status != CaseStatus.SETTLED or case.settled_at is None:
         raise NotSettled("votes are sealed until the case settles")
     votes = session.scalars(select(Vote).where(Vote.case_id == case_id)).all()
-    return {
-        "case_id": case.id,
-        "diagnosis": case.diagnosis,
-        "settled_at": case.settled_at.isoformat(),
-        "votes": sorted(
-            ({"receipt": v.commitment, "label": v.label, "salt": v.salt} for v in votes),
-            key=lambda v: v["receipt"],
-        ),
-    }
+    disclosed = sorted(
+        (DisclosedVote(v.commitment, v.label, v.salt) for v in votes), key=lambda v: v.receipt
+    )
+    return Disclosure(case.id, case.diagnosis, case.settled_at, tuple(disclosed))
 
 
 @read_only
-def history(session: Session, doctor_id: str) -> list[dict[str, Any]]:
+def history(session: Session, doctor_id: str) -> list[SettledReview]:
     """Settled cases the doctor voted on: their vote, the diagnosis and what they earned."""
     account = ledger_domain.doctor_account(doctor_id)
     rows = session.execute(
         select(Case, Vote)
         .join(Vote, and_(Vote.case_id == Case.id, Vote.doctor_id == doctor_id))
-        .where(Case.status == "settled")
+        .where(Case.status == CaseStatus.SETTLED)
         .order_by(Case.settled_at.desc(), Case.id)
         .limit(200)
     ).all()
@@ -250,18 +309,19 @@ def history(session: Session, doctor_id: str) -> list[dict[str, Any]]:
             )
         )
         for case_id, amount in entries:
-            paid[case_id] = paid.get(case_id, 0) + int(amount)
+            if case_id is not None:
+                paid[case_id] = paid.get(case_id, 0) + int(amount)
     return [
-        {
-            "case_id": case.id,
-            "settled_at": case.settled_at.isoformat() if case.settled_at else None,
-            "your_label": vote.label,
-            "your_receipt": vote.commitment,
-            "diagnosis": case.diagnosis,
-            "agreed": vote.label == case.diagnosis,
-            "reviewers": case.reviewers,
-            "paid": paid.get(case.id, 0),
-        }
+        SettledReview(
+            case_id=case.id,
+            settled_at=case.settled_at,
+            your_label=vote.label,
+            your_receipt=vote.commitment,
+            diagnosis=case.diagnosis,
+            agreed=vote.label == case.diagnosis,
+            reviewers=case.reviewers,
+            paid=paid.get(case.id, 0),
+        )
         for case, vote in rows
     ]
 
@@ -283,5 +343,10 @@ def escalate_overdue(
 
 
 @read_only
-def escrow_balance(session: Session, case_id: str) -> int:
-    return ledger.balance(session, ledger_domain.escrow_account(case_id))
+def market_counts(session: Session) -> MarketCounts:
+    """Cases per status and votes cast, read from the database (right across processes)."""
+    by_status = dict.fromkeys(CaseStatus, 0)
+    for status, count in session.execute(select(Case.status, func.count()).group_by(Case.status)):
+        by_status[CaseStatus(status)] = int(count)
+    votes = session.scalar(select(func.count()).select_from(Vote))
+    return MarketCounts(by_status, int(votes or 0))

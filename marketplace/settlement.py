@@ -19,11 +19,10 @@ from marketplace.domain.anonymize import anonymize
 from marketplace.domain.consensus import Ballot, Outcome, evaluate
 from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import escalated_bounty, uncertainty
+from marketplace.domain.status import CaseStatus
 from marketplace.storage.models import Case, Claim, Doctor, ResearchRow, Vote
 
 log = logging.getLogger(__name__)
-
-REVIEWABLE = ("open", "under_review")
 
 
 def panel_votes(session: Session, case_id: str) -> list[tuple[Vote, Doctor]]:
@@ -103,7 +102,7 @@ def _settle(
     )
     session.add(row)
     session.flush()
-    case.status = "settled"
+    case.status = CaseStatus.SETTLED
     case.settled_at = now
     case.diagnosis = outcome.label
     case.agreement = round(outcome.agreement, 4)
@@ -133,14 +132,15 @@ def escalate_case(session: Session, case: Case, now: datetime, policy: MarketPol
         case.bounty = new_bounty
     case.min_tier = max(0, case.min_tier - 1)
     voted = select(Vote.doctor_id).where(Vote.case_id == case.id)
-    stale = session.execute(
+    freed = session.scalars(
         delete(Claim)
         .where(Claim.case_id == case.id, Claim.doctor_id.not_in(voted))
+        .returning(Claim.doctor_id)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    case.claims_count -= stale
+    ).all()
+    case.claims_count -= len(freed)
     if case.claims_count == 0:
-        case.status = "open"
+        case.status = CaseStatus.OPEN
     case.escalation_level += 1
     case.review_deadline = now + policy.review_window
     log.info("case %s escalated to level %d", case.id, case.escalation_level)

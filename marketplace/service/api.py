@@ -1,20 +1,35 @@
-"""JSON API for doctors (``Authorization: Bearer <token>``) and ``POST /decision``."""
+"""JSON API for doctors (``Authorization: Bearer <token>``) and ``POST /decision``.
+
+Each handler checks the request, runs one use case in the DB pool (``infra.web.in_session``)
+and turns its frozen dataclass into JSON.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from infra.web import ApiError, in_session
 from marketplace import doctors, review
 from marketplace.image_links import sign_image_url
-from marketplace.service.app import SETTINGS, run_db, utcnow
-from marketplace.service.errors import ApiError
+from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
 
 routes = web.RouteTableDef()
 _CASE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: v.isoformat() if isinstance(v, datetime) else v for key, v in pairs}
+
+
+def as_json(result: Any) -> dict[str, Any]:
+    """A use case's frozen dataclass as JSON fields (datetimes in ISO 8601)."""
+    return dataclasses.asdict(result, dict_factory=_plain)
 
 
 async def current_doctor(request: web.Request) -> str:
@@ -23,7 +38,8 @@ async def current_doctor(request: web.Request) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <your API token>")
-    doctor_id = await run_db(request.app, doctors.authenticate, token.strip())
+    app = request.app
+    doctor_id = await in_session(app[EXECUTOR], app[SESSIONS], doctors.authenticate, token.strip())
     if doctor_id is None:
         raise ApiError(401, "unauthorized", "unknown API token")
     return doctor_id
@@ -51,7 +67,8 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.post("/api/doctors")
 async def register(request: web.Request) -> web.Response:
     """Self-registration: returns the API token once (only its hash is stored)."""
-    settings = request.app[SETTINGS]
+    app = request.app
+    settings = app[SETTINGS]
     if not settings.allow_registration:
         raise ApiError(403, "registration_closed", "registration is disabled on this server")
     body = await json_body(request)
@@ -61,8 +78,9 @@ async def register(request: web.Request) -> web.Response:
     wallet = body.get("wallet_address")
     if wallet is not None and not isinstance(wallet, str):
         raise ApiError(400, "invalid_input", "wallet_address must be a string")
-    doctor_id, token = await run_db(
-        request.app,
+    doctor_id, token = await in_session(
+        app[EXECUTOR],
+        app[SESSIONS],
         doctors.create_doctor,
         display_name=body["display_name"],
         specialty=body["specialty"],
@@ -76,29 +94,37 @@ async def register(request: web.Request) -> web.Response:
 @routes.get("/api/me")
 async def me(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
-    profile = await run_db(
-        request.app, doctors.doctor_profile, doctor_id, request.app[SETTINGS].policy
+    app = request.app
+    profile = await in_session(
+        app[EXECUTOR], app[SESSIONS], doctors.doctor_profile, doctor_id, app[SETTINGS].policy
     )
-    return web.json_response(profile)
+    return web.json_response(as_json(profile))
 
 
 @routes.get("/api/me/history")
 async def my_history(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
-    return web.json_response({"settled": await run_db(request.app, review.history, doctor_id)})
+    app = request.app
+    settled = await in_session(app[EXECUTOR], app[SESSIONS], review.history, doctor_id)
+    return web.json_response({"settled": [as_json(row) for row in settled]})
 
 
 @routes.get("/api/pool")
 async def pool(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
-    cases = await run_db(request.app, review.list_pool, doctor_id, request.app[SETTINGS].policy)
-    return web.json_response({"cases": cases})
+    app = request.app
+    cards = await in_session(
+        app[EXECUTOR], app[SESSIONS], review.list_pool, doctor_id, app[SETTINGS].policy
+    )
+    return web.json_response({"cases": [as_json(card) for card in cards]})
 
 
 @routes.get("/api/claims")
 async def claims(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
-    return web.json_response({"cases": await run_db(request.app, review.my_claims, doctor_id)})
+    app = request.app
+    claimed = await in_session(app[EXECUTOR], app[SESSIONS], review.my_claims, doctor_id)
+    return web.json_response({"cases": [as_json(case) for case in claimed]})
 
 
 def _image_url(request: web.Request, case_id: str, doctor_id: str) -> str:
@@ -117,16 +143,18 @@ def _image_url(request: web.Request, case_id: str, doctor_id: str) -> str:
 async def claim(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
     case_id = case_id_of(request)
-    card = await run_db(
-        request.app,
+    app = request.app
+    card = await in_session(
+        app[EXECUTOR],
+        app[SESSIONS],
         review.claim_case,
         doctor_id,
         case_id,
         now=utcnow(),
-        policy=request.app[SETTINGS].policy,
+        policy=app[SETTINGS].policy,
     )
-    card["image_url"] = _image_url(request, case_id, doctor_id)
-    return web.json_response(card, status=201)
+    body = as_json(card) | {"image_url": _image_url(request, case_id, doctor_id)}
+    return web.json_response(body, status=201)
 
 
 @routes.get("/api/cases/{case_id}/image-link")
@@ -134,7 +162,8 @@ async def image_link(request: web.Request) -> web.Response:
     """A short-lived signed link to the image at party 0, only for panel members."""
     doctor_id = await current_doctor(request)
     case_id = case_id_of(request)
-    await run_db(request.app, review.require_claim, doctor_id, case_id)
+    app = request.app
+    await in_session(app[EXECUTOR], app[SESSIONS], review.require_claim, doctor_id, case_id)
     return web.json_response({"url": _image_url(request, case_id, doctor_id)})
 
 
@@ -143,7 +172,11 @@ async def case_disclosure(request: web.Request) -> web.Response:
     """All votes and salts of a settled case, for participants to verify every receipt."""
     doctor_id = await current_doctor(request)
     case_id = case_id_of(request)
-    return web.json_response(await run_db(request.app, review.disclosure, doctor_id, case_id))
+    app = request.app
+    disclosed = await in_session(
+        app[EXECUTOR], app[SESSIONS], review.disclosure, doctor_id, case_id
+    )
+    return web.json_response(as_json(disclosed))
 
 
 @routes.post("/decision")
@@ -158,14 +191,16 @@ async def decision(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_input", "label must be 'tumor' or 'no_tumor'")
     if note is not None and not isinstance(note, str):
         raise ApiError(400, "invalid_input", "note must be text")
-    receipt = await run_db(
-        request.app,
+    app = request.app
+    receipt = await in_session(
+        app[EXECUTOR],
+        app[SESSIONS],
         review.cast_vote,
         doctor_id,
         case_id,
         label=label,
         note=note,
         now=utcnow(),
-        policy=request.app[SETTINGS].policy,
+        policy=app[SETTINGS].policy,
     )
-    return web.json_response(receipt, status=201)
+    return web.json_response(as_json(receipt), status=201)

@@ -11,18 +11,24 @@ import asyncio
 
 from aiohttp import web
 
+from infra.web import in_session
 from marketplace import research
-from marketplace.service.app import SETTINGS, run_db
+from marketplace.domain.anonymize import csv_text
+from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS
 
 routes = web.RouteTableDef()
 CSV_TYPE = "text/csv"
+
+
+async def _rows_after(app: web.Application, last: int) -> list[tuple[int, list[str]]]:
+    return await in_session(app[EXECUTOR], app[SESSIONS], research.rows_after, last)
 
 
 async def _all_rows(app: web.Application) -> list[list[str]]:
     rows: list[list[str]] = []
     last = 0
     while True:
-        batch = await run_db(app, research.rows_after, last)
+        batch = await _rows_after(app, last)
         if not batch:
             return rows
         rows.extend(values for _, values in batch)
@@ -33,7 +39,7 @@ async def _all_rows(app: web.Application) -> list[list[str]]:
 async def decisions_csv(request: web.Request) -> web.StreamResponse:
     follow = request.query.get("follow", "1").lower() not in ("0", "false", "no")
     if not follow:
-        text = research.csv_lines(await _all_rows(request.app), header=True)
+        text = csv_text(await _all_rows(request.app), header=True)
         return web.Response(text=text, content_type=CSV_TYPE, charset="utf-8")
 
     response = web.StreamResponse(headers={"X-Accel-Buffering": "no"})
@@ -41,15 +47,15 @@ async def decisions_csv(request: web.Request) -> web.StreamResponse:
     response.charset = "utf-8"
     response.enable_chunked_encoding()
     await response.prepare(request)
-    await response.write(research.csv_lines([], header=True).encode())
+    await response.write(csv_text([], header=True).encode())
     poll = request.app[SETTINGS].csv_poll_interval_s
     last = 0
     while request.transport is not None and not request.transport.is_closing():
-        batch = await run_db(request.app, research.rows_after, last)
+        batch = await _rows_after(request.app, last)
         if batch:
             last = batch[-1][0]
             try:
-                await response.write(research.csv_lines(v for _, v in batch).encode())
+                await response.write(csv_text((v for _, v in batch), header=False).encode())
             except ConnectionResetError:
                 break
         else:

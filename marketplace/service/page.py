@@ -12,7 +12,8 @@ from marketplace.service.settings import MarketplaceSettings
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def add_routes(app: web.Application, settings: MarketplaceSettings) -> None:
+def add_page(app: web.Application, settings: MarketplaceSettings) -> None:
+    """``GET /`` (with a strict CSP that admits images from party 0 only) and ``/static/``."""
     split = urlsplit(settings.patient_base_url)
     image_origin = f"{split.scheme}://{split.netloc}"
     csp = (

@@ -15,9 +15,25 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
+from marketplace.domain.status import CaseStatus
 from marketplace.storage.base import Base, UTCDateTime
+
+
+class CaseStatusText(TypeDecorator[CaseStatus]):
+    """A case status stored as its text value; unknown text is refused, not stored or loaded."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: CaseStatus | None, dialect: Dialect) -> str | None:
+        return None if value is None else CaseStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> CaseStatus | None:
+        return None if value is None else CaseStatus(value)
 
 
 class Doctor(Base):
@@ -62,7 +78,7 @@ class Case(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     patient_token_hash: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[CaseStatus] = mapped_column(CaseStatusText())
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     failure_reason: Mapped[str | None] = mapped_column(Text)
     # Model output (revealed by the MPC parties).

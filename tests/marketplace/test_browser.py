@@ -174,6 +174,6 @@ def test_doctor_signs_in_claims_views_and_decides(browser, tmp_path) -> None:
             )
             browser.save_screenshot(str(SCREENSHOT))
     profile = doctors.doctor_profile(session, doctor_id)
-    assert profile["balance"] == price_bounty(0.7) and profile["reputation"] > 150
+    assert profile.balance == price_bounty(0.7) and profile.reputation > 150
     session.close()
     engine.dispose()

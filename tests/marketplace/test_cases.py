@@ -31,7 +31,7 @@ def test_case_lifecycle_and_patient_view(session) -> None:
     case_id = cases.create_case(session, patient_token_hash=pth, now=T0)
     assert len(case_id) == 32
     view = cases.patient_view(session, case_id, pth)
-    assert view == {
+    assert view.to_json() == {
         "case_id": case_id,
         "status": "queued",
         "submitted_at": T0.isoformat(),
@@ -40,8 +40,12 @@ def test_case_lifecycle_and_patient_view(session) -> None:
     }
     assert _predict(session, case_id, now=T0 + timedelta(seconds=5)) is True
     view = cases.patient_view(session, case_id, pth)
-    assert view["status"] == "open"
-    assert view["prediction"] == {"label": "tumor", "confidence": 0.7, "backbone": "resnet18"}
+    assert view.status == "open"
+    assert view.to_json()["prediction"] == {
+        "label": "tumor",
+        "confidence": 0.7,
+        "backbone": "resnet18",
+    }
     case = session.get(Case, case_id)
     assert case.review_deadline == T0 + timedelta(seconds=5) + DEFAULT_POLICY.review_window
 
@@ -90,7 +94,7 @@ def test_bad_prediction_input_leaves_case_queued(session, kwargs) -> None:
     } | kwargs
     with pytest.raises(InvalidInput):
         cases.record_prediction(session, case_id, **args)
-    assert cases.patient_view(session, case_id, token_hash("p"))["status"] == "queued"
+    assert cases.patient_view(session, case_id, token_hash("p")).status == "queued"
     assert ledger.all_balances(session) == {}
 
 
@@ -106,11 +110,11 @@ def test_failure_and_unfinished_ids(session) -> None:
     _predict(session, ids[2])
     assert cases.unfinished_case_ids(session) == [ids[1]]
     view = cases.patient_view(session, ids[0], token_hash("p"))
-    assert view["status"] == "failed"
-    assert view["failure_reason"] == "party 1 unreachable"
+    assert view.status == "failed"
+    assert view.to_json()["failure_reason"] == "party 1 unreachable"
     # A failure report after the prediction does not undo it.
     cases.record_inference_failure(session, ids[2], reason="late", now=T0)
-    assert cases.patient_view(session, ids[2], token_hash("p"))["status"] == "open"
+    assert cases.patient_view(session, ids[2], token_hash("p")).status == "open"
 
 
 def test_create_case_rejects_plain_token(session) -> None:

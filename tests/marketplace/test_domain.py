@@ -19,7 +19,6 @@ from marketplace.domain.consensus import (
     posterior,
     verify_receipt,
 )
-from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import PricingPolicy, escalated_bounty, price_bounty
 from marketplace.domain.reputation import BetaReliability, ReputationRule, Tiers
 
@@ -219,19 +218,6 @@ def test_beta_reliability(agree, dissent) -> None:
     r = beta.estimate(agree, dissent)
     assert 0 < r < 1
     assert beta.estimate(agree + 1, dissent) > r > beta.estimate(agree, dissent + 1)
-
-
-def test_policy_from_env() -> None:
-    policy = MarketPolicy.from_env(
-        {
-            "CRYPTO_DOCTOR_BOUNTY_BASE": "2000",
-            "CRYPTO_DOCTOR_QUORUM": "3",
-            "CRYPTO_DOCTOR_REVIEW_WINDOW_S": "60",
-        }
-    )
-    assert policy.pricing.base == 2000 and policy.panel.quorum == 3
-    assert policy.review_window == timedelta(seconds=60)
-    assert MarketPolicy.from_env({}) == MarketPolicy()
 
 
 # ---- anonymization -------------------------------------------------------------------------

@@ -44,25 +44,25 @@ def test_three_doctor_panel_settles_and_pays_exactly_the_escrow(session) -> None
     docs = make_doctors(session, 3)
     receipts = _panel(session, case_id, docs, ["tumor", "tumor", "tumor"])
     view = cases.patient_view(session, case_id, token_hash("patient"))
-    assert view["status"] == "settled"
-    assert view["diagnosis"]["label"] == "tumor"
-    assert view["diagnosis"]["reviewers"] == 3 and view["diagnosis"]["agreement"] == 1.0
+    assert view.status == "settled"
+    assert view.diagnosis is not None and view.diagnosis.label == "tumor"
+    assert view.diagnosis.reviewers == 3 and view.diagnosis.agreement == 1.0
     paid = [ledger.balance(session, doctor_account(d)) for d, _ in docs]
     assert sum(paid) == bounty and max(paid) - min(paid) <= 1
     assert ledger.balance(session, escrow_account(case_id)) == 0
     assert sum(ledger.all_balances(session).values()) == 0
     # Every participant can check every receipt against the disclosed votes.
     disclosed = review.disclosure(session, docs[0][0], case_id)
-    assert sorted(r["receipt"] for r in receipts) == [v["receipt"] for v in disclosed["votes"]]
-    assert all(
-        verify_receipt(case_id, v["label"], v["salt"], v["receipt"]) for v in disclosed["votes"]
-    )
+    assert sorted(r.receipt for r in receipts) == [v.receipt for v in disclosed.votes]
+    assert all(verify_receipt(case_id, v.label, v.salt, v.receipt) for v in disclosed.votes)
+    assert disclosed.diagnosis == "tumor" and disclosed.settled_at == T1
     # Reputation up for all three, one research row.
     for doctor_id, _ in docs:
-        assert doctors.doctor_profile(session, doctor_id)["reputation"] > 100
+        assert doctors.doctor_profile(session, doctor_id).reputation > 100
     assert session.scalar(select(func.count()).select_from(ResearchRow)) == 1
     history = review.history(session, docs[1][0])
-    assert history[0]["agreed"] and history[0]["paid"] == paid[1]
+    assert history[0].agreed and history[0].paid == paid[1]
+    assert (history[0].your_label, history[0].reviewers) == ("tumor", 3)
 
 
 def test_dissent_pays_only_agreeing_and_lowers_dissenter(session) -> None:
@@ -74,14 +74,15 @@ def test_dissent_pays_only_agreeing_and_lowers_dissenter(session) -> None:
     assert case.status == "under_review" and case.reviewers_needed == 5
     more = make_doctors(session, 2)
     _panel(session, case_id, more, ["tumor", "tumor"])
-    assert cases.patient_view(session, case_id, token_hash("patient"))["diagnosis"] == {
+    view = cases.patient_view(session, case_id, token_hash("patient"))
+    assert view.to_json()["diagnosis"] == {
         "label": "tumor",
         "settled_at": T1.isoformat(),
         "reviewers": 5,
         "agreement": 0.8,
     }
     dissenter = doctors.doctor_profile(session, docs[1][0])
-    assert dissenter["balance"] == 0 and dissenter["reputation"] < 100
+    assert dissenter.balance == 0 and dissenter.reputation < 100
     agreeing = [ledger.balance(session, doctor_account(d)) for d, _ in docs[::2] + more]
     assert sum(agreeing) == price_bounty(0.9)
     assert sum(ledger.all_balances(session).values()) == 0
@@ -112,8 +113,8 @@ def test_claims_are_limited_by_panel_and_tier(session) -> None:
     hard = open_case(session, confidence=0.55)  # bounty above tier 0
     docs = make_doctors(session, 4)
     ((senior, _),) = make_doctors(session, 1, reputation=250)
-    assert [c["case_id"] for c in review.list_pool(session, docs[0][0])] == [easy]
-    assert [c["case_id"] for c in review.list_pool(session, senior)] == [hard, easy]
+    assert [c.case_id for c in review.list_pool(session, docs[0][0])] == [easy]
+    assert [c.case_id for c in review.list_pool(session, senior)] == [hard, easy]
     with pytest.raises(TierTooLow):
         review.claim_case(session, docs[0][0], hard, now=T1)
     for d, _ in docs[:3]:
@@ -143,7 +144,7 @@ def test_escalation_raises_bounty_widens_pool_and_frees_stale_claims(session) ->
     assert ledger.balance(session, TREASURY) == -case.bounty
     # The senior never voted: their seat is freed; juniors now see the case.
     assert case.claims_count == 0 and case.status == "open"
-    assert [c["case_id"] for c in review.list_pool(session, juniors[0][0])] == [case_id]
+    assert [c.case_id for c in review.list_pool(session, juniors[0][0])] == [case_id]
     with pytest.raises(NotOnPanel):
         review.require_claim(session, senior, case_id)
     _panel(session, case_id, juniors, ["no_tumor"] * 3)
@@ -222,7 +223,7 @@ def test_concurrent_claims_and_votes_settle_exactly_once(session_factory, sessio
         seated = [d for d in pool.map(claim, [d for d, _ in docs]) if d]
         assert len(seated) == 3
         receipts = list(pool.map(vote, seated))
-    assert len({r["receipt"] for r in receipts}) == 3
+    assert len({r.receipt for r in receipts}) == 3
     case = session.get(Case, case_id)
     assert case.status == "settled" and case.claims_count == 3 and case.reviewers == 3
     assert session.scalar(select(func.count()).select_from(ResearchRow)) == 1
