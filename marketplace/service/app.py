@@ -7,20 +7,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 
+from infra.openapi import add_openapi_route, load_spec
 from infra.web import error_middleware, in_session, run_blocking
 from marketplace import review
 from marketplace.service.api import routes as api_routes
 from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
 from marketplace.service.csv_stream import routes as csv_routes
 from marketplace.service.errors import STATUS
+from marketplace.service.metrics import install as install_metrics
 from marketplace.service.page import add_page
 from marketplace.service.settings import MarketplaceSettings
 from marketplace.storage import make_engine, make_sessionmaker, migrate
 
 log = logging.getLogger(__name__)
+
+#: The OpenAPI 3 document of every route below, served at ``GET /openapi.json``.
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -70,13 +76,16 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def create_app(settings: MarketplaceSettings) -> web.Application:
-    """The doctor service on :8081: JSON API, ``POST /decision``, ``/decisions.csv``, web page."""
+    """The doctor service on :8081: JSON API, ``POST /decision``, ``/decisions.csv``, web page,
+    ``/metrics`` and ``/openapi.json``."""
     app = web.Application(middlewares=[error_middleware(STATUS)], client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_escalation)
+    install_metrics(app)
     app.add_routes(api_routes)
     app.add_routes(csv_routes)
+    add_openapi_route(app, load_spec(OPENAPI_PATH))
     add_page(app, settings)
     return app
