@@ -4,6 +4,13 @@ It is the single source of truth for what the CSV contains, which rows still wai
 on-chain commit, which asset (data NFT, datatoken, exchange) belongs to this publisher, and which
 orders have already been redeemed for a download. It is separate from the marketplace's Alembic-
 managed database on purpose: it belongs to the Ocean publisher and survives chain outages.
+
+Why `create_all` and no Alembic history: this is the publisher's private local file, not the
+marketplace database (no other process reads it, no operator migrates it, it is never on
+PostgreSQL), and its schema has only ever gained whole tables, which `create_all` adds to an
+existing file. The trust-boundary issue gives each organisation its own store; the first change
+to an existing column here is the moment to give this file its own Alembic history (stamping
+files made by `create_all` as its first revision), not before.
 """
 
 from __future__ import annotations
