@@ -7,13 +7,11 @@ back to the marketplace database).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 
-from marketplace.domain.anonymize import CSV_COLUMNS
+from marketplace.domain.anonymize import CSV_COLUMNS, csv_text
 
 #: The published columns are exactly the marketplace's anonymized research row.
 COLUMNS: tuple[str, ...] = CSV_COLUMNS
@@ -50,13 +48,8 @@ def row_id(row: Mapping[str, object]) -> int:
 
 
 def render_csv(rows: Iterable[Sequence[str]]) -> bytes:
-    """Header + rows, RFC 4180 quoting, '\\n' line ends, UTF-8: the exact bytes that get hashed."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in rows:
-        writer.writerow(r)
-    return buf.getvalue().encode("utf-8")
+    """The exact bytes that get hashed: the marketplace's one CSV dialect, with header, UTF-8."""
+    return csv_text(rows, header=True).encode("utf-8")
 
 
 def digest(data: bytes) -> str:
