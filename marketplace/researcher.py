@@ -3,7 +3,8 @@
     python -m marketplace.researcher buy       # buy 1 datatoken, start the order, save it
     python -m marketplace.researcher download  # sign + redeem the saved order, write the CSV
 
-Uses ocean-lib (`Ocean(config)`) with the researcher's own key (CRYPTO_DOCTOR_OCEAN_RESEARCHER_KEY):
+Uses ocean-lib (`Ocean(config)`) with the researcher's own key, from the environment only
+(CRYPTO_DOCTOR_OCEAN_RESEARCHER_KEY: a flag would show it to every local user in `ps`);
 the exchange swap and `start_order` are ordinary Ocean V4 transactions; the provider fee comes
 from the project's download service (which stands in for Ocean's Provider offline).
 """
@@ -21,12 +22,12 @@ from typing import Any
 
 import requests
 from hexbytes import HexBytes
-from ocean_lib.models.data_nft import DataNFT
 from ocean_lib.models.fixed_rate_exchange import OneExchange
 from ocean_lib.ocean.ocean import Ocean
 
-from marketplace.ocean.asset import DIGEST_KEY
-from marketplace.ocean.chain import ocean_config, receipt_gas
+from infra.settings import add_flags, settings_from
+from marketplace.ocean.asset import read_digest
+from marketplace.ocean.chain import ChainUnavailable, ocean_config, receipt_gas
 from marketplace.ocean.dataset import digest
 from marketplace.ocean.orders import sign_download
 from marketplace.ocean.settings import ONE_TOKEN, OceanSettings, account
@@ -40,6 +41,8 @@ class ResearcherError(RuntimeError):
 
 @dataclass(frozen=True)
 class Purchase:
+    """A started order: the transaction to redeem, what it cost, how long it took."""
+
     order_tx: str
     datatoken: str
     consumer: str
@@ -48,11 +51,22 @@ class Purchase:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Downloaded:
+    """A CSV written to `file` whose sha256 is the one on the data NFT."""
+
+    file: str
+    sha256: str
+    rows: int
+    seconds: float
+
+
 def _get(settings: OceanSettings, path: str, **params: str) -> dict[str, Any]:
     reply = requests.get(settings.service_url.rstrip("/") + path, params=params, timeout=30)
     if reply.status_code != 200:
         raise ResearcherError(f"{path}: {reply.status_code} {reply.text}")
-    return reply.json()
+    document: dict[str, Any] = reply.json()
+    return document
 
 
 def buy(settings: OceanSettings) -> Purchase:
@@ -98,7 +112,7 @@ def buy(settings: OceanSettings) -> Purchase:
     return purchase
 
 
-def download(settings: OceanSettings, order_tx: str, out: Path) -> dict[str, Any]:
+def download(settings: OceanSettings, order_tx: str, out: Path) -> Downloaded:
     """Sign the order with the researcher's key, redeem it, check the file against the chain."""
     started = time.perf_counter()
     info = _get(settings, "/asset")
@@ -112,20 +126,19 @@ def download(settings: OceanSettings, order_tx: str, out: Path) -> dict[str, Any
         raise ResearcherError(f"download refused: {reply.status_code} {reply.text}")
     data = reply.content
     sha = digest(data)
-    config = ocean_config(settings)
-    on_chain = json.loads(DataNFT(config, info["nft"]).get_data(DIGEST_KEY) or "null")
     if reply.headers.get("X-Dataset-SHA256") != sha:
         raise ResearcherError("received bytes do not match the digest the service announced")
-    if not on_chain or on_chain.get("sha256") != sha:
+    on_chain = read_digest(ocean_config(settings), info["nft"])
+    if on_chain is None or on_chain.sha256 != sha:
         raise ResearcherError(f"file digest {sha} is not the one on the data NFT ({on_chain})")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    return {
-        "file": str(out),
-        "sha256": sha,
-        "rows": on_chain["rows"],
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return Downloaded(
+        file=str(out),
+        sha256=sha,
+        rows=on_chain.rows,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def _order_file(settings: OceanSettings) -> Path:
@@ -133,8 +146,6 @@ def _order_file(settings: OceanSettings) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from marketplace.ocean.settings import add_arguments, settings_from
-
     parser = argparse.ArgumentParser(
         prog="python -m marketplace.researcher",
         description=__doc__,
@@ -146,17 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     p_dl.add_argument("--order-tx", help="order transaction hash (default: the last bought)")
     p_dl.add_argument("--out", type=Path, default=Path("crypto-doctor-diagnoses.csv"))
     for p in (p_buy, p_dl):
-        add_arguments(p)
+        add_flags(p, OceanSettings)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = settings_from(args)
     try:
+        settings = settings_from(OceanSettings, args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        result: Purchase | Downloaded
         if args.command == "buy":
-            purchase = buy(settings)
+            result = buy(settings)
             path = _order_file(settings)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(asdict(purchase), indent=2))
-            result: dict[str, Any] = asdict(purchase)
+            path.write_text(json.dumps(asdict(result), indent=2))
         else:
             order_tx = args.order_tx
             if not order_tx:
@@ -165,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise ResearcherError("no saved order: run `buy` first or pass --order-tx")
                 order_tx = json.loads(path.read_text())["order_tx"]
             result = download(settings, order_tx, args.out)
-    except (ResearcherError, requests.RequestException) as exc:
+    except (ResearcherError, ChainUnavailable, requests.RequestException) as exc:
         log.error("%s", exc)
         return 1
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")
     return 0
 
 

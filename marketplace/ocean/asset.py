@@ -3,26 +3,26 @@
 Created once per chain in one transaction (`create_with_erc20_and_fixed_rate`), then the DDO
 (plain, Ocean V4 format) is set as the NFT's metadata. Each publish stores only the CSV's sha256
 and row count on the NFT (ERC725 `set_data`): on-chain bytes cost ~720 gas each, rows stay off chain.
+Everyone reads that digest through :func:`read_digest` (the publisher, the download service and
+the researcher CLI), so its key and format live only here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-import requests
 from ocean_lib.models.data_nft import DataNFT, DataNFTArguments, Flags
 from ocean_lib.models.data_nft_factory import DataNFTFactoryContract
-from ocean_lib.models.datatoken_base import DatatokenArguments, DatatokenBase
+from ocean_lib.models.datatoken_base import DatatokenArguments
 from ocean_lib.models.fixed_rate_exchange import ExchangeArguments
 from ocean_lib.ocean.util import get_address_of_type, get_ocean_token_address
 from web3 import Web3
 
-from marketplace.ocean.chain import ChainUnavailable, GasRecord, connect, ocean_config, receipt_gas
+from marketplace.ocean.chain import GasRecord, chain_errors, connect, ocean_config, receipt_gas
 from marketplace.ocean.dataset import COLUMNS
 from marketplace.ocean.settings import OceanSettings, account
 from marketplace.ocean.state import Asset
@@ -35,13 +35,22 @@ DATATOKEN_SYMBOL = "CDDT"
 DIGEST_KEY = "crypto-doctor/csv"
 
 
-@contextlib.contextmanager
-def chain_errors() -> Iterator[None]:
-    """Turn "the node is not there" errors into ChainUnavailable (so work is queued, not lost)."""
-    try:
-        yield
-    except (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError) as exc:
-        raise ChainUnavailable(str(exc)) from exc
+@dataclass(frozen=True)
+class Digest:
+    """What the data NFT says the published CSV is: its sha256 and its number of rows."""
+
+    sha256: str
+    rows: int
+
+
+def read_digest(config: dict[str, Any], nft: str) -> Digest | None:
+    """The digest on the data NFT at `nft`, or None before the first publish."""
+    with chain_errors():
+        raw = DataNFT(config, nft).get_data(DIGEST_KEY)
+    if not raw:
+        return None
+    record = json.loads(raw)
+    return Digest(sha256=str(record["sha256"]), rows=int(record["rows"]))
 
 
 def dataset_metadata(settings: OceanSettings) -> dict[str, Any]:
@@ -118,7 +127,8 @@ class AssetChain:
         """ocean-lib's factory helper returns objects, not the receipt: find it for the figures."""
         for number in range(self.w3.eth.block_number, after_block, -1):
             block = self.w3.eth.get_block(number, full_transactions=True)
-            for tx in reversed(block["transactions"]):
+            transactions: list[Any] = list(block["transactions"])
+            for tx in reversed(transactions):
                 if tx["from"] == sender:
                     return self.w3.eth.get_transaction_receipt(tx["hash"])
         raise RuntimeError("publish transaction not found")
@@ -141,15 +151,13 @@ class AssetChain:
             )
         return receipt_gas("set metadata (DDO)", receipt)
 
-    def digest(self, asset: Asset) -> dict[str, Any] | None:
-        """The {sha256, rows} record currently on the NFT, or None before the first publish."""
-        with chain_errors():
-            raw = DataNFT(self.config, asset.nft).get_data(DIGEST_KEY)
-        return json.loads(raw) if raw else None
+    def digest(self, asset: Asset) -> Digest | None:
+        """The digest currently on the asset's NFT, or None before the first publish."""
+        return read_digest(self.config, asset.nft)
 
-    def set_digest(self, asset: Asset, sha256: str, rows: int) -> GasRecord:
+    def set_digest(self, asset: Asset, digest: Digest) -> GasRecord:
+        value = json.dumps({"sha256": digest.sha256, "rows": digest.rows}, separators=(",", ":"))
         with chain_errors():
-            value = json.dumps({"sha256": sha256, "rows": rows}, separators=(",", ":"))
             receipt = DataNFT(self.config, asset.nft).set_data(DIGEST_KEY, value, self.tx())
         return receipt_gas("set CSV digest", receipt)
 
@@ -180,7 +188,3 @@ def ddo_for(settings: OceanSettings, asset: Asset) -> dict[str, Any]:
             }
         ],
     }
-
-
-def datatoken(config: dict[str, Any], address: str) -> DatatokenBase:
-    return DatatokenBase.get_typed(config, address)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import requests
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.types import TxReceipt
+from web3.types import TxParams, TxReceipt
 
 from marketplace.ocean.settings import OceanSettings, account
 
@@ -19,6 +22,17 @@ log = logging.getLogger(__name__)
 
 class ChainUnavailable(RuntimeError):
     """The JSON-RPC node did not answer: callers queue work and retry later."""
+
+    code = "chain_unavailable"
+
+
+@contextlib.contextmanager
+def chain_errors() -> Iterator[None]:
+    """Turn "the node is not there" errors into ChainUnavailable (so work is queued, not lost)."""
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError) as exc:
+        raise ChainUnavailable(str(exc)) from exc
 
 
 def connect(rpc_url: str, timeout_s: float = 30.0) -> Web3:
@@ -70,7 +84,7 @@ def send_raw(w3: Web3, wallet: LocalAccount, tx: dict[str, Any]) -> TxReceipt:
     tx["nonce"] = w3.eth.get_transaction_count(wallet.address)
     tx.setdefault("chainId", w3.eth.chain_id)
     if "gas" not in tx:
-        tx["gas"] = w3.eth.estimate_gas(tx)
+        tx["gas"] = w3.eth.estimate_gas(cast(TxParams, tx))
     signed = wallet.sign_transaction(tx)
     receipt = w3.eth.wait_for_transaction_receipt(
         w3.eth.send_raw_transaction(signed.rawTransaction)

@@ -1,9 +1,13 @@
 """Deploy Ocean's V4 contracts from the `ocean-contracts` artifacts, idempotently.
 
+    python -m marketplace.ocean.deploy [--rpc-url URL] [--address-file var/ocean/address.json]
+
 Order and constructor arguments follow Ocean's own deploy script (ocean-contracts v2.0.3,
 development network): OCEAN mock, OPF fee collector, router, fixed-rate exchange, templates,
 dispenser, NFT factory, extra datatoken templates, then router registrations. The address file
-is written in the format ocean-lib reads (`json[network]["ERC721Factory"]` ...).
+is written in the format ocean-lib reads (`json[network]["ERC721Factory"]` ...). The command
+prints a JSON summary (addresses, whether anything was deployed, gas per transaction, seconds)
+and, on the development network only (where OCEAN is our own mock), funds the researcher.
 """
 
 from __future__ import annotations
@@ -11,30 +15,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from ocean_lib.models.datatoken_base import DatatokenBase
 from ocean_lib.web3_internal.contract_utils import load_contract
 from web3 import Web3
 
-from marketplace.ocean.chain import GasRecord, receipt_gas, send_raw
-from marketplace.ocean.settings import ONE_TOKEN
+from infra.settings import flag, nested, parse_settings
+from marketplace.ocean.chain import GasRecord, connect, ocean_config, receipt_gas, send_raw, wallet
+from marketplace.ocean.settings import ONE_TOKEN, OceanSettings
 
 log = logging.getLogger(__name__)
 DEAD = "0x000000000000000000000000000000000000dEaD"  # Ocean's placeholder pool template
 INITIAL_OCEAN_SUPPLY = 1_000_000 * ONE_TOKEN
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeployReport:
     """What a deploy run did: addresses, whether it deployed, gas per transaction, seconds."""
 
-    addresses: dict[str, Any]
+    addresses: dict[str, Any]  # the address file's network entry (a JSON document)
     deployed: bool
-    gas: list[GasRecord] = field(default_factory=list)
+    gas: tuple[GasRecord, ...] = ()
     seconds: float = 0.0
 
     @property
@@ -47,7 +54,10 @@ def _deploy(w3: Web3, owner: LocalAccount, name: str, args: list[Any], gas: list
     tx = contract.constructor(*args).build_transaction({"from": owner.address})
     receipt = send_raw(w3, owner, tx)
     gas.append(receipt_gas(f"deploy {name}", receipt))
-    return Web3.to_checksum_address(receipt["contractAddress"])
+    address = receipt["contractAddress"]
+    if address is None:
+        raise RuntimeError(f"deploying {name} created no contract")
+    return str(Web3.to_checksum_address(address))
 
 
 def _call(w3: Web3, owner: LocalAccount, name: str, addr: str, fn: str, *args: Any) -> GasRecord:
@@ -128,7 +138,9 @@ def deploy_contracts(
         "ERC20Template": {"1": erc20, "2": erc20_enterprise, "3": erc20_t3},
     }
     write_addresses(address_file, network, entry)
-    report = DeployReport(entry, deployed=True, gas=gas, seconds=time.perf_counter() - started)
+    report = DeployReport(
+        entry, deployed=True, gas=tuple(gas), seconds=time.perf_counter() - started
+    )
     log.info("deployed Ocean contracts: %d txs, %d gas", len(gas), report.total_gas)
     return report
 
@@ -138,3 +150,64 @@ def fund_ocean(w3: Web3, owner: LocalAccount, ocean: str, to: str, amount_wei: i
     return _call(
         w3, owner, "OceanToken", ocean, "transfer", Web3.to_checksum_address(to), amount_wei
     )
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """The deployment command: the Ocean settings, and how much mock OCEAN the researcher gets."""
+
+    fund_researcher: int = field(
+        default=1000,
+        metadata=flag(
+            "mock OCEAN for the researcher on the development network (0: none)",
+            env="OCEAN_FUND_RESEARCHER",
+        ),
+    )
+    ocean: OceanSettings = field(default_factory=OceanSettings, metadata=nested(""))
+
+
+def fund_researcher(
+    settings: OceanSettings, w3: Web3, owner: LocalAccount, ocean: str, tokens: int
+) -> GasRecord | None:
+    """Top the researcher up to `tokens` mock OCEAN (development network only), else None."""
+    if settings.network_name != "development" or tokens <= 0:
+        return None
+    researcher = wallet(settings.researcher_key).address
+    amount = tokens * ONE_TOKEN
+    if DatatokenBase.get_typed(ocean_config(settings, w3), ocean).balanceOf(researcher) >= amount:
+        return None
+    return fund_ocean(w3, owner, ocean, researcher, amount)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Deploy (idempotently), fund the dev researcher, print the JSON summary."""
+    settings = parse_settings(
+        DeploySettings,
+        argv,
+        prog="python -m marketplace.ocean.deploy",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    ocean = settings.ocean
+    w3 = connect(ocean.rpc_url)
+    owner = wallet(ocean.publisher_key)
+    report = deploy_contracts(w3, owner, ocean.address_file, ocean.network_name)
+    gas = list(report.gas)
+    funded = fund_researcher(ocean, w3, owner, report.addresses["Ocean"], settings.fund_researcher)
+    if funded is not None:
+        gas.append(funded)
+    summary = {
+        "address_file": str(ocean.address_file),
+        "network": ocean.network_name,
+        "deployed": report.deployed,
+        "seconds": round(report.seconds, 3),
+        "total_gas": report.total_gas,
+        "transactions": [asdict(g) for g in gas],
+        "addresses": report.addresses,
+    }
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")  # the command's output is this JSON
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 R = TypeVar("R", bound=Mapping[str, object])
 GroupKey = tuple[str, ...]
@@ -33,14 +33,14 @@ def group_counts(
 
 
 @dataclass(frozen=True)
-class Split:
+class Split(Generic[R]):
     """Rows that may be published now, and rows held back until their group has k rows."""
 
-    release: list
-    hold: list
+    release: list[R]
+    hold: list[R]
 
 
-def split_releasable(pending: Sequence[R], k: int, quasi_identifiers: Sequence[str]) -> Split:
+def split_releasable(pending: Sequence[R], k: int, quasi_identifiers: Sequence[str]) -> Split[R]:
     """Release the pending rows of every group that has >= k pending rows; hold the rest."""
     if k < 1:
         raise ValueError("k must be >= 1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import requests
 
-from marketplace.ocean.settings import DEV_CHAIN_ID, DEV_MNEMONIC
+from infra.net import free_port
+from infra.settings import flag, nested, parse_settings
+from marketplace.ocean.settings import DEV_CHAIN_ID, DEV_MNEMONIC, OceanSettings
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,13 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class NodeError(RuntimeError):
     """The chain node could not be started or did not answer in time."""
-
-
-def free_port() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ganache_binary(repo_root: Path = REPO_ROOT) -> Path:
@@ -132,20 +127,21 @@ class GanacheNode:
         self.stop()
 
 
+@dataclass(frozen=True)
+class NodeSettings:
+    """`python -m marketplace.ocean.node`: the chain's port; its state goes in the data dir."""
+
+    port: int = field(default=8545, metadata=flag("JSON-RPC port", env="CHAIN_PORT"))
+    ocean: OceanSettings = field(default_factory=OceanSettings, metadata=nested(""))
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m marketplace.ocean.node`: run the project's chain in the foreground."""
-    import argparse
-    import signal
-
-    from marketplace.ocean.settings import add_arguments, settings_from
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--port", type=int, default=8545)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = settings_from(args)
+    settings = parse_settings(
+        NodeSettings, argv, prog="python -m marketplace.ocean.node", description=main.__doc__
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    node = GanacheNode(db_path=settings.data_dir / "chain", port=args.port)
+    node = GanacheNode(db_path=settings.ocean.data_dir / "chain", port=settings.port)
     node.start()
     stop = False
 

@@ -3,6 +3,8 @@ that decides whether an on-chain order grants a download.
 
 The rule (`check_order`) is pure: it judges facts read from the chain (`OrderFacts`), so every
 refusal path is unit-tested without a node. `read_order` is the chain adapter that gathers them.
+Refusals are domain exceptions with a stable `code`; the download service maps their classes to
+HTTP statuses in its one table.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -19,6 +21,7 @@ from ocean_lib.models.datatoken_base import DatatokenBase
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
+from web3.types import HexStr
 
 from marketplace.ocean.settings import ONE_TOKEN
 
@@ -26,12 +29,24 @@ TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 
 
-class OrderRejected(Exception):
-    """A download request that must not get data; `status` is the HTTP status to answer."""
+class OrderRefused(Exception):
+    """A request that must not get data; `code` says why, in words clients can match on."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.code = code
+
+
+class MalformedRequest(OrderRefused):
+    """The request itself is not well formed (body, hash, address, signature encoding)."""
+
+
+class UnprovenConsumer(OrderRefused):
+    """The request does not prove who asks: no signature, or one that recovers to nobody."""
+
+
+class OrderNotGranted(OrderRefused):
+    """The order exists in the request but grants no download (wrong, foreign, expired, used)."""
 
 
 def download_message(order_tx: str, datatoken: str) -> str:
@@ -105,21 +120,21 @@ def check_order(
     now: int,
     timeout_s: int,
 ) -> str:
-    """Return the consumer address if the order grants a download, else raise OrderRejected."""
+    """Return the consumer address if the order grants a download, else raise OrderRefused."""
     if not facts.found or not facts.succeeded:
-        raise OrderRejected(403, "order_not_found", "no successful transaction with that hash")
+        raise OrderNotGranted("order_not_found", "no successful transaction with that hash")
     if facts.consumer is None:
-        raise OrderRejected(403, "wrong_datatoken", "transaction holds no order of this dataset")
+        raise OrderNotGranted("wrong_datatoken", "transaction holds no order of this dataset")
     if signer is None:
-        raise OrderRejected(401, "bad_signature", "signature does not recover to an address")
+        raise UnprovenConsumer("bad_signature", "signature does not recover to an address")
     if signer.lower() != facts.consumer.lower():
-        raise OrderRejected(403, "not_your_order", "order belongs to another account")
+        raise OrderNotGranted("not_your_order", "order belongs to another account")
     if facts.amount < ONE_TOKEN:
-        raise OrderRejected(403, "amount_too_low", "order paid less than one datatoken")
+        raise OrderNotGranted("amount_too_low", "order paid less than one datatoken")
     if facts.provider is None or facts.provider.lower() != provider.lower():
-        raise OrderRejected(403, "foreign_provider", "order was not initialized by this service")
+        raise OrderNotGranted("foreign_provider", "order was not initialized by this service")
     if (facts.valid_until and facts.valid_until < now) or facts.block_timestamp + timeout_s < now:
-        raise OrderRejected(403, "order_expired", "order is older than the service timeout")
+        raise OrderNotGranted("order_expired", "order is older than the service timeout")
     return facts.consumer
 
 
@@ -127,7 +142,7 @@ def read_order(config: dict[str, Any], datatoken_address: str, order_tx: str) ->
     """Gather OrderStarted/ProviderFee logs emitted by our datatoken in that transaction."""
     w3: Web3 = config["web3_instance"]
     try:
-        receipt = w3.eth.get_transaction_receipt(order_tx)
+        receipt = w3.eth.get_transaction_receipt(cast(HexStr, order_tx))
     except TransactionNotFound:
         return OrderFacts(found=False)
     if receipt["status"] != 1:
@@ -156,16 +171,23 @@ def chain_now(w3: Web3, wall_clock: float) -> int:
     return max(int(wall_clock), int(w3.eth.get_block("latest")["timestamp"]))
 
 
-def parse_download_request(body: Any) -> tuple[str, str | None]:
-    """Validate the JSON body: {"order_tx": "0x…64 hex", "signature": "0x…130 hex" | absent}."""
+def parse_download_request(body: Any) -> tuple[str, str]:
+    """Validate the JSON body: {"order_tx": "0x…64 hex", "signature": "0x…130 hex"}."""
     if not isinstance(body, dict):
-        raise OrderRejected(400, "bad_request", "body must be a JSON object")
+        raise MalformedRequest("bad_request", "body must be a JSON object")
     order_tx = body.get("order_tx")
     if not isinstance(order_tx, str) or not TX_HASH.match(order_tx):
-        raise OrderRejected(400, "bad_order_tx", "order_tx must be a 0x-prefixed 32-byte hash")
+        raise MalformedRequest("bad_order_tx", "order_tx must be a 0x-prefixed 32-byte hash")
     signature = body.get("signature")
     if signature in (None, ""):
-        return order_tx.lower(), None
+        raise UnprovenConsumer("unsigned", "sign the download message with the consumer's key")
     if not isinstance(signature, str) or not SIGNATURE.match(signature):
-        raise OrderRejected(400, "bad_signature_format", "signature must be 65 bytes of 0x-hex")
+        raise MalformedRequest("bad_signature_format", "signature must be 65 bytes of 0x-hex")
     return order_tx.lower(), signature
+
+
+def parse_consumer(text: str) -> str:
+    """The checksummed address a provider fee is signed for (the `consumer` query parameter)."""
+    if not Web3.is_address(text):
+        raise MalformedRequest("bad_consumer", "consumer must be an Ethereum address")
+    return str(Web3.to_checksum_address(text))

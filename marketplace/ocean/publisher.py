@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from marketplace.ocean import kanon
-from marketplace.ocean.asset import AssetChain
+from marketplace.ocean.asset import AssetChain, Digest
 from marketplace.ocean.chain import ChainUnavailable, GasRecord
 from marketplace.ocean.dataset import COLUMNS, InvalidRow, digest, public_row, render_csv, row_id
 from marketplace.ocean.settings import OceanSettings
@@ -38,19 +38,30 @@ class RowSource(Protocol):
     def mark_published(self, row_ids: list[int], ref: str) -> None: ...
 
 
-@dataclass
-class PublishResult:
-    """Outcome of one publish run (also carries the gas figures for the closing note)."""
+@dataclass(frozen=True)
+class Commit:
+    """What the commit step of a run did (empty when the chain was down)."""
 
-    released: int = 0  # new rows staged this run
-    held: int = 0  # rows waiting for their k-anonymity group
     committed: int = 0  # rows whose digest went on chain this run
     csv_rows: int = 0  # rows in the published CSV after this run
     sha256: str = ""
     ref: str | None = None
-    chain_down: bool = False
-    invalid: list[int] = field(default_factory=list)
-    gas: list[GasRecord] = field(default_factory=list)
+    gas: tuple[GasRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Outcome of one publish run (also carries the gas figures for the closing note)."""
+
+    released: int  # new rows staged this run
+    held: int  # rows waiting for their k-anonymity group
+    committed: int  # rows whose digest went on chain this run
+    csv_rows: int  # rows in the published CSV after this run (0 when the chain was down)
+    sha256: str
+    ref: str | None
+    chain_down: bool
+    invalid: tuple[int, ...]
+    gas: tuple[GasRecord, ...]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -93,13 +104,13 @@ class Publisher:
             self.state.save_asset(asset)
         if not asset.metadata_set:
             gas.append(chain.set_metadata(asset))
-            asset = Asset(**{**asset.__dict__, "metadata_set": True})
+            asset = replace(asset, metadata_set=True)
             self.state.save_asset(asset)
         return asset
 
     def publish(self, limit: int = 1000) -> PublishResult:
         """One run: stage what k-anonymity allows, commit it on chain, mark it upstream."""
-        result = PublishResult()
+        invalid: list[int] = []
         valid: list[tuple[int, dict[str, str]]] = []
         for raw in self.source.pending_rows(limit):
             try:
@@ -108,7 +119,7 @@ class Publisher:
                 log.warning("skipping invalid row (left unpublished): %s", exc)
                 rid = raw.get("row_id")
                 if isinstance(rid, int):
-                    result.invalid.append(rid)
+                    invalid.append(rid)
         known = self.state.known_row_ids([rid for rid, _ in valid])
         fresh = [(rid, fields) for rid, fields in valid if rid not in known]
         # committed locally but not yet marked upstream (a crash or DB error after the commit)
@@ -122,12 +133,12 @@ class Publisher:
         # Within a release, order by content: a row's position must not reveal arrival order.
         split.release.sort(key=lambda r: [r[c] for c in COLUMNS])
         self.state.stage([(int(r["row_id"]), [r[c] for c in COLUMNS]) for r in split.release])
-        result.released, result.held = len(split.release), len(split.hold)
 
+        chain_down = False
         try:
-            self._commit(result)
+            commit = self._commit()
         except ChainUnavailable as exc:
-            result.chain_down = True
+            chain_down, commit = True, Commit()
             log.warning("chain unavailable, %d rows stay queued: %s", self.state.count(STAGED), exc)
         if resync:
             refs = {r.row_id: r.ref or "" for r in self.state.all_rows([COMMITTED])}
@@ -136,34 +147,41 @@ class Publisher:
                 by_ref.setdefault(refs.get(rid, ""), []).append(rid)
             for ref, ids in by_ref.items():
                 self._mark(ids, ref)
-        return result
+        return PublishResult(
+            released=len(split.release),
+            held=len(split.hold),
+            committed=commit.committed,
+            csv_rows=commit.csv_rows,
+            sha256=commit.sha256,
+            ref=commit.ref,
+            chain_down=chain_down,
+            invalid=tuple(invalid),
+            gas=commit.gas,
+        )
 
-    def _commit(self, result: PublishResult) -> None:
+    def _commit(self) -> Commit:
+        """Put the digest of committed + staged rows on chain, then commit them and the file."""
         rows = self.state.all_rows()
         staged = [r for r in rows if r.status == STAGED]
         data = render_csv(r.fields for r in rows)
-        sha = digest(data)
+        wanted = Digest(sha256=digest(data), rows=len(rows))
+        gas: list[GasRecord] = []
         chain = self.chain_factory(self.settings)
-        asset = self.ensure_asset(chain, result.gas)
+        asset = self.ensure_asset(chain, gas)
         on_chain = chain.digest(asset)
         ref = None
         if staged or on_chain is None:
-            if on_chain != {"sha256": sha, "rows": len(rows)}:
-                rec = chain.set_digest(asset, sha, len(rows))
-                result.gas.append(rec)
+            if on_chain != wanted:
+                rec = chain.set_digest(asset, wanted)
+                gas.append(rec)
                 ref = rec.tx_hash
             else:
-                ref = "digest-already-on-chain:" + sha[:16]
+                ref = "digest-already-on-chain:" + wanted.sha256[:16]
             self.state.commit_staged([r.seq for r in staged], ref)
         write_atomic(self.settings.csv_path, data)
-        result.committed, result.csv_rows, result.sha256, result.ref = (
-            len(staged),
-            len(rows),
-            sha,
-            ref,
-        )
         if staged:
             self._mark([r.row_id for r in staged], ref or "")
+        return Commit(len(staged), len(rows), wanted.sha256, ref, tuple(gas))
 
     def _mark(self, row_ids: list[int], ref: str) -> None:
         """Tell the marketplace; a failure here is retried next run (rows come back pending)."""

@@ -1,120 +1,122 @@
-"""The download endpoint that replaces Ocean's Provider offline.
+"""The download endpoint that replaces Ocean's Provider offline (web layer over `downloads`).
 
 `create_download_app(settings)` is an aiohttp application, runnable standalone
 (`python -m marketplace.ocean.serve --port 8082`) or mounted into another app with
 `app.add_subapp("/ocean", create_download_app(settings))`. Routes:
 
-- `GET /`            service + asset summary (also answers ocean-lib's Aquarius liveness probe);
+- `GET /`            service summary (also answers ocean-lib's Aquarius liveness probe);
 - `GET /asset`       the DDO, datatoken, exchange id and current on-chain digest;
 - `GET /initialize`  a provider fee signed by the service key, valid for the order timeout;
-- `POST /download`   `{"order_tx", "signature"}`: verifies the order on chain and streams the CSV.
+- `POST /download`   `{"order_tx", "signature"}`: verifies the order on chain and streams the CSV;
+- `GET /metrics`     Prometheus text, for loopback or the operator token (`infra.metrics`).
 
 Chain calls run in a small dedicated thread pool so they never block the event loop.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
-from ocean_lib.ocean.util import get_ocean_token_address
-from web3 import Web3
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from marketplace.ocean.asset import DIGEST_KEY, ddo_for
-from marketplace.ocean.chain import ChainUnavailable, connect, ocean_config
-from marketplace.ocean.dataset import digest
+from infra.metrics import LATENCY_BUCKETS, add_metrics_route
+from infra.settings import flag, nested, parse_settings
+from infra.web import Handler, error_middleware, run_blocking
+from marketplace.ocean.chain import ChainUnavailable
+from marketplace.ocean.downloads import DatasetUpdating, Downloads, NotPublished
 from marketplace.ocean.orders import (
-    OrderRejected,
-    chain_now,
-    check_order,
+    MalformedRequest,
+    OrderNotGranted,
+    UnprovenConsumer,
+    parse_consumer,
     parse_download_request,
-    provider_fee,
-    read_order,
-    recover_signer,
 )
-from marketplace.ocean.settings import OceanSettings, account
-from marketplace.ocean.state import Asset, OceanState
+from marketplace.ocean.settings import OceanSettings
+from marketplace.ocean.state import OceanState
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 routes = web.RouteTableDef()
+CHUNK = 64 * 1024
+
+#: The one place where the download service's refusals become HTTP statuses.
+STATUS: dict[type[Exception], int] = {
+    MalformedRequest: 400,
+    UnprovenConsumer: 401,
+    OrderNotGranted: 403,
+    NotPublished: 404,
+    DatasetUpdating: 503,
+    ChainUnavailable: 503,
+}
+
+
+class Metrics:
+    """The download service's own Prometheus registry (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.downloads = Counter(
+            "ocean_downloads", "CSV files sent in full for a redeemed order", registry=self.registry
+        )
+        self.refused = Counter(
+            "ocean_orders_refused",
+            "download requests refused, by reason (the error code)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ocean_request_seconds",
+            "time to answer a request, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
 
 @dataclass
 class Runtime:
-    """Objects shared by the handlers: settings, publisher state, chain config, thread pool."""
+    """Objects shared by the handlers: the use cases, their thread pool, the metrics."""
 
-    settings: OceanSettings
-    state: OceanState
+    downloads: Downloads
     pool: ThreadPoolExecutor
-    _config: dict[str, Any] | None = None
-
-    def config(self) -> dict[str, Any]:
-        """ocean-lib config, (re)connected lazily so the service starts while the chain is down."""
-        if self._config is None or not self._config["web3_instance"].is_connected():
-            self._config = ocean_config(self.settings, connect(self.settings.rpc_url))
-        return self._config
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    metrics: Metrics
 
 
 RUNTIME = web.AppKey("ocean_runtime", Runtime)
 
 
-def error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-def current_asset(rt: Runtime) -> Asset:
-    asset = rt.state.asset(int(rt.config()["CHAIN_ID"]))
-    if asset is None or not asset.metadata_set:
-        raise OrderRejected(404, "not_published", "the dataset has not been published yet")
-    return asset
-
-
-async def guarded(rt: Runtime, fn: Callable[[], T]) -> T | web.Response:
-    """Run chain-touching work off the loop; map chain outages and rejections to JSON errors."""
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Latency per route; refusals of `POST /download` by their code (before they become JSON)."""
+    metrics = request.app[RUNTIME].metrics
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
     try:
-        return await rt.run(fn)
-    except OrderRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
-    except (ChainUnavailable, ConnectionError, OSError) as exc:
-        log.warning("chain unavailable: %s", exc)
-        return error(503, "chain_unavailable", "the chain node does not answer; retry later")
-
-
-def dataset_bytes(rt: Runtime, asset: Asset) -> bytes:
-    """The CSV, only if it is the version whose digest is on chain (else retry shortly)."""
-    from ocean_lib.models.data_nft import DataNFT
-
-    raw = DataNFT(rt.config(), asset.nft).get_data(DIGEST_KEY)
-    on_chain = json.loads(raw) if raw else None
-    try:
-        data = rt.settings.csv_path.read_bytes()
-    except FileNotFoundError:
-        data = b""
-    if not on_chain or on_chain.get("sha256") != digest(data):
-        raise OrderRejected(503, "dataset_updating", "the dataset is being updated; retry shortly")
-    return data
+        return await handler(request)
+    except Exception as exc:
+        code = getattr(exc, "code", None)
+        if route.endswith("/download") and isinstance(code, str):
+            metrics.refused.labels(reason=code).inc()
+        raise
+    finally:
+        metrics.latency.labels(route=route).observe(time.perf_counter() - started)
 
 
 @routes.get("/")
 async def index(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    downloads = request.app[RUNTIME].downloads
     return web.json_response(
         {
             "service": "crypto-doctor research data (Ocean download endpoint)",
-            "provider": account(rt.settings.provider_key).address,
-            "network": rt.settings.network_name,
+            "provider": downloads.provider,
+            "network": downloads.settings.network_name,
         }
     )
 
@@ -122,54 +124,16 @@ async def index(request: web.Request) -> web.Response:
 @routes.get("/asset")
 async def asset_info(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-
-    def work() -> dict[str, Any]:
-        from ocean_lib.models.data_nft import DataNFT
-
-        asset = current_asset(rt)
-        raw = DataNFT(rt.config(), asset.nft).get_data(DIGEST_KEY)
-        return {
-            "chain_id": asset.chain_id,
-            "nft": asset.nft,
-            "datatoken": asset.datatoken,
-            "exchange": asset.exchange,
-            "exchange_id": asset.exchange_id,
-            "provider": account(rt.settings.provider_key).address,
-            "digest": json.loads(raw) if raw else None,
-            "ddo": ddo_for(rt.settings, asset),
-        }
-
-    result = await guarded(rt, work)
-    return result if isinstance(result, web.Response) else web.json_response(result)
+    info = await run_blocking(rt.pool, rt.downloads.describe)
+    return web.json_response(asdict(info))
 
 
 @routes.get("/initialize")
 async def initialize(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    consumer = request.query.get("consumer", "")
-    if not Web3.is_address(consumer):
-        return error(400, "bad_consumer", "consumer must be an Ethereum address")
-
-    def work() -> dict[str, Any]:
-        config = rt.config()
-        asset = current_asset(rt)
-        now = chain_now(config["web3_instance"], time.time())
-        data = {
-            "dt": asset.datatoken,
-            "id": "0",
-            "consumer": Web3.to_checksum_address(consumer),
-            "timestamp": now,
-        }
-        fee = provider_fee(
-            rt.settings.provider_key,
-            get_ocean_token_address(config),
-            now + rt.settings.order_timeout_s,
-            data,
-        )
-        return {"datatoken": asset.datatoken, "providerFee": fee}
-
-    result = await guarded(rt, work)
-    return result if isinstance(result, web.Response) else web.json_response(result)
+    consumer = parse_consumer(request.query.get("consumer", ""))
+    start = await run_blocking(rt.pool, rt.downloads.start_order, consumer)
+    return web.json_response({"datatoken": start.datatoken, "providerFee": start.provider_fee})
 
 
 @routes.post("/download")
@@ -177,83 +141,66 @@ async def download(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return error(400, "bad_request", "body must be JSON")
-    try:
-        order_tx, signature = parse_download_request(body)
-    except OrderRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
-    if signature is None:
-        return error(401, "unsigned", "sign the download message with the consumer's key")
-
-    def verify() -> tuple[bytes, str]:
-        config = rt.config()
-        asset = current_asset(rt)
-        facts = read_order(config, asset.datatoken, order_tx)
-        consumer = check_order(
-            facts,
-            signer=recover_signer(order_tx, asset.datatoken, signature),
-            provider=account(rt.settings.provider_key).address,
-            now=chain_now(config["web3_instance"], time.time()),
-            timeout_s=rt.settings.order_timeout_s,
-        )
-        data = dataset_bytes(rt, asset)
-        if not rt.state.redeem_order(order_tx, asset.chain_id, consumer):
-            raise OrderRejected(403, "order_reused", "this order was already used for a download")
-        log.info("order %s redeemed by %s", order_tx, consumer)
-        return data, order_tx
-
-    result = await guarded(rt, verify)
-    if isinstance(result, web.Response):
-        return result
-    data, order_tx = result
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedRequest("bad_request", "body must be JSON") from exc
+    order_tx, signature = parse_download_request(body)
+    got = await run_blocking(rt.pool, rt.downloads.redeem, order_tx, signature)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": 'attachment; filename="crypto-doctor-diagnoses.csv"',
-            "X-Dataset-SHA256": digest(data),
+            "X-Dataset-SHA256": got.sha256,
         }
     )
-    response.content_length = len(data)
+    response.content_length = len(got.data)
     try:
         await response.prepare(request)
-        for start in range(0, len(data), 64 * 1024):
-            await response.write(data[start : start + 64 * 1024])
+        for start in range(0, len(got.data), CHUNK):
+            await response.write(got.data[start : start + CHUNK])
         await response.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
-        await rt.run(rt.state.release_order, order_tx)  # nothing arrived: the order stays usable
+        # nothing arrived: the order stays usable
+        await run_blocking(rt.pool, rt.downloads.release, got.order_tx)
         raise
+    rt.metrics.downloads.inc()
     return response
 
 
 def create_download_app(settings: OceanSettings) -> web.Application:
     """App factory: the same startup path for tests, standalone runs and mounting."""
-    app = web.Application()
+    metrics = Metrics()
+    app = web.Application(middlewares=[error_middleware(STATUS), observe])
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocean-chain")
         state = OceanState(settings.state_path)
-        app[RUNTIME] = Runtime(settings, state, pool)
+        app[RUNTIME] = Runtime(Downloads(settings, state), pool, metrics)
         yield
         pool.shutdown(wait=True)
         state.close()
 
     app.cleanup_ctx.append(runtime_ctx)
     app.add_routes(routes)
+    add_metrics_route(app, metrics.registry, settings.operator_token)
     return app
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`python -m marketplace.ocean.serve`: where to listen, and the Ocean settings."""
+
+    host: str = field(default="127.0.0.1", metadata=flag("interface to listen on"))
+    port: int = field(default=8082, metadata=flag("port to listen on", env="OCEAN_PORT"))
+    ocean: OceanSettings = field(default_factory=OceanSettings, metadata=nested(""))
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m marketplace.ocean.serve`: run the download endpoint standalone."""
-    from marketplace.ocean.settings import add_arguments, settings_from
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8082)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+    settings = parse_settings(
+        ServeSettings, argv, prog="python -m marketplace.ocean.serve", description=main.__doc__
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    web.run_app(create_download_app(settings_from(args)), host=args.host, port=args.port)
+    web.run_app(create_download_app(settings.ocean), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Settings for the Ocean side of crypto-doctor: one frozen dataclass, CLI flags + env fallbacks.
+"""Settings for the Ocean side of crypto-doctor: one frozen dataclass, built by :mod:`infra.settings`.
+
+Every Ocean process (chain, deployment, publisher, download service, researcher CLI) reads the
+same fields: ``--rpc-url`` / ``CRYPTO_DOCTOR_OCEAN_RPC_URL`` and so on. Private keys are secrets:
+environment only (``CRYPTO_DOCTOR_OCEAN_PUBLISHER_KEY`` ...), never a flag, never in argv.
 
 Defaults work offline: a local ganache chain (started by the project) with a fixed development
 mnemonic, publisher = account 0, researcher = account 1, provider (download service) = account 0.
@@ -6,19 +10,17 @@ mnemonic, publisher = account 0, researcher = account 1, provider (download serv
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from infra.settings import DEFAULT_DB_URL, flag
+
 # Ocean's own local setup (barge) uses this mnemonic; it only ever holds play money.
 DEV_MNEMONIC = "taxi music thumb unique chat sand crew more leg another off lamp"
 DEV_CHAIN_ID = 8996
-ENV_PREFIX = "CRYPTO_DOCTOR_"
 DEFAULT_QUASI_IDENTIFIERS = ("day", "backbone", "reviewers")
 ONE_TOKEN = 10**18  # datatokens and OCEAN have 18 decimals; amounts are integers of wei
 
@@ -27,7 +29,8 @@ def dev_key(index: int, mnemonic: str = DEV_MNEMONIC) -> str:
     """Private key (0x-hex) of account `index` of a mnemonic, on ganache's derivation path."""
     Account.enable_unaudited_hdwallet_features()
     acct = Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{index}")
-    return acct.key.hex() if acct.key.hex().startswith("0x") else "0x" + acct.key.hex()
+    key: str = acct.key.hex()
+    return key if key.startswith("0x") else "0x" + key
 
 
 def account(private_key: str) -> LocalAccount:
@@ -35,23 +38,53 @@ def account(private_key: str) -> LocalAccount:
     return Account.from_key(private_key)
 
 
+def _secret_key(who: str) -> dict[str, object]:
+    return flag(f"{who}'s private key, 0x-hex", env=f"OCEAN_{who.upper()}_KEY", secret=True)
+
+
 @dataclass(frozen=True)
 class OceanSettings:
     """Everything the publisher, the download service and the researcher CLI need."""
 
-    rpc_url: str = "http://127.0.0.1:8545"
-    address_file: Path = Path("var/ocean/address.json")
-    data_dir: Path = Path("var/ocean")
-    publisher_key: str = ""
-    provider_key: str = ""
-    researcher_key: str = ""
-    k: int = 5
-    price_wei: int = 10 * ONE_TOKEN  # OCEAN per datatoken, in wei
-    order_timeout_s: int = 3600  # how long an order grants a download, like Ocean's service timeout
-    service_url: str = "http://127.0.0.1:8082"  # where the download endpoint is reachable
-    quasi_identifiers: tuple[str, ...] = DEFAULT_QUASI_IDENTIFIERS
-    network_name: str = "development"
-    db_url: str = "sqlite:///var/crypto-doctor.sqlite3"  # the marketplace database (shared)
+    rpc_url: str = field(
+        default="http://127.0.0.1:8545", metadata=flag("chain JSON-RPC URL", env="OCEAN_RPC_URL")
+    )
+    address_file: Path = field(
+        default=Path("var/ocean/address.json"),
+        metadata=flag("Ocean contract addresses (ocean-lib's format)", env="OCEAN_ADDRESS_FILE"),
+    )
+    data_dir: Path = field(
+        default=Path("var/ocean"),
+        metadata=flag("folder of the CSV, the publisher state, the chain", env="OCEAN_DATA_DIR"),
+    )
+    publisher_key: str = field(default="", metadata=_secret_key("publisher"))
+    provider_key: str = field(default="", metadata=_secret_key("provider"))
+    researcher_key: str = field(default="", metadata=_secret_key("researcher"))
+    k: int = field(default=5, metadata=flag("k of the k-anonymity rule", env="OCEAN_K"))
+    price_wei: int = field(
+        default=10 * ONE_TOKEN, metadata=flag("OCEAN wei per datatoken", env="OCEAN_PRICE_WEI")
+    )
+    order_timeout_s: int = field(
+        default=3600,
+        metadata=flag("seconds an order grants a download", env="OCEAN_ORDER_TIMEOUT_S"),
+    )
+    service_url: str = field(
+        default="http://127.0.0.1:8082",
+        metadata=flag("where the download endpoint is reachable", env="OCEAN_SERVICE_URL"),
+    )
+    quasi_identifiers: tuple[str, ...] = field(
+        default=DEFAULT_QUASI_IDENTIFIERS,
+        metadata=flag("columns a k-anonymity group shares", env="OCEAN_QUASI_IDENTIFIERS"),
+    )
+    network_name: str = field(
+        default="development", metadata=flag("address file network entry", env="OCEAN_NETWORK")
+    )
+    db_url: str = field(
+        default=DEFAULT_DB_URL, metadata=flag("the marketplace database (publisher's source)")
+    )
+    operator_token: str = field(
+        default="", metadata=flag("bearer token for /metrics from off this host", secret=True)
+    )
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -75,62 +108,3 @@ class OceanSettings:
     @property
     def state_path(self) -> Path:
         return self.data_dir / "publisher.sqlite3"
-
-    @property
-    def orders_path(self) -> Path:
-        return self.data_dir / "orders.sqlite3"
-
-    @property
-    def asset_path(self) -> Path:
-        return self.data_dir / "asset.json"
-
-
-_ENV_NAMES = {
-    "rpc_url": "OCEAN_RPC_URL",
-    "address_file": "OCEAN_ADDRESS_FILE",
-    "data_dir": "OCEAN_DATA_DIR",
-    "publisher_key": "OCEAN_PUBLISHER_KEY",
-    "provider_key": "OCEAN_PROVIDER_KEY",
-    "researcher_key": "OCEAN_RESEARCHER_KEY",
-    "k": "OCEAN_K",
-    "price_wei": "OCEAN_PRICE_WEI",
-    "order_timeout_s": "OCEAN_ORDER_TIMEOUT_S",
-    "service_url": "OCEAN_SERVICE_URL",
-    "quasi_identifiers": "OCEAN_QUASI_IDENTIFIERS",
-    "network_name": "OCEAN_NETWORK",
-    "db_url": "DB_URL",
-}
-
-
-def _convert(name: str, raw: str) -> object:
-    if name in ("address_file", "data_dir"):
-        return Path(raw)
-    if name in ("k", "price_wei", "order_timeout_s"):
-        return int(raw)
-    if name == "quasi_identifiers":
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    return raw
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register one --flag per setting (dashes for underscores); unset flags fall back to env."""
-    for f in fields(OceanSettings):
-        env = ENV_PREFIX + _ENV_NAMES.get(f.name, f.name.upper())
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f"env {env}"
-        )
-
-
-def settings_from(
-    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
-) -> OceanSettings:
-    """Build settings: CLI flag, else CRYPTO_DOCTOR_* env var, else the offline default."""
-    env = os.environ if env is None else env
-    values: dict[str, object] = {}
-    for f in fields(OceanSettings):
-        raw = getattr(args, f.name, None) if args is not None else None
-        if raw is None:
-            raw = env.get(ENV_PREFIX + _ENV_NAMES.get(f.name, f.name.upper()))
-        if raw is not None and raw != "":
-            values[f.name] = _convert(f.name, raw)
-    return OceanSettings(**values)  # type: ignore[arg-type]

@@ -9,14 +9,17 @@ import asyncio
 import dataclasses
 import threading
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from infra.net import free_port
+from marketplace.domain.anonymize import CSV_COLUMNS, anonymize
 from marketplace.ocean.chain import connect, wallet
 from marketplace.ocean.deploy import DeployReport, deploy_contracts, fund_ocean
-from marketplace.ocean.node import GanacheNode, free_port
+from marketplace.ocean.node import GanacheNode
 from marketplace.ocean.serve import create_download_app
 from marketplace.ocean.settings import ONE_TOKEN, OceanSettings, dev_key
 
@@ -38,19 +41,41 @@ class ListRowSource:
             self.marked[rid] = ref
 
 
-def research_row(row_id: int, day: str = "2026-11-20", **over: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "row_id": row_id,
-        "day": day,
-        "backbone": "resnet18",
-        "model_label": "glioma",
-        "confidence_bucket": "0.8-0.9",
-        "diagnosis": "glioma",
-        "reviewers": 3,
-        "agreement": 1.0,
-    }
-    row.update(over)
-    return row
+def research_row(
+    row_id: int,
+    day: date = date(2026, 11, 20),
+    *,
+    model_label: str = "tumor",
+    confidence: float = 0.85,
+    diagnosis: str = "tumor",
+    reviewers: int = 3,
+    agreeing: int | None = None,
+) -> dict[str, object]:
+    """A settled case as the marketplace hands it to the publisher: its own anonymization,
+    rendered as `marketplace.research.unpublished_rows` does (row id + CSV strings)."""
+    record = anonymize(
+        settled_at=datetime.combine(day, time(12), tzinfo=UTC),
+        backbone="resnet18",
+        model_label=model_label,
+        confidence=confidence,
+        diagnosis=diagnosis,
+        reviewers=reviewers,
+        agreement=(reviewers if agreeing is None else agreeing) / reviewers,
+    )
+    return {"row_id": row_id} | dict(zip(CSV_COLUMNS, record.as_csv_values(), strict=True))
+
+
+def distinct_rows(ids: range) -> list[dict[str, object]]:
+    """Rows of one k-anonymity group that differ in content (model label and confidence)."""
+    return [
+        research_row(
+            i,
+            model_label=("tumor", "no_tumor")[i % 2],
+            diagnosis=("tumor", "no_tumor")[i % 2],
+            confidence=0.55 + 0.1 * (i // 2 % 5),
+        )
+        for i in ids
+    ]
 
 
 @dataclasses.dataclass

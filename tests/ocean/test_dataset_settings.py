@@ -1,4 +1,4 @@
-"""CSV rendering/validation and settings from env: pure."""
+"""CSV rendering/validation, and the Ocean processes' settings from flags and env: pure."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from infra.settings import parse_settings, settings_from, settings_to_argv
 from marketplace.ocean.dataset import COLUMNS, InvalidRow, digest, public_row, render_csv, row_id
-from marketplace.ocean.settings import OceanSettings, account, dev_key, settings_from
+from marketplace.ocean.deploy import DeploySettings
+from marketplace.ocean.node import NodeSettings
+from marketplace.ocean.publish import PublishSettings
+from marketplace.ocean.serve import ServeSettings
+from marketplace.ocean.settings import OceanSettings, account, dev_key
 
 
 def test_public_row_drops_row_id_and_formats_dates() -> None:
@@ -29,6 +34,26 @@ def test_public_row_drops_row_id_and_formats_dates() -> None:
     data = render_csv([list(out.values())])
     assert list(csv.reader(io.StringIO(data.decode()))) == [list(COLUMNS), list(out.values())]
     assert digest(data) == digest(render_csv([list(out.values())]))
+
+
+def test_published_bytes_are_pinned() -> None:
+    """The bytes (and so the on-chain digests) of files published before stay the same."""
+    rows = [
+        ["2026-11-20", "resnet18", "tumor", "0.8-0.9", "tumor", "3", "0.67"],
+        ["2026-11-21", "lenet", "no_tumor", "0.9-1.0", "no_tumor", "3", "1.00"],
+        ["2026-11-21", 'a "quoted", field', "x", "y", "z", "1", "0.50"],
+    ]
+    data = render_csv(rows)
+    assert data == (
+        b"day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement\n"
+        b"2026-11-20,resnet18,tumor,0.8-0.9,tumor,3,0.67\n"
+        b"2026-11-21,lenet,no_tumor,0.9-1.0,no_tumor,3,1.00\n"
+        b'2026-11-21,"a ""quoted"", field",x,y,z,1,0.50\n'
+    )
+    assert digest(data) == "a232435017e41451608cb1647d9cdba66d3592ca18fefcc816311545cf981b99"
+    assert digest(render_csv([])) == (
+        "35fcc7a53e58595eaf44b36fe8e3260a4f458e2a6cb7b8f3a032f820dff65bf9"
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,7 +76,7 @@ def test_bad_row_ids(rid: object) -> None:
 
 
 def test_settings_defaults_are_offline_dev_accounts() -> None:
-    s = settings_from(env={})
+    s = settings_from(OceanSettings, env={})
     assert s.rpc_url.startswith("http://127.0.0.1") and s.k == 5
     assert account(s.publisher_key).address == "0xe2DD09d719Da89e5a3D0F2549c7E24566e947260"
     assert s.provider_key == s.publisher_key and s.researcher_key == dev_key(1)
@@ -59,15 +84,69 @@ def test_settings_defaults_are_offline_dev_accounts() -> None:
 
 def test_settings_env_fallbacks() -> None:
     s = settings_from(
+        OceanSettings,
         env={
             "CRYPTO_DOCTOR_OCEAN_K": "7",
             "CRYPTO_DOCTOR_OCEAN_RPC_URL": "https://polygon.example/rpc",
             "CRYPTO_DOCTOR_OCEAN_DATA_DIR": "/srv/ocean",
             "CRYPTO_DOCTOR_OCEAN_QUASI_IDENTIFIERS": "day, backbone",
-        }
+            "CRYPTO_DOCTOR_OCEAN_NETWORK": "polygon",
+            "CRYPTO_DOCTOR_DB_URL": "postgresql://db/market",
+        },
     )
     assert s.k == 7 and s.rpc_url == "https://polygon.example/rpc"
     assert s.data_dir == Path("/srv/ocean") and s.quasi_identifiers == ("day", "backbone")
+    assert s.network_name == "polygon" and s.db_url == "postgresql://db/market"
+
+
+# What predictor/launcher.py passes to its Ocean children.
+SUPERVISOR_FLAGS = [
+    "--rpc-url", "http://127.0.0.1:9545",
+    "--data-dir", "/srv/ocean",
+    "--address-file", "/srv/ocean/address.json",
+    "--service-url", "http://127.0.0.1:9082",
+    "--db-url", "sqlite:///market.sqlite3",
+    "--k", "4",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cls", "own_flags"),
+    [
+        (PublishSettings, ["--every", "10.0"]),
+        (ServeSettings, ["--host", "127.0.0.1", "--port", "9082"]),
+        (DeploySettings, []),
+        (NodeSettings, ["--port", "9545"]),
+    ],
+)
+def test_every_ocean_process_takes_the_supervisors_flags(cls: type, own_flags: list[str]) -> None:
+    settings = parse_settings(cls, own_flags + SUPERVISOR_FLAGS, env={})
+    ocean = settings.ocean
+    assert (ocean.rpc_url, ocean.data_dir, ocean.address_file) == (
+        "http://127.0.0.1:9545",
+        Path("/srv/ocean"),
+        Path("/srv/ocean/address.json"),
+    )
+    assert ocean.service_url == "http://127.0.0.1:9082" and ocean.k == 4
+    assert ocean.db_url == "sqlite:///market.sqlite3"
+    assert parse_settings(cls, settings_to_argv(settings), env={}) == settings
+
+
+def test_publisher_loop_flags() -> None:
+    s = parse_settings(PublishSettings, ["--every", "2.5", "--metrics-port", "9101"], env={})
+    assert (s.every, s.limit, s.metrics_port) == (2.5, 10_000, 9101)
+    with pytest.raises(SystemExit):
+        parse_settings(PublishSettings, ["--metrics-port", "70000"], env={})
+
+
+@pytest.mark.parametrize("who", ["publisher", "provider", "researcher"])
+def test_private_keys_come_from_the_environment_only(who: str) -> None:
+    key = dev_key(7)
+    with pytest.raises(SystemExit):  # no such flag: a command line is visible in `ps`
+        parse_settings(OceanSettings, [f"--{who}-key", key], env={})
+    s = parse_settings(OceanSettings, [], env={f"CRYPTO_DOCTOR_OCEAN_{who.upper()}_KEY": key})
+    assert getattr(s, f"{who}_key") == key
+    assert key not in " ".join(settings_to_argv(s))
 
 
 def test_settings_reject_nonsense() -> None:

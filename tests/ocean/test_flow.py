@@ -63,7 +63,7 @@ def test_buy_and_download_gives_the_published_csv(settings, service, tmp_path) -
     rows = list(csv.reader(io.StringIO(data.decode())))
     assert rows[0] == list(COLUMNS) and len(rows) == 5
     on_chain = json.loads(DataNFT(ocean_config(settings), info["nft"]).get_data(DIGEST_KEY))
-    assert on_chain == {"sha256": digest(data), "rows": 4} and got["rows"] == 4
+    assert on_chain == {"sha256": digest(data), "rows": 4} and got.rows == 4
 
     again = post_download(
         settings,
@@ -73,6 +73,10 @@ def test_buy_and_download_gives_the_published_csv(settings, service, tmp_path) -
         },
     )
     assert again.status_code == 403 and again.json()["error"] == "order_reused"
+
+    metrics = requests.get(settings.service_url + "/metrics", timeout=30).text
+    assert "ocean_downloads_total 1.0" in metrics.splitlines()
+    assert 'ocean_orders_refused_total{reason="order_reused"} 1.0' in metrics.splitlines()
 
 
 def test_forged_foreign_and_unsigned_orders_get_no_data(settings, service) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 
 from marketplace.ocean.orders import (
+    MalformedRequest,
     OrderFacts,
-    OrderRejected,
+    OrderNotGranted,
+    OrderRefused,
+    UnprovenConsumer,
     check_order,
+    parse_consumer,
     parse_download_request,
     recover_signer,
     sign_download,
@@ -44,24 +48,29 @@ def test_valid_order_grants_the_consumer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("f", "signer", "status", "code"),
+    ("f", "signer", "kind", "code"),
     [
-        (OrderFacts(found=False), CONSUMER, 403, "order_not_found"),
-        (facts(succeeded=False), CONSUMER, 403, "order_not_found"),
-        (facts(consumer=None), CONSUMER, 403, "wrong_datatoken"),
-        (facts(), None, 401, "bad_signature"),
-        (facts(), account(dev_key(2)).address, 403, "not_your_order"),
-        (facts(amount=ONE_TOKEN - 1), CONSUMER, 403, "amount_too_low"),
-        (facts(provider=account(dev_key(3)).address), CONSUMER, 403, "foreign_provider"),
-        (facts(provider=None), CONSUMER, 403, "foreign_provider"),
-        (facts(valid_until=NOW - 1), CONSUMER, 403, "order_expired"),
-        (facts(block_timestamp=NOW - 3601), CONSUMER, 403, "order_expired"),
+        (OrderFacts(found=False), CONSUMER, OrderNotGranted, "order_not_found"),
+        (facts(succeeded=False), CONSUMER, OrderNotGranted, "order_not_found"),
+        (facts(consumer=None), CONSUMER, OrderNotGranted, "wrong_datatoken"),
+        (facts(), None, UnprovenConsumer, "bad_signature"),
+        (facts(), account(dev_key(2)).address, OrderNotGranted, "not_your_order"),
+        (facts(amount=ONE_TOKEN - 1), CONSUMER, OrderNotGranted, "amount_too_low"),
+        (
+            facts(provider=account(dev_key(3)).address),
+            CONSUMER,
+            OrderNotGranted,
+            "foreign_provider",
+        ),
+        (facts(provider=None), CONSUMER, OrderNotGranted, "foreign_provider"),
+        (facts(valid_until=NOW - 1), CONSUMER, OrderNotGranted, "order_expired"),
+        (facts(block_timestamp=NOW - 3601), CONSUMER, OrderNotGranted, "order_expired"),
     ],
 )
-def test_refusals(f: OrderFacts, signer: str | None, status: int, code: str) -> None:
-    with pytest.raises(OrderRejected) as exc:
+def test_refusals(f: OrderFacts, signer: str | None, kind: type[OrderRefused], code: str) -> None:
+    with pytest.raises(OrderRefused) as exc:
         judge(f, signer)
-    assert (exc.value.status, exc.value.code) == (status, code)
+    assert (type(exc.value), exc.value.code) == (kind, code)
 
 
 def test_signature_binds_order_and_datatoken() -> None:
@@ -82,11 +91,27 @@ def test_signature_binds_order_and_datatoken() -> None:
         ({"order_tx": TX, "signature": 5}, "bad_signature_format"),
     ],
 )
-def test_bad_requests_are_400(body: object, code: str) -> None:
-    with pytest.raises(OrderRejected) as exc:
+def test_malformed_requests(body: object, code: str) -> None:
+    with pytest.raises(MalformedRequest) as exc:
         parse_download_request(body)
-    assert (exc.value.status, exc.value.code) == (400, code)
+    assert exc.value.code == code
 
 
-def test_unsigned_request_parses_without_signature() -> None:
-    assert parse_download_request({"order_tx": TX.upper().replace("0X", "0x")}) == (TX, None)
+@pytest.mark.parametrize("signature", [None, ""])
+def test_unsigned_request_proves_nobody(signature: str | None) -> None:
+    with pytest.raises(UnprovenConsumer) as exc:
+        parse_download_request({"order_tx": TX, "signature": signature})
+    assert exc.value.code == "unsigned"
+
+
+def test_well_formed_request_is_normalised() -> None:
+    sig = "0x" + "ab" * 65
+    upper = "0x" + TX[2:].upper()
+    assert parse_download_request({"order_tx": upper, "signature": sig}) == (TX, sig)
+
+
+def test_consumer_must_be_an_address() -> None:
+    assert parse_consumer(CONSUMER.lower()) == CONSUMER
+    with pytest.raises(MalformedRequest) as exc:
+        parse_consumer("bob")
+    assert exc.value.code == "bad_consumer"

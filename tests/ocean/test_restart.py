@@ -9,16 +9,19 @@ from pathlib import Path
 
 import pytest
 from ocean_lib.models.data_nft import DataNFT
+from prometheus_client import generate_latest
 
-from marketplace.ocean.asset import DIGEST_KEY, AssetChain
+from infra.net import free_port
+from marketplace.ocean.asset import DIGEST_KEY, AssetChain, Digest
 from marketplace.ocean.chain import connect, ocean_config, wallet
-from marketplace.ocean.dataset import digest, public_row, render_csv
+from marketplace.ocean.dataset import COLUMNS, digest, public_row, render_csv
 from marketplace.ocean.deploy import deploy_contracts
 from marketplace.ocean.node import GanacheNode
+from marketplace.ocean.publish import PublishMetrics
 from marketplace.ocean.publisher import Publisher
 from marketplace.ocean.settings import OceanSettings, dev_key
 from marketplace.ocean.state import COMMITTED, STAGED, OceanState
-from tests.ocean.conftest import ListRowSource, research_row
+from tests.ocean.conftest import ListRowSource, distinct_rows, research_row
 
 pytestmark = pytest.mark.chain
 
@@ -52,10 +55,10 @@ def test_chain_restart_mid_publish_loses_and_duplicates_nothing(tmp_path: Path) 
             rpc_url=node.url, address_file=tmp_path / "address.json", data_dir=tmp_path / "o", k=3
         )
         state = OceanState(settings.state_path)
-        source = ListRowSource([research_row(i, agreement=i) for i in range(3)])
+        source = ListRowSource(distinct_rows(range(3)))
         assert Publisher(settings, source, state).publish().committed == 3
 
-        source.rows += [research_row(i, agreement=i) for i in range(3, 6)]
+        source.rows += distinct_rows(range(3, 6))
         down = Publisher(settings, ChainDiesAfterFetch(source, node), state).publish()
         assert down.chain_down and down.released == 3 and down.committed == 0
         assert len(csv_rows(settings.csv_path)) == 3  # the published file did not change
@@ -70,7 +73,7 @@ def test_chain_restart_mid_publish_loses_and_duplicates_nothing(tmp_path: Path) 
         assert not up.chain_down and up.committed == 3 and up.csv_rows == 6
 
         published = csv_rows(settings.csv_path)
-        assert sorted(float(r[6]) for r in published) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        assert sorted(published) == sorted([r[c] for c in COLUMNS] for r in source.rows)
         assert state.count(COMMITTED) == 6 and state.count(STAGED) == 0
         assert sorted(source.marked) == [0, 1, 2, 3, 4, 5] and source.pending_rows(100) == []
         nft = DataNFT(ocean_config(settings), state.asset(8996).nft)
@@ -118,10 +121,30 @@ def test_digest_already_on_chain_is_not_sent_twice(settings: OceanSettings) -> N
     state.stage([(int(r["row_id"]), list(public_row(r).values())) for r in source.rows])
     staged_csv = render_csv(r.fields for r in state.all_rows())
     chain = AssetChain(settings)
-    chain.set_digest(state.asset(chain.chain_id), digest(staged_csv), 3)  # the "crashed" run
+    chain.set_digest(state.asset(chain.chain_id), Digest(digest(staged_csv), 3))  # "crashed" run
 
     rerun = Publisher(settings, source, state).publish()
 
-    assert rerun.gas == [] and rerun.committed == 3 and rerun.csv_rows == 3
+    assert rerun.gas == () and rerun.committed == 3 and rerun.csv_rows == 3
     assert settings.csv_path.read_bytes() == staged_csv
     assert sorted(source.marked) == [0, 1, 2]
+
+
+def test_runs_against_a_dead_chain_are_counted_as_chain_down(tmp_path: Path) -> None:
+    settings = OceanSettings(
+        rpc_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        address_file=tmp_path / "address.json",
+        data_dir=tmp_path / "o",
+        k=3,
+    )
+    source = ListRowSource(distinct_rows(range(3)))
+    publisher = Publisher(settings, source, OceanState(settings.state_path))
+    metrics = PublishMetrics()
+    for _ in range(2):
+        metrics.record(publisher.publish())
+
+    text = generate_latest(metrics.registry).decode().splitlines()
+    assert "ocean_publish_runs_total 2.0" in text
+    assert "ocean_publish_chain_down_runs_total 2.0" in text
+    assert "ocean_publish_rows_committed_total 0.0" in text
+    assert source.marked == {} and not settings.csv_path.exists()

@@ -1,4 +1,4 @@
-"""Download service edges: not yet published, bad input, chain down."""
+"""Download service edges: not yet published, bad input, chain down, its metrics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from marketplace.ocean.node import GanacheNode, free_port
+from infra.net import free_port
+from marketplace.ocean.node import GanacheNode
 from marketplace.ocean.settings import OceanSettings
 from tests.ocean.conftest import ServiceThread
 
@@ -28,6 +29,34 @@ def test_nothing_published_yet_is_404_and_bad_input_400(settings: OceanSettings,
         base + "/download", json={"order_tx": TX, "signature": SIG}, timeout=10
     )
     assert (unpublished.status_code, unpublished.json()["error"]) == (404, "not_published")
+    unsigned = requests.post(base + "/download", json={"order_tx": TX}, timeout=10)
+    assert (unsigned.status_code, unsigned.json()["error"]) == (401, "unsigned")
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line (`name{labels} value`) of a Prometheus text page."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
+    assert len(values) == 1, f"{name}: {values}"
+    return values[0]
+
+
+def test_metrics_count_refusals_by_reason_and_time_requests(
+    settings: OceanSettings, service
+) -> None:
+    base = settings.service_url
+    for _ in range(2):
+        requests.post(base + "/download", json={"order_tx": TX, "signature": SIG}, timeout=10)
+    requests.post(base + "/download", json={"order_tx": "nope"}, timeout=10)
+    requests.get(base + "/asset", timeout=10)  # refused too, but not a download: not counted
+
+    page = requests.get(base + "/metrics", timeout=10)  # from loopback: no token needed
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/plain")
+    text = page.text
+    assert metric(text, 'ocean_orders_refused_total{reason="not_published"}') == 2
+    assert metric(text, 'ocean_orders_refused_total{reason="bad_order_tx"}') == 1
+    assert metric(text, 'ocean_request_seconds_count{route="/download"}') == 3
+    assert metric(text, 'ocean_request_seconds_count{route="/asset"}') == 1
+    assert metric(text, "ocean_downloads_total") == 0
 
 
 def test_chain_down_is_503_not_a_crash(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
-"""`python -m marketplace.ocean.bench`: time and gas of deploy, publish, buy+download.
+"""Benchmark: time and gas of the Ocean side's deploy, publish, buy + download.
 
-Starts its own ganache in a temporary directory, runs the whole flow once with real processes
-of this package (no shortcuts), prints the figures as JSON and saves them to --out.
+    .venv/bin/python scripts/bench_ocean.py [--rows 50 --k 5 --out var/ocean/bench.json]
+
+Starts its own ganache in a temporary directory, runs the whole flow once with the real pieces
+of `marketplace.ocean` (no shortcuts), prints the figures as JSON and saves them to --out.
 """
 
 from __future__ import annotations
@@ -10,39 +12,49 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from marketplace import researcher
-from marketplace.ocean.chain import connect, wallet
-from marketplace.ocean.deploy import deploy_contracts, fund_ocean
-from marketplace.ocean.node import GanacheNode, free_port
-from marketplace.ocean.publisher import Publisher
-from marketplace.ocean.serve import create_download_app
-from marketplace.ocean.settings import ONE_TOKEN, OceanSettings, dev_key
-from marketplace.ocean.state import OceanState
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infra.net import free_port  # noqa: E402
+from marketplace import researcher  # noqa: E402
+from marketplace.domain.anonymize import CSV_COLUMNS, anonymize  # noqa: E402
+from marketplace.ocean.chain import connect, wallet  # noqa: E402
+from marketplace.ocean.deploy import deploy_contracts, fund_ocean  # noqa: E402
+from marketplace.ocean.node import GanacheNode  # noqa: E402
+from marketplace.ocean.publisher import Publisher  # noqa: E402
+from marketplace.ocean.serve import create_download_app  # noqa: E402
+from marketplace.ocean.settings import ONE_TOKEN, OceanSettings, dev_key  # noqa: E402
+from marketplace.ocean.state import OceanState  # noqa: E402
+
+
+def settled_row(i: int) -> dict[str, object]:
+    """Row `i` as the marketplace hands it to the publisher (its own anonymization)."""
+    record = anonymize(
+        settled_at=datetime(2026, 11, 20 + i % 3, 12, tzinfo=UTC),
+        backbone="resnet18",
+        model_label="tumor",
+        confidence=0.95,
+        diagnosis="tumor" if i % 4 else "no_tumor",
+        reviewers=3,
+        agreement=1.0 if i % 4 else 2 / 3,
+    )
+    return {"row_id": i} | dict(zip(CSV_COLUMNS, record.as_csv_values(), strict=True))
 
 
 class _Rows:
+    """The publisher's RowSource over a list of settled rows."""
+
     def __init__(self, n: int) -> None:
-        self.rows = [
-            {
-                "row_id": i,
-                "day": f"2026-11-{20 + i % 3}",
-                "backbone": "resnet18",
-                "model_label": "tumor",
-                "confidence_bucket": "0.9-1.0",
-                "diagnosis": "tumor" if i % 4 else "no_tumor",
-                "reviewers": "3",
-                "agreement": "1.00",
-            }
-            for i in range(n)
-        ]
+        self.rows = [settled_row(i) for i in range(n)]
         self.marked: set[int] = set()
 
     def pending_rows(self, limit: int) -> list[dict[str, object]]:
@@ -119,10 +131,10 @@ def run(rows: int, k: int) -> dict[str, Any]:
                 figures["buy_download"] = {
                     "seconds": round(time.perf_counter() - t, 3),
                     "buy_seconds": purchase.seconds,
-                    "download_seconds": got["seconds"],
+                    "download_seconds": got.seconds,
                     "gas": purchase.gas,
                     "paid_ocean_wei": purchase.paid_ocean_wei,
-                    "rows": got["rows"],
+                    "rows": got.rows,
                 }
             finally:
                 asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
