@@ -19,6 +19,7 @@ setup(
             "migrations/*.mako",
             "migrations/versions/*.py",
             "service/static/*",
+            "service/*.yaml",
             "static/*",
         ],
         "models": ["*.pth", "*.json"],
