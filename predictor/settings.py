@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from infra.settings import DEFAULT_DB_URL, flag, nested, parse_settings
+from infra.settings import DEFAULT_DB_URL, flag, parse_settings
 from marketplace.domain.policy import MarketPolicy
+from marketplace.service.settings import POLICY_FLAGS
 from models.mpc import PROVIDERS
 from models.nets import BACKBONES
 
@@ -68,9 +69,7 @@ class PredictorSettings:
     #: How often the supervisor has restarted the pair (it passes the count; party 0 exports it).
     restarts: int = field(default=0, metadata=flag("restarts of this pair so far (supervisor)"))
     #: Market rules: party 0 prices each bounty with the same policy party 1's marketplace uses.
-    policy: MarketPolicy = field(
-        default_factory=MarketPolicy, metadata=nested("", pricing="bounty_", panel="")
-    )
+    policy: MarketPolicy = field(default_factory=MarketPolicy, metadata=POLICY_FLAGS)
     # The Ocean side, run by the supervisor next to the parties (never by a single --rank).
     ocean: bool = field(
         default=True, metadata=flag("start the Ocean side (chain, publisher, downloads)")
