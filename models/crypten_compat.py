@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def _alias_onnx_registration() -> None:
@@ -42,23 +46,23 @@ class _ConfigView:
 
     __slots__ = ("_node", "_values")
 
-    def __init__(self, node) -> None:
+    def __init__(self, node: DictConfig) -> None:
         from omegaconf import DictConfig
 
-        values = {
-            key: _ConfigView(value) if isinstance(value, DictConfig) else value
-            for key, value in node.items()
+        values: dict[str, Any] = {
+            str(key): _ConfigView(value) if isinstance(value, DictConfig) else value
+            for key, value in node.items()  # CrypTen's keys are all strings (from YAML)
         }
         object.__setattr__(self, "_node", node)
         object.__setattr__(self, "_values", values)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self._values[name]
         except KeyError:
             raise AttributeError(name) from None
 
-    def __setattr__(self, name: str, value) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._node, name, value)
         self._values[name] = getattr(self._node, name)
 
@@ -77,7 +81,7 @@ def _fast_config_reads() -> None:
         return
     original = CrypTenConfig.__getattribute__
 
-    def __getattribute__(self, name):  # noqa: N807 - replaces CrypTen's method
+    def __getattribute__(self: CrypTenConfig, name: str) -> Any:  # noqa: N807 - replaces CrypTen's
         if name in ("config", "__dict__", "__class__") or name.startswith("_"):
             return original(self, name)
         state = self.__dict__

@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.nets import Architecture, build_model
+from models.nets import Architecture, LeNet, ResNet18, build_model
 
+#: A ``torch.Tensor`` (the plaintext check) or a CrypTen ``CrypTensor`` (the real thing).
+#: CrypTen is untyped, so this is ``Any``: the program calls only methods both types have,
+#: and branches on :func:`_is_plain` where their APIs differ (``conv2d``, ``avg_pool2d``).
+TensorLike: TypeAlias = Any
+#: Party 1's folded plaintext parameters, in the order both parties share them.
 Params = OrderedDict[str, torch.Tensor]
 
 
@@ -43,7 +51,11 @@ class Prediction:
 # ---------------------------------------------------------------------------- folding
 
 
-def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
+def _fold_bn(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if bn.weight is None or bn.bias is None or bn.running_mean is None or bn.running_var is None:
+        raise ValueError("only batch norm with affine parameters and running statistics folds")
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     folded_bias = bn.bias - bn.running_mean * scale
@@ -52,7 +64,9 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.bat
     return weight * scale.view(shape), folded_bias
 
 
-def _conv_entry(params, name, conv: nn.Conv2d, bn=None) -> None:
+def _conv_entry(
+    params: Params, name: str, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None = None
+) -> None:
     weight, bias = conv.weight, conv.bias
     if bn is not None:
         weight, bias = _fold_bn(weight, bias, bn)
@@ -62,7 +76,7 @@ def _conv_entry(params, name, conv: nn.Conv2d, bn=None) -> None:
     )
 
 
-def _difference_head(params, name, linear: nn.Linear, temperature: float) -> None:
+def _difference_head(params: Params, name: str, linear: nn.Linear, temperature: float) -> None:
     params[f"{name}.w"] = (linear.weight[1] - linear.weight[0]).unsqueeze(0) / temperature
     params[f"{name}.b"] = (linear.bias[1] - linear.bias[0]).view(1) / temperature
 
@@ -71,14 +85,14 @@ def _difference_head(params, name, linear: nn.Linear, temperature: float) -> Non
 def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Params:
     """Plaintext parameters of the MPC program, in the order both parties share them."""
     model = model.eval()
-    params: OrderedDict[str, torch.Tensor] = OrderedDict()
-    if arch.backbone == "lenet":
+    params: Params = OrderedDict()
+    if arch.backbone == "lenet" and isinstance(model, LeNet):
         _conv_entry(params, "conv1", model.conv1, model.bn1)
         _conv_entry(params, "conv2", model.conv2, model.bn2)
         params["fc1.w"], params["fc1.b"] = _fold_bn(model.fc1.weight, model.fc1.bias, model.bn3)
         params["fc2.w"], params["fc2.b"] = model.fc2.weight, model.fc2.bias
         _difference_head(params, "fc3", model.fc3, temperature)
-    else:
+    elif arch.backbone == "resnet18" and isinstance(model, ResNet18):
         _conv_entry(params, "stem", model.conv1, model.bn1)
         for layer_name in ("layer1", "layer2", "layer3", "layer4"):
             for index, block in enumerate(getattr(model, layer_name)):
@@ -88,6 +102,8 @@ def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Para
                 if block.downsample is not None:
                     _conv_entry(params, f"{name}.down", block.downsample[0], block.downsample[1])
         _difference_head(params, "fc", model.fc, temperature)
+    else:
+        raise ValueError(f"a {type(model).__name__} does not match the announced {arch}")
     return OrderedDict((k, v.detach().float().contiguous()) for k, v in params.items())
 
 
@@ -99,11 +115,13 @@ def parameter_shapes(arch: Architecture) -> OrderedDict[str, torch.Size]:
 # ---------------------------------------------------------------------------- the program
 
 
-def _is_plain(x) -> bool:
+def _is_plain(x: TensorLike) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def _conv(x, params, name: str, stride: int = 1, padding: int = 0):
+def _conv(
+    x: TensorLike, params: Mapping[str, TensorLike], name: str, stride: int = 1, padding: int = 0
+) -> TensorLike:
     weight = params[f"{name}.w"]
     if _is_plain(x):
         out = F.conv2d(x, weight, stride=stride, padding=padding)
@@ -112,21 +130,23 @@ def _conv(x, params, name: str, stride: int = 1, padding: int = 0):
     return out + params[f"{name}.b"]
 
 
-def _linear(x, params, name: str):
+def _linear(x: TensorLike, params: Mapping[str, TensorLike], name: str) -> TensorLike:
     return x.matmul(params[f"{name}.w"].t()) + params[f"{name}.b"]
 
 
-def _avg_pool(x, kernel: int, stride: int | None = None, padding: int = 0):
+def _avg_pool(
+    x: TensorLike, kernel: int, stride: int | None = None, padding: int = 0
+) -> TensorLike:
     if _is_plain(x):
         return F.avg_pool2d(x, kernel, stride=stride, padding=padding)
     return x.avg_pool2d(kernel, stride=stride, padding=padding)
 
 
-def _activate(x, activation: str):
+def _activate(x: TensorLike, activation: str) -> TensorLike:
     return (x + 2.0).square() / 8 if activation == "quad" else x.relu()
 
 
-def forward(arch: Architecture, params, x):
+def forward(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike) -> TensorLike:
     """Scaled logit difference ``(B, 1)`` for images ``x`` ``(B, 1, S, S)``.
 
     ``params`` and ``x`` are both torch tensors (plaintext check) or both CrypTen tensors.
@@ -157,17 +177,22 @@ def forward(arch: Architecture, params, x):
 # ---------------------------------------------------------------------------- sharing
 
 
-def share_parameters(crypten, arch: Architecture, model_params: Params | None, rank: int):
+def share_parameters(
+    crypten: ModuleType, arch: Architecture, model_params: Params | None, rank: int
+) -> OrderedDict[str, TensorLike]:
     """Secret-share party 1's folded parameters; party 0 passes ``None`` and learns shapes only."""
-    shapes = parameter_shapes(arch)
-    encrypted_model = OrderedDict()
-    for name, shape in shapes.items():
-        plain = model_params[name] if rank == 1 else torch.empty(shape)
+    if (rank == 1) != (model_params is not None):
+        raise ValueError("exactly the model owner (party 1) passes its parameters")
+    encrypted_model: OrderedDict[str, TensorLike] = OrderedDict()
+    for name, shape in parameter_shapes(arch).items():
+        plain = torch.empty(shape) if model_params is None else model_params[name]
         encrypted_model[name] = crypten.cryptensor(plain, src=1)
     return encrypted_model
 
 
-def share_images(crypten, images: torch.Tensor | None, batch_shape: tuple[int, ...], rank: int):
+def share_images(
+    crypten: ModuleType, images: torch.Tensor | None, batch_shape: tuple[int, ...], rank: int
+) -> TensorLike:
     """Secret-share party 0's preprocessed images; party 1 passes ``None``."""
     plain = images if rank == 0 else torch.empty(batch_shape)
     return crypten.cryptensor(plain, src=0)

@@ -16,11 +16,19 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from models.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from models.encrypted import Prediction, fold, forward, share_images, share_parameters
+from models.encrypted import (
+    Prediction,
+    TensorLike,
+    fold,
+    forward,
+    share_images,
+    share_parameters,
+)
 from models.nets import Architecture
 
 MODEL_OWNER = 1
@@ -37,25 +45,33 @@ class ModelCard:
 
 class EncryptedClassifier:
     def __init__(
-        self, crypten, rank: int, checkpoint: Checkpoint | None = None, model_sha256: str = ""
-    ):
+        self,
+        crypten: ModuleType,
+        rank: int,
+        checkpoint: Checkpoint | None = None,
+        model_sha256: str = "",
+    ) -> None:
         if (rank == MODEL_OWNER) != (checkpoint is not None):
             raise ValueError("exactly the model owner (party 1) passes the checkpoint")
         self.crypten = crypten
         self.rank = rank
         comm = crypten.communicator.get()
         card = None
-        if rank == MODEL_OWNER:
+        if checkpoint is not None:  # party 1
             card = {"architecture": checkpoint.architecture.to_dict(), "model_sha256": model_sha256}
         card = comm.broadcast_obj(card, MODEL_OWNER)
         self.card = ModelCard(Architecture(**card["architecture"]), card["model_sha256"])
         model_params = None
-        if rank == MODEL_OWNER:
+        if checkpoint is not None:
             model_params = fold(checkpoint.model(), checkpoint.architecture, checkpoint.temperature)
-        self.encrypted_model = share_parameters(crypten, self.card.architecture, model_params, rank)
+        self.encrypted_model: dict[str, TensorLike] = share_parameters(
+            crypten, self.card.architecture, model_params, rank
+        )
 
     @classmethod
-    def for_party(cls, crypten, rank: int, checkpoint_path: Path | str) -> EncryptedClassifier:
+    def for_party(
+        cls, crypten: ModuleType, rank: int, checkpoint_path: Path | str
+    ) -> EncryptedClassifier:
         """Party 1 reads the checkpoint at ``checkpoint_path``; party 0 never touches it."""
         if rank == MODEL_OWNER:
             return cls(
@@ -84,7 +100,17 @@ class EncryptedClassifier:
         return [Prediction.from_logit_difference(float(d)) for d in differences]
 
 
-def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> dict:
+@dataclass(frozen=True)
+class ForwardCost:
+    """Median cost of one encrypted forward of a batch, as one party measured it."""
+
+    seconds: float
+    all_seconds: tuple[float, ...]  # every timed repeat, rounded to 0.1 ms
+    rounds: float  # communication rounds
+    bytes: float  # bytes this party sent
+
+
+def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> ForwardCost:
     """Median seconds, rounds and bytes of ``reps`` encrypted forwards on random images.
 
     Both parties call it (each measures its own side); one warm-up pass is not counted.
@@ -96,7 +122,9 @@ def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> d
     if classifier.rank == IMAGE_OWNER:
         images = torch.randn(batch, *classifier.image_shape)
     classifier.logit_differences(images, batch)
-    times, rounds, sent = [], [], []
+    times: list[float] = []
+    rounds: list[float] = []
+    sent: list[float] = []
     for _ in range(reps):
         comm.reset_communication_stats()
         started = time.perf_counter()
@@ -105,9 +133,9 @@ def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> d
         stats = comm.get_communication_stats()
         rounds.append(stats["rounds"])
         sent.append(stats["bytes"])
-    return {
-        "seconds": statistics.median(times),
-        "all_seconds": [round(t, 4) for t in times],
-        "rounds": statistics.median(rounds),
-        "bytes": statistics.median(sent),
-    }
+    return ForwardCost(
+        seconds=statistics.median(times),
+        all_seconds=tuple(round(t, 4) for t in times),
+        rounds=statistics.median(rounds),
+        bytes=statistics.median(sent),
+    )

@@ -22,6 +22,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from types import ModuleType
 from typing import Any
 
 # Still imported from here by predictor/launcher.py, scripts/load, scripts/story, tests/predictor
@@ -53,7 +55,7 @@ class PartyConfig:
             raise ValueError("rank 2 is the TTP dealer; it exists only with provider TTP")
 
 
-def init_party(config: PartyConfig):
+def init_party(config: PartyConfig) -> ModuleType:
     """Join the computation; blocks until every party (and the dealer) has arrived.
 
     CrypTen reads its rendezvous from the environment, so this adapter is the one place
@@ -84,7 +86,9 @@ def run_dealer(config: PartyConfig) -> None:
     TTPServer()
 
 
-def _party_main(config: PartyConfig, fn: Callable, args: tuple, results) -> None:
+def _party_main(
+    config: PartyConfig, fn: Callable[..., Any], args: tuple[Any, ...], results: Queue[Any]
+) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"[party {config.rank}] %(levelname)s %(name)s: %(message)s"
     )

@@ -19,6 +19,7 @@ Both return two logits; calibration (temperature) lives beside the weights in th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class Architecture:
         if self.backbone == "resnet18" and self.activation != "relu":
             raise ValueError("resnet18 uses ReLU (18 layers of squares are numerically unstable)")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

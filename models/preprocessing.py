@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +51,6 @@ class Preprocessing:
         with Image.open(io.BytesIO(data)) as image:
             return self.tensor(image)
 
-    def tensor_from_path(self, path) -> torch.Tensor:
+    def tensor_from_path(self, path: str | Path) -> torch.Tensor:
         with Image.open(path) as image:
             return self.tensor(image)

@@ -22,6 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 from infra.net import free_port  # noqa: E402
 from models.checkpoint import benchmark_checkpoint, load_checkpoint  # noqa: E402
-from models.inference import EncryptedClassifier, measure_forward  # noqa: E402
+from models.inference import EncryptedClassifier, ForwardCost, measure_forward  # noqa: E402
 from models.mpc import run_parties  # noqa: E402
 
 BASELINE = ROOT.parent / "shared" / "bench" / "crypten_baseline.py"
 OUT = ROOT / "bench"
 
 
-def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int):
+def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int) -> ForwardCost:
     from models.crypten_compat import load_crypten
 
     classifier = EncryptedClassifier.for_party(load_crypten(), rank, checkpoint_path)
@@ -75,19 +76,19 @@ def bench_models(reps: int, workdir: Path, backbones: list[str]) -> list[dict]:
                     "input": f"1x{size}x{size}",
                     "batch": batch,
                     "weights": weights,
-                    "enc_s_per_img": enc["seconds"] / batch,
+                    "enc_s_per_img": enc.seconds / batch,
                     "plain_s_per_img": plain,
-                    "ratio": enc["seconds"] / batch / plain,
-                    "rounds": enc["rounds"],
-                    "mb_per_img": enc["bytes"] / batch / 1e6,
+                    "ratio": enc.seconds / batch / plain,
+                    "rounds": enc.rounds,
+                    "mb_per_img": enc.bytes / batch / 1e6,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def bench_baseline(reps: int, cases: list[tuple[str, int, int]]) -> list[dict]:
-    rows = []
+def bench_baseline(reps: int, cases: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for kind, size, batch in cases:
         if not BASELINE.exists():
             break
@@ -282,15 +283,16 @@ def main() -> None:
             images = [p.read_bytes() for p in sorted((root / "eval").rglob("*.jp*g"))]
             service = bench_service(images, workdir, [1, 8, 16], args.requests)
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    models_date: str = previous["models_date"] if previous else now
     result = {
         "machine": machine,
         "date": now,
-        "models_date": previous["models_date"] if previous else now,
+        "models_date": models_date,
         "models": models,
         "service": service,
     }
     (OUT / "inference.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(models, service, machine, result["models_date"], now)
+    table = markdown(models, service, machine, models_date, now)
     (OUT / "inference.md").write_text(table)
     print(table)
 

@@ -17,6 +17,7 @@ whatever happens. Not a test: it prints figures and asserts nothing about time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.inference import ForwardCost
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -236,7 +241,7 @@ def run_echo() -> None:
         server.serve_forever()
 
 
-def party(rank: int, checkpoint: str, reps: int, master_addr: str, port: int) -> dict:
+def party(rank: int, checkpoint: str, reps: int, master_addr: str, port: int) -> ForwardCost:
     """One party of the benchmark (run inside its namespace): warm-up, then ``reps`` images."""
     from models.inference import EncryptedClassifier, measure_forward
     from models.mpc import PartyConfig, init_party
@@ -322,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         run_echo()
         return 0
     if args.party is not None:
-        result = party(args.party, args.checkpoint, args.reps, ADDR[0], args.master_port)
-        print(json.dumps(result), flush=True)
+        cost = party(args.party, args.checkpoint, args.reps, ADDR[0], args.master_port)
+        print(json.dumps(dataclasses.asdict(cost)), flush=True)
         return 0
 
     if os.geteuid() != 0:

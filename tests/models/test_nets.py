@@ -46,6 +46,12 @@ def test_parameter_shapes_need_only_the_public_architecture():
     }
 
 
+def test_fold_refuses_a_model_that_is_not_the_announced_architecture():
+    lenet = trained_like(default_architecture("lenet"))
+    with pytest.raises(ValueError, match="LeNet does not match the announced Architecture"):
+        fold(lenet, default_architecture("resnet18"))
+
+
 def test_prediction_from_logit_difference_is_label_and_calibrated_confidence():
     assert Prediction.from_logit_difference(0.0).confidence == pytest.approx(0.5)
     tumour = Prediction.from_logit_difference(2.0)

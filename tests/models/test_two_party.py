@@ -34,3 +34,24 @@ def test_encrypted_lenet_agrees_with_plaintext(tmp_path, provider):
     assert card0 == card1 and card0.model_sha256 == sha  # party 0 knows the model only by its card
     assert torch.equal(revealed > 0, plain > 0)
     assert (revealed - plain).abs().max() < 1e-2
+
+
+def _cost(rank, checkpoint_path):
+    from models.crypten_compat import load_crypten
+    from models.inference import EncryptedClassifier, measure_forward
+
+    return measure_forward(
+        EncryptedClassifier.for_party(load_crypten(), rank, checkpoint_path), 2, 2
+    )
+
+
+def test_measure_forward_reports_each_party_its_rounds_and_bytes(tmp_path):
+    arch = default_architecture("lenet")
+    path = tmp_path / "lenet.pth"
+    save_checkpoint(path, trained_like(arch), arch, temperature=1.0)
+    image_side, model_side = run_parties(_cost, str(path))
+    for cost in (image_side, model_side):
+        assert len(cost.all_seconds) == 2  # the warm-up pass is not counted
+        assert cost.rounds > 0 and cost.bytes > 0
+    # one joint protocol: both parties take part in every round
+    assert image_side.rounds == model_side.rounds
