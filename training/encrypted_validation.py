@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,27 @@ from models.preprocessing import Preprocessing
 from training.data import ImageFolder
 
 
-def _party(rank: int, checkpoint_path: str, eval_dir: str, limit: int | None, batch_size: int):
+@dataclass(frozen=True)
+class EncryptedValidation:
+    """Encrypted vs plaintext on the same eval images (logit figures unscaled by temperature)."""
+
+    images: int
+    backbone: str
+    provider: str
+    batch_size: int
+    plaintext_accuracy: float
+    encrypted_accuracy: float
+    argmax_agreement_pct: float
+    max_abs_logit_difference_error: float
+    seconds_per_image: float  # median over batches, party 0's clock
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _party(
+    rank: int, checkpoint_path: str, eval_dir: str, limit: int | None, batch_size: int
+) -> tuple[torch.Tensor, list[float]] | None:
     from models.crypten_compat import load_crypten
 
     crypten = load_crypten()
@@ -32,7 +53,8 @@ def _party(rank: int, checkpoint_path: str, eval_dir: str, limit: int | None, ba
         size = classifier.card.architecture.image_size
         images = ImageFolder(Path(eval_dir), Preprocessing(size), limit=limit).images
     count = comm.broadcast_obj(None if images is None else len(images), IMAGE_OWNER)
-    differences, seconds = [], []
+    differences: list[torch.Tensor] = []
+    seconds: list[float] = []
     for start in range(0, count, batch_size):
         n = min(batch_size, count - start)
         batch = None if images is None else images[start : start + n]
@@ -53,7 +75,7 @@ def validate_encrypted(
     limit: int | None = None,
     batch_size: int = 8,
     provider: str = "TFP",
-) -> dict:
+) -> EncryptedValidation:
     """Plaintext vs encrypted accuracy, argmax agreement, logit error and speed on ``eval_dir``."""
     encrypted, seconds = run_parties(
         _party, str(checkpoint_path), str(eval_dir), limit, batch_size, provider=provider
@@ -67,17 +89,17 @@ def validate_encrypted(
     plain = logits[:, 1] - logits[:, 0]  # unscaled logit difference
     encrypted_unscaled = encrypted * checkpoint.temperature
     plain_label, encrypted_label = (plain > 0).long(), (encrypted_unscaled > 0).long()
-    return {
-        "images": len(data),
-        "backbone": checkpoint.architecture.backbone,
-        "provider": provider,
-        "batch_size": batch_size,
-        "plaintext_accuracy": float((plain_label == data.labels).float().mean()),
-        "encrypted_accuracy": float((encrypted_label == data.labels).float().mean()),
-        "argmax_agreement_pct": 100.0 * float((plain_label == encrypted_label).float().mean()),
-        "max_abs_logit_difference_error": float((encrypted_unscaled - plain).abs().max()),
-        "seconds_per_image": statistics.median(seconds),
-    }
+    return EncryptedValidation(
+        images=len(data),
+        backbone=checkpoint.architecture.backbone,
+        provider=provider,
+        batch_size=batch_size,
+        plaintext_accuracy=float((plain_label == data.labels).float().mean()),
+        encrypted_accuracy=float((encrypted_label == data.labels).float().mean()),
+        argmax_agreement_pct=100.0 * float((plain_label == encrypted_label).float().mean()),
+        max_abs_logit_difference_error=float((encrypted_unscaled - plain).abs().max()),
+        seconds_per_image=statistics.median(seconds),
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=settings.batch_size,
         provider=settings.provider,
     )
-    print(json.dumps(report, indent=2))
-    return 0 if report["argmax_agreement_pct"] >= 99.0 else 1
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.argmax_agreement_pct >= 99.0 else 1
 
 
 if __name__ == "__main__":

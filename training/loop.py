@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,15 +33,28 @@ class LoopConfig:
     grad_clip: float = 5.0
 
 
-@dataclass
+@dataclass(frozen=True)
+class EpochRecord:
+    """Losses and accuracies after one epoch (``nan`` for an empty split)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    calibration_loss: float
+    calibration_accuracy: float
+    eval_loss: float
+    eval_accuracy: float
+
+
+@dataclass(frozen=True)
 class History:
-    """Per-epoch figures (lists indexed by epoch) plus the epoch whose weights were kept."""
+    """Per-epoch figures plus the epoch whose weights were kept."""
 
-    epochs: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    epochs: tuple[EpochRecord, ...]
+    best_epoch: int
 
-    def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch}
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [asdict(e) for e in self.epochs], "best_epoch": self.best_epoch}
 
 
 @torch.no_grad()
@@ -73,7 +87,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.max_epochs * math.ceil(len(images) / config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    history = History()
+    epochs: list[EpochRecord] = []
+    best_epoch = 0
     best_loss, best_state = math.inf, copy.deepcopy(model.state_dict())
     for epoch in range(1, config.max_epochs + 1):
         model.train()
@@ -109,24 +124,24 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         calib_loss, calib_acc = _evaluate(model, *calib_data)
         eval_loss, eval_acc = _evaluate(model, *eval_data)
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / len(images),
-            "train_accuracy": total_correct / len(images),
-            "calibration_loss": calib_loss,
-            "calibration_accuracy": calib_acc,
-            "eval_loss": eval_loss,
-            "eval_accuracy": eval_acc,
-        }
-        history.epochs.append(record)
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=total_loss / len(images),
+            train_accuracy=total_correct / len(images),
+            calibration_loss=calib_loss,
+            calibration_accuracy=calib_acc,
+            eval_loss=eval_loss,
+            eval_accuracy=eval_acc,
+        )
+        epochs.append(record)
         log.info(
             "epoch %d: train loss %.4f acc %.3f | calibration loss %.4f acc %.3f | eval acc %.3f",
-            epoch, record["train_loss"], record["train_accuracy"], calib_loss, calib_acc, eval_acc,
+            epoch, record.train_loss, record.train_accuracy, calib_loss, calib_acc, eval_acc,
         )  # fmt: skip
-        selection_loss = calib_loss if math.isfinite(calib_loss) else record["train_loss"]
+        selection_loss = calib_loss if math.isfinite(calib_loss) else record.train_loss
         if selection_loss < best_loss:
             best_loss, best_state = selection_loss, copy.deepcopy(model.state_dict())
-            history.best_epoch = epoch
+            best_epoch = epoch
     model.load_state_dict(best_state)
     model.eval()
-    return history
+    return History(tuple(epochs), best_epoch)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import numpy as np
 
 from training.calibration import expected_calibration_error, nll, softmax
@@ -31,7 +34,38 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray) -> list[list[i
     return [[int(((labels == t) & (predictions == p)).sum()) for p in (0, 1)] for t in (0, 1)]
 
 
-def classification_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+#: How ``confusion_matrix`` is laid out, recorded beside it in the metrics file.
+CONFUSION_MATRIX_LAYOUT = "rows = true [no_tumor, tumor], columns = predicted"
+
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    """How a model did on one split; ``nan`` where a figure is undefined (e.g. one class only)."""
+
+    count: int
+    accuracy: float
+    auc: float
+    sensitivity: float
+    specificity: float
+    confusion_matrix: list[list[int]]  # [[TN, FP], [FN, TP]]
+    nll_before: float  # before temperature scaling
+    nll_after: float
+    ece_before: float
+    ece_after: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics file's record (with the confusion matrix's layout spelled out)."""
+        record: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            record[key] = value
+            if key == "confusion_matrix":
+                record["confusion_matrix_layout"] = CONFUSION_MATRIX_LAYOUT
+        return record
+
+
+def classification_report(
+    logits: np.ndarray, labels: np.ndarray, temperature: float
+) -> ClassificationReport:
     """Accuracy, AUC, confusion matrix, and NLL/ECE before and after temperature scaling."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -39,16 +73,15 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, temperature: f
     predictions = logits.argmax(axis=1)
     matrix = confusion_matrix(predictions, labels)
     (tn, fp), (fn, tp) = matrix
-    return {
-        "count": int(len(labels)),
-        "accuracy": float((predictions == labels).mean()) if len(labels) else float("nan"),
-        "auc": roc_auc(raw[:, 1], labels),
-        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
-        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
-        "confusion_matrix": matrix,
-        "confusion_matrix_layout": "rows = true [no_tumor, tumor], columns = predicted",
-        "nll_before": nll(logits, labels),
-        "nll_after": nll(logits, labels, temperature),
-        "ece_before": expected_calibration_error(raw, labels),
-        "ece_after": expected_calibration_error(calibrated, labels),
-    }
+    return ClassificationReport(
+        count=int(len(labels)),
+        accuracy=float((predictions == labels).mean()) if len(labels) else float("nan"),
+        auc=roc_auc(raw[:, 1], labels),
+        sensitivity=tp / (tp + fn) if tp + fn else float("nan"),
+        specificity=tn / (tn + fp) if tn + fp else float("nan"),
+        confusion_matrix=matrix,
+        nll_before=nll(logits, labels),
+        nll_after=nll(logits, labels, temperature),
+        ece_before=expected_calibration_error(raw, labels),
+        ece_after=expected_calibration_error(calibrated, labels),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,15 +12,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training.calibration import expected_calibration_error, reliability_bins, softmax  # noqa: E402
+from training.loop import EpochRecord  # noqa: E402
 
 
-def plot_curves(epochs: list[dict], best_epoch: int, path: Path, title: str) -> Path:
+def plot_curves(epochs: Sequence[EpochRecord], best_epoch: int, path: Path, title: str) -> Path:
     """Loss and accuracy per epoch for the train, calibration and eval splits."""
-    x = [e["epoch"] for e in epochs]
+    x = [e.epoch for e in epochs]
+    series = (
+        ("train", "-o", [e.train_loss for e in epochs], [e.train_accuracy for e in epochs]),
+        (
+            "calibration",
+            "-s",
+            [e.calibration_loss for e in epochs],
+            [e.calibration_accuracy for e in epochs],
+        ),
+        ("eval", "--^", [e.eval_loss for e in epochs], [e.eval_accuracy for e in epochs]),
+    )
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-o"), ("calibration", "-s"), ("eval", "--^")):
-        ax_loss.plot(x, [e[f"{split}_loss"] for e in epochs], style, label=split)
-        ax_acc.plot(x, [e[f"{split}_accuracy"] for e in epochs], style, label=split)
+    for split, style, losses, accuracies in series:
+        ax_loss.plot(x, losses, style, label=split)
+        ax_acc.plot(x, accuracies, style, label=split)
     for ax, name in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
         ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept epoch {best_epoch}")
         ax.set_xlabel("epoch")

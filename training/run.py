@@ -8,21 +8,26 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.nets import build_model
+from models.nets import Architecture, build_model
 from models.preprocessing import Preprocessing
 from training.calibration import fit_temperature
 from training.data import ImageFolder, fingerprint, stratified_split
-from training.loop import LoopConfig, predict_logits, train
-from training.metrics import classification_report
+from training.loop import History, LoopConfig, predict_logits, train
+from training.metrics import ClassificationReport, classification_report
 from training.plots import plot_curves, plot_reliability
-from training.provenance import build_provenance, data_record, output_paths
+from training.provenance import OutputPaths, build_provenance, data_record, output_paths
 from training.settings import TrainSettings
+
+if TYPE_CHECKING:  # imported when needed: the two-party check is optional
+    from training.encrypted_validation import EncryptedValidation
 
 log = logging.getLogger(__name__)
 ENCRYPTED_KEYS = (
@@ -35,8 +40,80 @@ ENCRYPTED_KEYS = (
 )
 
 
-def run_training(settings: TrainSettings, command: list[str] | None = None) -> dict:
-    """Train per ``settings``; write checkpoint + companions; return the metrics dict."""
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one run produced; the checkpoint and its companions are on disk at ``paths``."""
+
+    settings: TrainSettings
+    architecture: Architecture
+    paths: OutputPaths
+    checkpoint_sha256: str
+    temperature: float
+    #: False when --calibration-fraction 0 left no split to fit the temperature on.
+    temperature_on_held_out: bool
+    eval: ClassificationReport
+    calibration_split: ClassificationReport
+    history: History
+    train_count: int  # images the gradient steps saw
+    calibration_count: int
+    eval_count: int
+    training_seconds: float
+    total_seconds: float
+    encrypted_validation: EncryptedValidation | None = None
+
+    def metrics_record(self) -> dict[str, Any]:
+        """The ``<stem>.metrics.json`` payload."""
+        record: dict[str, Any] = {
+            "backbone": self.architecture.backbone,
+            "architecture": self.architecture.to_dict(),
+            "checkpoint": str(self.paths.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "temperature": self.temperature,
+            "temperature_fitted_on": "calibration split held out of the training folder"
+            if self.temperature_on_held_out
+            else "training split (no calibration split requested)",
+            "eval": self.eval.to_dict(),
+            "calibration_split": self.calibration_split.to_dict(),
+            "history": self.history.to_dict(),
+            "data": {
+                "train_dir": str(self.settings.train_dir),
+                "eval_dir": str(self.settings.eval_dir),
+                "train_count": self.train_count,
+                "calibration_count": self.calibration_count,
+                "eval_count": self.eval_count,
+            },
+            "seconds": {
+                "training": round(self.training_seconds, 2),
+                "total": round(self.total_seconds, 2),
+            },
+            "settings": self.settings.to_dict(),
+        }
+        if self.encrypted_validation is not None:
+            record["encrypted_validation"] = self.encrypted_validation.to_dict()
+        return record
+
+    def summary(self) -> dict[str, Any]:
+        """The headline figures copied into the provenance record."""
+        ev = self.eval
+        out: dict[str, Any] = {
+            "count": ev.count,
+            "accuracy": ev.accuracy,
+            "auc": ev.auc,
+            "ece_before": ev.ece_before,
+            "ece_after": ev.ece_after,
+            "confusion_matrix": ev.confusion_matrix,
+            "temperature": self.temperature,
+            "best_epoch": self.history.best_epoch,
+            "epochs": len(self.history.epochs),
+        }
+        if self.encrypted_validation is not None:
+            enc = self.encrypted_validation.to_dict()
+            out["encrypted_validation"] = {k: enc[k] for k in ENCRYPTED_KEYS}
+        return out
+
+
+def run_training(settings: TrainSettings, command: list[str] | None = None) -> TrainingRun:
+    """Train per ``settings``; write checkpoint + companions; return what the run produced."""
     started = time.perf_counter()
     torch.set_num_threads(settings.num_threads)
     torch.manual_seed(settings.seed)
@@ -82,10 +159,10 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> d
     eval_logits = predict_logits(model, eval_set.images).numpy()
     eval_labels = eval_set.labels.numpy()
 
-    sha = save_checkpoint(paths["checkpoint"], model, arch, temperature)
+    sha = save_checkpoint(paths.checkpoint, model, arch, temperature)
     title = f"{arch.backbone} ({arch.activation}, {arch.image_size} px)"
-    plot_curves(history.epochs, history.best_epoch, paths["curves"], title)
-    plot_reliability(eval_logits, eval_labels, temperature, paths["reliability"], f"{title}: eval")
+    plot_curves(history.epochs, history.best_epoch, paths.curves, title)
+    plot_reliability(eval_logits, eval_labels, temperature, paths.reliability, f"{title}: eval")
 
     train_data = data_record(
         settings.train_dir,
@@ -97,106 +174,86 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> d
         fingerprint(eval_set.root, eval_set.samples),
         eval_set.class_counts(),
     )
-    metrics = {
-        "backbone": arch.backbone,
-        "architecture": arch.to_dict(),
-        "checkpoint": str(paths["checkpoint"]),
-        "checkpoint_sha256": sha,
-        "temperature": temperature,
-        "temperature_fitted_on": "calibration split held out of the training folder"
-        if len(held)
-        else "training split (no calibration split requested)",
-        "eval": classification_report(eval_logits, eval_labels, temperature),
-        "calibration_split": classification_report(calib_logits, calib_labels, temperature),
-        "history": history.to_dict(),
-        "data": {
-            "train_dir": str(settings.train_dir),
-            "eval_dir": str(settings.eval_dir),
-            "train_count": len(keep),
-            "calibration_count": len(held),
-            "eval_count": len(eval_set),
-        },
-        "seconds": {"training": round(train_seconds, 2)},
-        "settings": settings.to_dict(),
-    }
-    metrics["seconds"]["total"] = round(time.perf_counter() - started, 2)
+    run = TrainingRun(
+        settings=settings,
+        architecture=arch,
+        paths=paths,
+        checkpoint_sha256=sha,
+        temperature=temperature,
+        temperature_on_held_out=bool(len(held)),
+        eval=classification_report(eval_logits, eval_labels, temperature),
+        calibration_split=classification_report(calib_logits, calib_labels, temperature),
+        history=history,
+        train_count=len(keep),
+        calibration_count=len(held),
+        eval_count=len(eval_set),
+        training_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+    )
 
-    def write_records() -> None:
-        _write_json(paths["metrics"], metrics)
+    def write_records(run: TrainingRun) -> None:
+        _write_json(paths.metrics, run.metrics_record())
         provenance = build_provenance(
             checkpoint_sha256=sha,
-            checkpoint_bytes=paths["checkpoint"].stat().st_size,
+            checkpoint_bytes=paths.checkpoint.stat().st_size,
             architecture=arch.to_dict(),
             temperature=temperature,
             train=train_data,
             evaluation=eval_data,
-            metrics_summary=summary(metrics),
+            metrics_summary=run.summary(),
             settings=settings.to_dict(),
             command=command if command is not None else list(sys.argv),
             now=dt.datetime.now(dt.UTC),
         )
-        _write_json(paths["provenance"], provenance)
+        _write_json(paths.provenance, provenance)
 
-    write_records()  # the trained model is on disk before the (slow, fallible) MPC check
-    log_summary(metrics, paths)
+    write_records(run)  # the trained model is on disk before the (slow, fallible) MPC check
+    log_summary(run)
     if settings.validate_encrypted:
-        metrics["encrypted_validation"] = encrypted_validation(paths["checkpoint"], settings)
-        metrics["seconds"]["total"] = round(time.perf_counter() - started, 2)
-        write_records()
-    return metrics
+        run = replace(
+            run,
+            encrypted_validation=encrypted_validation(paths.checkpoint, settings),
+            total_seconds=time.perf_counter() - started,
+        )
+        write_records(run)
+    return run
 
 
-def encrypted_validation(checkpoint: Path, settings: TrainSettings) -> dict:
-    """Run the lead's two-party check (imported lazily: it pulls in CrypTen)."""
+def encrypted_validation(checkpoint: Path, settings: TrainSettings) -> EncryptedValidation:
+    """Run the lead's two-party check (imported here: only this option needs it)."""
     from training.encrypted_validation import validate_encrypted
 
     result = validate_encrypted(checkpoint, settings.eval_dir, limit=settings.encrypted_limit)
     log.info("encrypted validation (%s, two parties):", checkpoint.name)
+    figures = result.to_dict()
     for key in ENCRYPTED_KEYS:
-        if key in result:
-            log.info("  %-31s %s", key, _fmt(result[key]))
+        log.info("  %-31s %s", key, _fmt(figures[key]))
     return result
 
 
-def summary(metrics: dict) -> dict:
-    """The headline figures copied into the provenance record."""
-    ev = metrics["eval"]
-    out = {
-        key: ev[key]
-        for key in ("count", "accuracy", "auc", "ece_before", "ece_after", "confusion_matrix")
-    }
-    out["temperature"] = metrics["temperature"]
-    out["best_epoch"] = metrics["history"]["best_epoch"]
-    out["epochs"] = len(metrics["history"]["epochs"])
-    if "encrypted_validation" in metrics:
-        enc = metrics["encrypted_validation"]
-        out["encrypted_validation"] = {k: enc[k] for k in ENCRYPTED_KEYS if k in enc}
-    return out
-
-
-def log_summary(metrics: dict, paths: dict[str, Path]) -> None:
-    ev = metrics["eval"]
+def log_summary(run: TrainingRun) -> None:
+    ev = run.eval
     log.info(
         "eval (%d images): accuracy %.3f, AUC %.3f, ECE %.3f -> %.3f (T = %.3f), confusion %s",
-        ev["count"], ev["accuracy"], ev["auc"], ev["ece_before"], ev["ece_after"],
-        metrics["temperature"], ev["confusion_matrix"],
+        ev.count, ev.accuracy, ev.auc, ev.ece_before, ev.ece_after,
+        run.temperature, ev.confusion_matrix,
     )  # fmt: skip
-    for name, path in paths.items():
+    for name, path in run.paths.named():
         log.info("wrote %-11s %s", name, path)
 
 
-def _fmt(value) -> str:
+def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
 
 
-def _finite(value):
+def _finite(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}

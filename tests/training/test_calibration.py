@@ -90,8 +90,15 @@ def test_auc_matches_scikit_learn() -> None:
 def test_report_fields() -> None:
     logits, labels = _overconfident(500)
     report = classification_report(logits, labels, temperature=3.0)
-    assert report["count"] == 500
-    assert report["ece_after"] < report["ece_before"]
-    (tn, fp), (fn, tp) = report["confusion_matrix"]
+    assert report.count == 500
+    assert report.ece_after < report.ece_before
+    (tn, fp), (fn, tp) = report.confusion_matrix
     assert tn + fp + fn + tp == 500
-    assert report["accuracy"] == pytest.approx((tn + tp) / 500)
+    assert report.accuracy == pytest.approx((tn + tp) / 500)
+    assert report.sensitivity == pytest.approx(tp / (tp + fn))
+    record = report.to_dict()  # the metrics file's layout
+    assert list(record) == [
+        "count", "accuracy", "auc", "sensitivity", "specificity", "confusion_matrix",
+        "confusion_matrix_layout", "nll_before", "nll_after", "ece_before", "ece_after",
+    ]  # fmt: skip
+    assert record["confusion_matrix_layout"].startswith("rows = true")

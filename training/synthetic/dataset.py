@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -58,8 +59,8 @@ def encode_image(pixels: np.ndarray, rng: np.random.Generator) -> tuple[bytes, s
 
 def write_split(
     out_dir: Path, spec: SplitSpec, seed: int, difficulty: Difficulty, progress: bool = False
-) -> dict:
-    """Generate one split into ``out_dir/{yes,no}``; returns its manifest entry."""
+) -> dict[str, Any]:
+    """Generate one split into ``out_dir/{yes,no}``; returns its manifest entry (JSON)."""
     stream = SPLIT_STREAMS[spec.name]
     counts = {"yes": spec.yes_count, "no": spec.count - spec.yes_count}
     for folder in counts:
@@ -93,13 +94,14 @@ def generate_dataset(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     clear_generated(root)
-    manifest = {
+    splits: dict[str, dict[str, Any]] = {}
+    manifest: dict[str, Any] = {
         "generator": "training.synthetic",
         "generator_version": GENERATOR_VERSION,
         "anatomy": TEMPLATE_NAME,
         "seed": seed,
         "complete": False,  # written first, so an interrupted run is recognisable as ours
-        "splits": {},
+        "splits": splits,
         "difficulty_name": difficulty_name,
         "difficulty": difficulty.to_dict(),
         "layout": "Kaggle brain-tumor-detection: <split>/yes, <split>/no",
@@ -108,9 +110,7 @@ def generate_dataset(
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     for spec in (SplitSpec("train", train), SplitSpec("eval", eval)):
         log.info("generating %s: %d images", spec.name, spec.count)
-        manifest["splits"][spec.name] = write_split(
-            root / spec.name, spec, seed, difficulty, progress
-        )
+        splits[spec.name] = write_split(root / spec.name, spec, seed, difficulty, progress)
     manifest["complete"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return root
@@ -136,13 +136,14 @@ def clear_generated(root: Path) -> None:
     manifest_path.unlink(missing_ok=True)
 
 
-def find_manifest(data_dir: Path) -> dict | None:
+def find_manifest(data_dir: Path) -> dict[str, Any] | None:
     """The generator manifest for a split folder (looked up in it and its parent), if any."""
     for folder in (Path(data_dir), Path(data_dir).parent):
         path = folder / MANIFEST_NAME
         if path.is_file():
             try:
-                return json.loads(path.read_text())
+                manifest: dict[str, Any] = json.loads(path.read_text())
+                return manifest
             except (OSError, json.JSONDecodeError):
                 return None
     return None

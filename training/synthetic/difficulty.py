@@ -22,6 +22,7 @@ learnable but far from trivial (on the seed-0 eval split a one-feature
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 Range = tuple[float, float]
 
@@ -63,7 +64,7 @@ class Difficulty:
     skull_probability: float = 0.9
     flip_probability: float = 0.5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
