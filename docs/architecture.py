@@ -111,7 +111,7 @@ def draw() -> None:
                    "POST /download: order", "verified on chain"])  # fmt: skip
     chain = box(ax, 13.2, 0.7, 2.6, 3.0, "Chain", ["ganache :8545, or a real", "RPC URL (not supervised)",
                 "Ocean V4 contracts:", "data NFT + digest,", "datatoken, exchange"], CHAIN)  # fmt: skip
-    deploy = box(ax, 13.3, 4.4, 2.5, 1.2, "deploy_ocean.py", ["idempotent, once per", "chain start"],
+    deploy = box(ax, 13.3, 4.4, 2.5, 1.2, "ocean.deploy", ["idempotent, once per", "chain start"],
                  PROCESS, bold=True)  # fmt: skip
     csv = box(ax, 7.0, 0.7, 2.0, 1.1, "CSV file", ["var/ocean/"], STORE)
 

@@ -24,7 +24,6 @@ log = logging.getLogger("predictor.supervisor")
 #: A dead Ocean child is started again at most this often (it never gives up: a chain may
 #: be down for long, the parties keep serving patients meanwhile).
 OCEAN_RESTART_DELAY_S = 2.0
-DEPLOY_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "deploy_ocean.py"
 
 
 def stop_process(child: subprocess.Popen, timeout: float = 15) -> None:
@@ -118,13 +117,24 @@ class OceanSide:
         if s.ocean_deploy:
             # Its JSON summary (addresses, gas) goes to a file, not into the service log.
             self.children["deploy"] = OceanChild(
-                "deploy", [py, str(DEPLOY_SCRIPT), *common], s.ocean_data_dir / "deploy.json"
+                "deploy",
+                [py, "-m", "marketplace.ocean.deploy", *common],
+                s.ocean_data_dir / "deploy.json",
             )
         else:
             self.deployed = True
         self.children["publisher"] = OceanChild(
             "publisher",
-            [py, "-m", "marketplace.ocean.publish", "--every", str(s.publish_every_s), *common],
+            [
+                py,
+                "-m",
+                "marketplace.ocean.publish",
+                "--every",
+                str(s.publish_every_s),
+                "--metrics-port",
+                str(s.publish_metrics_port),
+                *common,
+            ],
         )
         self.children["download service"] = OceanChild(
             "download service",
@@ -173,5 +183,3 @@ class OceanSide:
         for name in ("publisher", "download service", "deploy", "chain"):
             if name in self.children:
                 self.children[name].stop()
-
-

@@ -83,6 +83,9 @@ class PredictorSettings:
         default=Path("var/ocean"), metadata=flag("Ocean side's folder (chain, CSV, state)")
     )
     publish_every_s: float = field(default=10.0, metadata=flag("seconds between publisher runs"))
+    publish_metrics_port: int = field(
+        default=0, metadata=flag("publisher's /metrics port on 127.0.0.1 (0: off)")
+    )
     ocean_k: int = field(
         default=0, metadata=flag("k of the k-anonymity rule (0: the Ocean side's default, 5)")
     )

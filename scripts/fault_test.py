@@ -137,7 +137,8 @@ class Faults:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from marketplace.ocean.node import GanacheNode, free_port
+    from infra.net import free_port
+    from marketplace.ocean.node import GanacheNode
 
     setup_logging("fault_test")
     args = parse_args(argv, description=__doc__.splitlines()[0])

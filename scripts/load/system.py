@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from models.mpc import free_port
+from infra.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

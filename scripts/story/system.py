@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from models.mpc import free_port
+from infra.net import free_port
 from story.clients import PY, ROOT, DemoFailed
 
 
