@@ -26,8 +26,6 @@ from multiprocessing.queues import Queue
 from types import ModuleType
 from typing import Any
 
-# Still imported from here by predictor/launcher.py, scripts/load, scripts/story, tests/predictor
-# and tests/e2e: they should import infra.net instead.
 from infra.net import free_port
 from models.crypten_compat import load_crypten
 
