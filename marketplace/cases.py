@@ -155,9 +155,10 @@ def record_prediction(
             reviewers_needed=policy.panel.panel_size,
             review_deadline=now + policy.review_window,
         )
+        .returning(Case.id)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    if moved != 1:
+    ).scalar_one_or_none()
+    if moved is None:
         return False
     ledger.post(
         session,
