@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from infra.settings import DEFAULT_DB_URL, add_flags, flag, settings_from
+from infra.settings import add_flags, flag, settings_from
 from infra.tokens import hash_token, new_token
 from marketplace import ledger
 from marketplace.domain.ledger import doctor_account
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.errors import DoctorNotFound, InvalidInput
+from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 from marketplace.storage.models import Doctor
 from marketplace.storage.unit import read_only, unit_of_work
 
@@ -51,7 +52,10 @@ class DoctorProfile:
 class CliSettings:
     """Settings of the doctors CLI (flags over ``CRYPTO_DOCTOR_*`` env)."""
 
-    db_url: str = field(default=DEFAULT_DB_URL, metadata=flag("SQLite or PostgreSQL URL"))
+    db_url: str = field(
+        default=DEFAULT_MARKET_DB_URL,
+        metadata=flag("the marketplace's store (SQLite or PostgreSQL URL)"),
+    )
 
 
 def _clean(value: str, what: str, max_len: int) -> str:

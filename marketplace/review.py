@@ -1,6 +1,7 @@
 """The doctors' side of a case: pool, claims, sealed votes, disclosure, history, escalation.
 
-Every function is one transaction (it commits or rolls back itself). Rows of a
+Every function is one transaction (it commits or rolls back itself), messages to the clinic
+included (``marketplace.outbox``). Rows of a
 case are locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
 writers with ``BEGIN IMMEDIATE``) before panel state changes, so concurrent
 claims and votes cannot overfill a panel or skip a settlement.
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 from marketplace.domain import ledger as ledger_domain
 from marketplace.domain.consensus import commitment, validate_label
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
-from marketplace.domain.status import REVIEWABLE, CaseStatus
+from marketplace.domain.status import MARKET_STATUSES, REVIEWABLE, CaseStatus
 from marketplace.errors import (
     AlreadyClaimed,
     AlreadyVoted,
@@ -33,8 +34,18 @@ from marketplace.errors import (
     NotSettled,
     TierTooLow,
 )
+from marketplace.messages import SeatGranted
+from marketplace.outbox import tell_clinic
 from marketplace.settlement import advance_panel, escalate_case
-from marketplace.storage.models import Case, Claim, Doctor, LedgerEntry, LedgerTransaction, Vote
+from marketplace.storage.models import (
+    Case,
+    Claim,
+    Doctor,
+    LedgerEntry,
+    LedgerTransaction,
+    Outbox,
+    Vote,
+)
 from marketplace.storage.unit import read_only, unit_of_work
 
 MAX_NOTE = 2000
@@ -101,10 +112,12 @@ class SettledReview:
 
 @dataclass(frozen=True)
 class MarketCounts:
-    """Totals for operators: cases per status (every status listed) and votes cast."""
+    """Totals for operators: cases per market status (each listed), votes cast, and messages
+    for the clinic not yet delivered (grows while the clinic is unreachable)."""
 
     cases: Mapping[CaseStatus, int]
     votes: int
+    undelivered: int
 
 
 def _doctor(session: Session, doctor_id: str) -> Doctor:
@@ -164,7 +177,11 @@ def claim_case(
     now: datetime,
     policy: MarketPolicy = DEFAULT_POLICY,
 ) -> CaseCard:
-    """Take a seat on a case's panel (only while seats are left and the tier admits it)."""
+    """Take a seat on a case's panel (only while seats are left and the tier admits it).
+
+    The clinic is told (``seat.granted``, posted in this transaction), so it lets the doctor
+    see the image.
+    """
     doctor = _doctor(session, doctor_id)
     case = _locked_case(session, case_id)
     if _claim(session, case_id, doctor_id) is not None:
@@ -182,6 +199,7 @@ def claim_case(
         raise AlreadyClaimed(case_id) from exc
     case.claims_count += 1
     case.status = CaseStatus.UNDER_REVIEW
+    tell_clinic(session, SeatGranted(case_id, doctor_id, now), now)
     return _card(case)
 
 
@@ -344,9 +362,12 @@ def escalate_overdue(
 
 @read_only
 def market_counts(session: Session) -> MarketCounts:
-    """Cases per status and votes cast, read from the database (right across processes)."""
-    by_status = dict.fromkeys(CaseStatus, 0)
+    """Cases per status, votes cast and undelivered messages, read from the database."""
+    by_status = dict.fromkeys(MARKET_STATUSES, 0)
     for status, count in session.execute(select(Case.status, func.count()).group_by(Case.status)):
         by_status[CaseStatus(status)] = int(count)
     votes = session.scalar(select(func.count()).select_from(Vote))
-    return MarketCounts(by_status, int(votes or 0))
+    undelivered = session.scalar(
+        select(func.count()).select_from(Outbox).where(Outbox.delivered_at.is_(None))
+    )
+    return MarketCounts(by_status, int(votes or 0), int(undelivered or 0))

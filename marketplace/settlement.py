@@ -2,7 +2,8 @@
 
 Called inside the caller's unit of work with the case row already locked, so a
 case is settled exactly once: diagnosis recorded, escrow paid out to the
-agreeing doctors, reputations moved, one research row written.
+agreeing doctors, reputations moved, one research row written, and one
+``case.settled`` message for the clinic (the patient's diagnosis) in the outbox.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from marketplace.domain.consensus import Ballot, Outcome, evaluate
 from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import escalated_bounty, uncertainty
 from marketplace.domain.status import CaseStatus
+from marketplace.messages import CaseSettled
+from marketplace.outbox import tell_clinic
 from marketplace.storage.models import Case, Claim, Doctor, ResearchRow, Vote
 
 log = logging.getLogger(__name__)
@@ -105,9 +108,11 @@ def _settle(
     case.status = CaseStatus.SETTLED
     case.settled_at = now
     case.diagnosis = outcome.label
-    case.agreement = round(outcome.agreement, 4)
+    agreement = round(outcome.agreement, 4)
+    case.agreement = agreement
     case.reviewers = len(votes)
     case.research_row_id = row.id
+    tell_clinic(session, CaseSettled(case.id, outcome.label, now, len(votes), agreement), now)
     log.info("case %s settled by %d reviewers", case.id, len(votes))
 
 

@@ -1,4 +1,4 @@
-"""The life of a case, as one enum every layer uses (the database stores its values)."""
+"""The life of a case, as one enum every layer uses (each store keeps its values as text)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class CaseStatus(StrEnum):
-    #: Stored by party 0, waiting for its encrypted prediction.
+    #: Stored by the clinic (party 0), waiting for its encrypted prediction.
     QUEUED = "queued"
     #: Predicted and priced: in the pool, no doctor has claimed it yet.
     OPEN = "open"
@@ -17,6 +17,14 @@ class CaseStatus(StrEnum):
     #: The image could not be run (the reason is shown to the patient).
     FAILED = "failed"
 
+
+#: The statuses a case can have in the marketplace's store: it only learns of a case once
+#: the clinic reports the prediction (``case.opened``), so never ``queued`` or ``failed``.
+MARKET_STATUSES: tuple[CaseStatus, ...] = (
+    CaseStatus.OPEN,
+    CaseStatus.UNDER_REVIEW,
+    CaseStatus.SETTLED,
+)
 
 #: Statuses in which doctors may claim, view and vote.
 REVIEWABLE: tuple[CaseStatus, ...] = (CaseStatus.OPEN, CaseStatus.UNDER_REVIEW)

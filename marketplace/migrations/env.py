@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
+from sqlalchemy import Connection, event
 
 import marketplace.storage.models  # noqa: F401  (registers the marketplace tables)
-from marketplace.storage.base import Base, UTCDateTime
+from infra.sqltypes import UTCDateTime
+from marketplace.storage.base import Base
 from marketplace.storage.engine import make_engine
 from marketplace.storage.unit import SQLITE_BEGIN
 
@@ -21,6 +25,19 @@ def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
     return False
 
 
+def _foreign_keys_off(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    cursor.close()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """Refuse to commit a migration that left a row pointing at nothing (SQLite)."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+
+
 def run_migrations_online() -> None:
     """Migrate through an engine built like the application's (SQLite pragmas included)."""
     connectable = config.attributes.get("connection")
@@ -30,6 +47,11 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    if engine.dialect.name == "sqlite":
+        # Batch mode rebuilds a table (copy, drop, rename): SQLite's own procedure for that
+        # runs with foreign keys off, and checks them all before commit (below). Added after
+        # make_engine's own hook, so it wins on the migration's connection only.
+        event.listen(engine, "connect", _foreign_keys_off)
     try:
         # Both party processes may migrate at start-up: take the SQLite write lock first.
         with engine.connect().execution_options(**{SQLITE_BEGIN: "IMMEDIATE"}) as connection:
@@ -44,6 +66,8 @@ def run_migrations_online() -> None:
                     # Serialise concurrent migrators (both party processes start together).
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
                 context.run_migrations()
+                if connection.dialect.name == "sqlite":
+                    _check_foreign_keys(connection)
     finally:
         engine.dispose()
 

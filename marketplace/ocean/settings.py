@@ -16,7 +16,8 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from infra.settings import DEFAULT_DB_URL, flag
+from infra.settings import flag
+from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 
 # Ocean's own local setup (barge) uses this mnemonic; it only ever holds play money.
 DEV_MNEMONIC = "taxi music thumb unique chat sand crew more leg another off lamp"
@@ -80,7 +81,7 @@ class OceanSettings:
         default="development", metadata=flag("address file network entry", env="OCEAN_NETWORK")
     )
     db_url: str = field(
-        default=DEFAULT_DB_URL, metadata=flag("the marketplace database (publisher's source)")
+        default=DEFAULT_MARKET_DB_URL, metadata=flag("the marketplace's store (publisher's source)")
     )
     operator_token: str = field(
         default="", metadata=flag("bearer token for /metrics from off this host", secret=True)

@@ -1,11 +1,25 @@
-"""Storage adapter: engine factory, the project-wide declarative ``Base`` and migrations.
+"""Storage adapter of the marketplace: engine factory, its declarative ``Base`` and migrations.
 
-All project tables (marketplace and others) derive from :class:`Base` so that a
-single Alembic history (``marketplace/migrations``) covers the whole schema.
+Every marketplace table derives from :class:`Base`, so one Alembic history
+(``marketplace/migrations``) covers the marketplace's store; the clinic keeps its own.
 """
 
-from marketplace.storage.base import Base, UTCDateTime
-from marketplace.storage.engine import make_engine, make_sessionmaker, normalize_url
+from infra.sqltypes import UTCDateTime
+from marketplace.storage.base import Base
+from marketplace.storage.engine import (
+    DEFAULT_MARKET_DB_URL,
+    make_engine,
+    make_sessionmaker,
+    normalize_url,
+)
 from marketplace.storage.migrate import migrate
 
-__all__ = ["Base", "UTCDateTime", "make_engine", "make_sessionmaker", "migrate", "normalize_url"]
+__all__ = [
+    "DEFAULT_MARKET_DB_URL",
+    "Base",
+    "UTCDateTime",
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+    "normalize_url",
+]

@@ -1,4 +1,4 @@
-"""Engine factory: SQLite (WAL, shared by two OS processes) or PostgreSQL by URL."""
+"""Engine factory: SQLite (WAL, shared by the marketplace's processes) or PostgreSQL by URL."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from marketplace.storage.unit import SQLITE_BEGIN
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+#: The marketplace's own store in a single-host run (the clinic keeps another file).
+DEFAULT_MARKET_DB_URL = "sqlite:///var/marketplace/market.sqlite3"
 
 
 def normalize_url(url: str) -> str:

@@ -1,4 +1,9 @@
-"""ORM models of the marketplace: doctors, cases, claims, votes, ledger, research rows."""
+"""ORM models of the marketplace's own store: doctors, its view of cases, claims, votes,
+ledger, research rows, and the outbox/inbox of its messages with the clinic.
+
+No patient data: a case arrives as the clinic's ``case.opened`` message (a random id and the
+model's output); the patient's token, image and failures stay in the clinic's store.
+"""
 
 from __future__ import annotations
 
@@ -19,21 +24,34 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from marketplace.domain.status import CaseStatus
-from marketplace.storage.base import Base, UTCDateTime
+from infra.mailbox import InboxMixin, OutboxMixin
+from infra.sqltypes import UTCDateTime
+from marketplace.domain.status import MARKET_STATUSES, CaseStatus
+from marketplace.storage.base import Base
 
 
 class CaseStatusText(TypeDecorator[CaseStatus]):
-    """A case status stored as its text value; unknown text is refused, not stored or loaded."""
+    """A market status (open, under review, settled) stored as its text value; anything else
+    is refused, never stored or loaded (queued and failed cases are the clinic's)."""
 
     impl = String(16)
     cache_ok = True
 
     def process_bind_param(self, value: CaseStatus | None, dialect: Dialect) -> str | None:
-        return None if value is None else CaseStatus(value).value
+        if value is None:
+            return None
+        status = CaseStatus(value)
+        if status not in MARKET_STATUSES:
+            raise ValueError(f"a market case is never {status.value!r}")
+        return status.value
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> CaseStatus | None:
-        return None if value is None else CaseStatus(value)
+        if value is None:
+            return None
+        status = CaseStatus(value)
+        if status not in MARKET_STATUSES:
+            raise ValueError(f"a market case is never {status.value!r}")
+        return status
 
 
 class Doctor(Base):
@@ -71,17 +89,18 @@ class ResearchRow(Base):
 
 
 class Case(Base):
-    """A patient's case from submission through prediction, review and settlement."""
+    """The market's view of a case: opened by the clinic's message, then reviewed and settled.
+
+    Statuses are only ``open``, ``under_review`` and ``settled`` here.
+    """
 
     __tablename__ = "cases"
     __table_args__ = (Index("ix_cases_status_submitted", "status", "submitted_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    patient_token_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[CaseStatus] = mapped_column(CaseStatusText())
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    failure_reason: Mapped[str | None] = mapped_column(Text)
-    # Model output (revealed by the MPC parties).
+    # Model output (opened by the MPC parties at the clinic, sent in ``case.opened``).
     predicted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     model_label: Mapped[str | None] = mapped_column(String(16))
     confidence: Mapped[float | None] = mapped_column(Float)
@@ -150,3 +169,15 @@ class LedgerEntry(Base):
     transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
     account: Mapped[str] = mapped_column(String(80), index=True)
     amount: Mapped[int] = mapped_column(BigInteger)
+
+
+class Outbox(OutboxMixin, Base):
+    """Messages to the clinic (``seat.granted``, ``case.settled``), committed with their cause."""
+
+    __tablename__ = "outbox"
+
+
+class Inbox(InboxMixin, Base):
+    """Ids of the clinic's messages applied here (``case.opened``): each takes effect once."""
+
+    __tablename__ = "inbox"

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from marketplace import cases, doctors, ledger, research, review
+from marketplace import doctors, ledger, research, review
 from marketplace.domain.consensus import verify_receipt
 from marketplace.domain.ledger import TREASURY, doctor_account, escrow_account
 from marketplace.domain.policy import DEFAULT_POLICY
@@ -21,8 +21,8 @@ from marketplace.errors import (
     TierTooLow,
 )
 from marketplace.storage.models import Case, ResearchRow
-from tests.marketplace.flows import make_doctors, open_case
-from tests.marketplace.helpers import T0, token_hash
+from tests.marketplace.flows import make_doctors, open_case, to_clinic
+from tests.marketplace.helpers import T0
 
 T1 = T0 + timedelta(minutes=10)
 
@@ -43,10 +43,23 @@ def test_three_doctor_panel_settles_and_pays_exactly_the_escrow(session) -> None
     bounty = price_bounty(0.95)
     docs = make_doctors(session, 3)
     receipts = _panel(session, case_id, docs, ["tumor", "tumor", "tumor"])
-    view = cases.patient_view(session, case_id, token_hash("patient"))
-    assert view.status == "settled"
-    assert view.diagnosis is not None and view.diagnosis.label == "tumor"
-    assert view.diagnosis.reviewers == 3 and view.diagnosis.agreement == 1.0
+    assert session.get(Case, case_id).status == "settled"
+    # What the patient will see: one case.settled for the clinic, with the diagnosis.
+    assert to_clinic(session, "case.settled") == [
+        {
+            "type": "case.settled",
+            "case_id": case_id,
+            "diagnosis": "tumor",
+            "settled_at": T1.isoformat(),
+            "reviewers": 3,
+            "agreement": 1.0,
+        }
+    ]
+    # And one seat.granted per claim, each before the settlement.
+    assert [(m["type"], m.get("doctor_id")) for m in to_clinic(session)] == [
+        *(("seat.granted", d) for d, _ in docs),
+        ("case.settled", None),
+    ]
     paid = [ledger.balance(session, doctor_account(d)) for d, _ in docs]
     assert sum(paid) == bounty and max(paid) - min(paid) <= 1
     assert ledger.balance(session, escrow_account(case_id)) == 0
@@ -73,14 +86,18 @@ def test_dissent_pays_only_agreeing_and_lowers_dissenter(session) -> None:
     case = session.get(Case, case_id)
     assert case.status == "under_review" and case.reviewers_needed == 5
     more = make_doctors(session, 2)
+    assert to_clinic(session, "case.settled") == []  # a widening tells the clinic nothing
     _panel(session, case_id, more, ["tumor", "tumor"])
-    view = cases.patient_view(session, case_id, token_hash("patient"))
-    assert view.to_json()["diagnosis"] == {
-        "label": "tumor",
+    (settled,) = to_clinic(session, "case.settled")
+    assert settled == {
+        "type": "case.settled",
+        "case_id": case_id,
+        "diagnosis": "tumor",
         "settled_at": T1.isoformat(),
         "reviewers": 5,
         "agreement": 0.8,
     }
+    assert len(to_clinic(session, "seat.granted")) == 5
     dissenter = doctors.doctor_profile(session, docs[1][0])
     assert dissenter.balance == 0 and dissenter.reputation < 100
     agreeing = [ledger.balance(session, doctor_account(d)) for d, _ in docs[::2] + more]
@@ -106,6 +123,10 @@ def test_votes_are_sealed_and_single(session) -> None:
             [review.my_claims(session, d), review.list_pool(session, d), review.history(session, d)]
         )
         assert "secret-note" not in text and "no_tumor" not in text
+    # Before settlement the clinic hears of seats only: nothing that depends on a vote.
+    told = to_clinic(session)
+    assert [m["type"] for m in told] == ["seat.granted"] * 3
+    assert "secret-note" not in repr(told) and "no_tumor" not in repr(told)
 
 
 def test_claims_are_limited_by_panel_and_tier(session) -> None:
@@ -126,6 +147,10 @@ def test_claims_are_limited_by_panel_and_tier(session) -> None:
     assert review.list_pool(session, docs[3][0]) == []
     with pytest.raises(NotOnPanel):
         review.cast_vote(session, docs[3][0], easy, label="tumor", note=None, now=T1)
+    # Only the three seats taken reach the clinic; refused claims post nothing.
+    granted = to_clinic(session, "seat.granted")
+    assert [(m["case_id"], m["doctor_id"]) for m in granted] == [(easy, d) for d, _ in docs[:3]]
+    assert all(m["granted_at"] == T1.isoformat() for m in granted)
 
 
 def test_escalation_raises_bounty_widens_pool_and_frees_stale_claims(session) -> None:
@@ -165,6 +190,9 @@ def test_vote_on_settled_case_refused_for_late_claimer(session) -> None:
         review.claim_case(session, make_doctors(session, 1)[0][0], case_id, now=T1)
     with pytest.raises(CaseNotOpen):
         review.require_claim(session, docs[0][0], case_id)
+    with pytest.raises(AlreadyVoted):
+        review.cast_vote(session, docs[0][0], case_id, label="tumor", note=None, now=T1)
+    assert len(to_clinic(session, "case.settled")) == 1  # settled once, told once
 
 
 def test_research_rows_publish_cycle(session) -> None:
@@ -224,6 +252,8 @@ def test_concurrent_claims_and_votes_settle_exactly_once(session_factory, sessio
         assert len(seated) == 3
         receipts = list(pool.map(vote, seated))
     assert len({r.receipt for r in receipts}) == 3
+    assert len(to_clinic(session, "seat.granted")) == 3
+    assert [m["case_id"] for m in to_clinic(session, "case.settled")] == [case_id]
     case = session.get(Case, case_id)
     assert case.status == "settled" and case.claims_count == 3 and case.reviewers == 3
     assert session.scalar(select(func.count()).select_from(ResearchRow)) == 1
