@@ -1,24 +1,34 @@
-"""Run the doctor service standalone: ``python -m marketplace.service --port 8081 --db-url ...``.
+"""Run the marketplace service as its own process: ``python -m marketplace.service``.
 
-Flags and ``CRYPTO_DOCTOR_*`` variables as in ``MarketplaceSettings``; the image-link key comes
-from ``CRYPTO_DOCTOR_LINK_SECRET_HEX`` (a random one, with a warning, when it is unset).
+    python -m marketplace.service --db-url URL --host H --port P \\
+        --patient-base-url http://clinic:8080 --clinic-public-key HEX
+
+with the marketplace's private key in ``CRYPTO_DOCTOR_MARKET_KEY`` (a random one, with a
+warning, when it is unset: then no clinic knows its public key, so image links and messages
+from it are refused there). Every other flag and ``CRYPTO_DOCTOR_*`` variable is as in
+``MarketplaceSettings``; ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
+from infra.messaging import generate_key
 from infra.settings import ENV_PREFIX, parse_settings
 from marketplace.service import MarketplaceSettings, create_app
 
 log = logging.getLogger("marketplace.service")
-LINK_SECRET_ENV = ENV_PREFIX + "LINK_SECRET_HEX"
+MARKET_KEY_ENV = ENV_PREFIX + "MARKET_KEY"
+DESCRIPTION = (
+    "The marketplace: doctors' API and page, the review market, its own store, and signed "
+    "messages with the clinic (POST /messages in; a courier out to --patient-base-url). "
+    f"Its Ed25519 private key comes from {MARKET_KEY_ENV} (environment only)."
+)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -26,10 +36,25 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     env = dict(os.environ if environ is None else environ)
-    if not env.get(LINK_SECRET_ENV):
-        log.warning("no %s: using a random key; party 0 will reject image links", LINK_SECRET_ENV)
-        env[LINK_SECRET_ENV] = secrets.token_hex(32)
-    settings = parse_settings(MarketplaceSettings, argv, env, prog="python -m marketplace.service")
+    if not env.get(MARKET_KEY_ENV):
+        env[MARKET_KEY_ENV] = generate_key()
+        log.warning(
+            "no %s: using a random key; the clinic will refuse this marketplace's messages "
+            "and image links",
+            MARKET_KEY_ENV,
+        )
+    settings = parse_settings(
+        MarketplaceSettings,
+        argv,
+        env,
+        prog="python -m marketplace.service",
+        description=DESCRIPTION,
+    )
+    log.info(
+        "marketplace public key %s (the clinic's CRYPTO_DOCTOR_MARKET_PUBLIC_KEY); clinic at %s",
+        settings.market_public_key,
+        settings.patient_base_url,
+    )
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
     return 0
 

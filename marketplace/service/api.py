@@ -17,7 +17,7 @@ from aiohttp import web
 from infra.web import ApiError, in_session
 from marketplace import doctors, review
 from marketplace.image_links import sign_image_url
-from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
+from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, utcnow
 
 routes = web.RouteTableDef()
 _CASE_ID = re.compile(r"[0-9a-f]{32}")
@@ -130,7 +130,7 @@ async def claims(request: web.Request) -> web.Response:
 def _image_url(request: web.Request, case_id: str, doctor_id: str) -> str:
     settings = request.app[SETTINGS]
     return sign_image_url(
-        settings.image_link_secret,
+        settings.signing_key,
         settings.patient_base_url,
         case_id,
         doctor_id,
@@ -153,13 +153,15 @@ async def claim(request: web.Request) -> web.Response:
         now=utcnow(),
         policy=app[SETTINGS].policy,
     )
+    app[COURIER].wake()  # the clinic learns of the seat (seat.granted) now, not at the next poll
     body = as_json(card) | {"image_url": _image_url(request, case_id, doctor_id)}
     return web.json_response(body, status=201)
 
 
 @routes.get("/api/cases/{case_id}/image-link")
 async def image_link(request: web.Request) -> web.Response:
-    """A short-lived signed link to the image at party 0, only for panel members."""
+    """A short-lived link to the image at the clinic, signed with the marketplace's key, only
+    for panel members (the clinic checks it with the marketplace's public key)."""
     doctor_id = await current_doctor(request)
     case_id = case_id_of(request)
     app = request.app
@@ -203,4 +205,5 @@ async def decision(request: web.Request) -> web.Response:
         now=utcnow(),
         policy=app[SETTINGS].policy,
     )
+    app[COURIER].wake()  # the vote may have settled the case (case.settled for the clinic)
     return web.json_response(as_json(receipt), status=201)

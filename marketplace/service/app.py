@@ -1,15 +1,17 @@
-"""App factory of the doctor service: database, worker threads and escalation via cleanup_ctx."""
+"""App factory of the marketplace service: its store, worker threads, escalation, and the message
+link with the clinic (inbox route and courier), started and stopped via cleanup_ctx."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy import Engine
 
 from infra.openapi import add_openapi_route, load_spec
 from infra.web import error_middleware, in_session, run_blocking
@@ -18,6 +20,7 @@ from marketplace.service.api import routes as api_routes
 from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
 from marketplace.service.csv_stream import routes as csv_routes
 from marketplace.service.errors import STATUS
+from marketplace.service.mail import install as install_mail
 from marketplace.service.metrics import install as install_metrics
 from marketplace.service.page import add_page
 from marketplace.service.settings import MarketplaceSettings
@@ -29,16 +32,18 @@ log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    executor = ThreadPoolExecutor(max_workers=settings.db_workers, thread_name_prefix="db")
-    await run_blocking(executor, migrate, settings.db_url)
-    engine = make_engine(settings.db_url)
-    app[EXECUTOR] = executor
-    app[SESSIONS] = make_sessionmaker(engine)
-    yield
-    executor.shutdown(wait=True)
-    engine.dispose()
+def _database(engine: Engine) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Migrate the store before serving; shut the pool and the engine down after."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await run_blocking(app[EXECUTOR], migrate, app[SETTINGS].db_url)
+            yield
+        finally:
+            app[EXECUTOR].shutdown(wait=True)
+            engine.dispose()
+
+    return ctx
 
 
 async def _escalation(app: web.Application) -> AsyncIterator[None]:
@@ -76,13 +81,18 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def create_app(settings: MarketplaceSettings) -> web.Application:
-    """The doctor service on :8081: JSON API, ``POST /decision``, ``/decisions.csv``, web page,
-    ``/metrics`` and ``/openapi.json``."""
+    """The marketplace on :8081: doctors' JSON API, ``POST /decision``, ``/decisions.csv``, web
+    page, ``POST /messages`` (the clinic's inbox) and its courier, ``/metrics``, ``/openapi.json``."""
     app = web.Application(middlewares=[error_middleware(STATUS)], client_max_size=64 * 1024)
     app[SETTINGS] = settings
+    # No connection is made until the app starts (the database context migrates first).
+    engine = make_engine(settings.db_url)
+    app[SESSIONS] = make_sessionmaker(engine)
+    app[EXECUTOR] = ThreadPoolExecutor(max_workers=settings.db_workers, thread_name_prefix="db")
     app.on_response_prepare.append(_security_headers)
-    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_database(engine))
     app.cleanup_ctx.append(_escalation)
+    install_mail(app)
     install_metrics(app)
     app.add_routes(api_routes)
     app.add_routes(csv_routes)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from sqlalchemy.orm import sessionmaker
 
+from infra.courier import Courier
 from marketplace.service.settings import MarketplaceSettings
 
 SETTINGS = web.AppKey("settings", MarketplaceSettings)
@@ -18,6 +19,8 @@ SETTINGS = web.AppKey("settings", MarketplaceSettings)
 #: (``infra.web.in_session(app[EXECUTOR], app[SESSIONS], fn, ...)``), off the event loop.
 SESSIONS = web.AppKey("sessions", sessionmaker)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+#: Delivers the outbox to the clinic; ``wake()`` it after a commit that posted a message.
+COURIER = web.AppKey("courier", Courier)
 
 
 def utcnow() -> datetime:

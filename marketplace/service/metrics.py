@@ -1,6 +1,6 @@
 """``GET /metrics`` of the doctor service (Prometheus text, loopback or operator token).
 
-Market totals (cases by status, settlements, votes) are read from the database, so they are
+Market totals (cases by status, settlements, votes, undelivered messages) are read from the database, so they are
 right whichever process settled a case and survive restarts; a background task reads them
 every ``metrics_interval_s`` in the DB pool, so a scrape never waits on the database. Request
 latency is measured in this process.
@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from infra.metrics import LATENCY_BUCKETS, add_metrics_route
 from infra.web import Handler, in_session
 from marketplace import review
-from marketplace.domain.status import CaseStatus
+from marketplace.domain.status import MARKET_STATUSES, CaseStatus
 from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,14 @@ class MarketCollector:
         cases = GaugeMetricFamily(
             "crypto_doctor_cases", "Cases by status, from the database", labels=["status"]
         )
-        for status in CaseStatus:
+        for status in MARKET_STATUSES:
             cases.add_metric([status.value], counts.cases.get(status, 0))
         yield cases
+        yield GaugeMetricFamily(
+            "crypto_doctor_outbox_undelivered",
+            "Messages for the clinic not yet delivered (grows while it is unreachable)",
+            value=counts.undelivered,
+        )
         yield CounterMetricFamily(
             "crypto_doctor_settlements",
             "Cases settled by their panel (diagnosis recorded, bounty paid out)",

@@ -11,8 +11,12 @@ from aiohttp import web
 
 
 @contextmanager
-def serve(app: web.Application, timeout: float = 30.0) -> Iterator[str]:
-    """Start ``app`` (running its cleanup_ctx), yield its base URL, then shut it down."""
+def serve(app: web.Application, timeout: float = 30.0, port: int = 0) -> Iterator[str]:
+    """Start ``app`` (running its cleanup_ctx), yield its base URL, then shut it down.
+
+    ``port`` 0 takes an ephemeral port; a given port lets a test stop a service and start
+    it again where its peers expect it.
+    """
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     started = threading.Event()
@@ -21,10 +25,10 @@ def serve(app: web.Application, timeout: float = 30.0) -> Iterator[str]:
 
     async def start() -> None:
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        base.append(f"http://127.0.0.1:{port}")
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        base.append(f"http://127.0.0.1:{bound}")
 
     def run() -> None:
         asyncio.set_event_loop(loop)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,21 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from marketplace import cases, ledger
+from infra.messaging import generate_key, public_key
+from infra.net import free_port
+from marketplace import ledger
 from marketplace.domain.consensus import verify_receipt
 from marketplace.domain.ledger import doctor_account, escrow_account
 from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import price_bounty
 from marketplace.image_links import verify_image_signature
 from marketplace.service import MarketplaceSettings, create_app
-from tests.marketplace.flows import open_case
-from tests.marketplace.helpers import token_hash
+from tests.marketplace.clinic import sealed_case_opened
+from tests.marketplace.flows import case_opened, open_case, to_clinic
 from tests.marketplace.servers import serve
 
-SECRET = b"test-image-link-secret"
+MARKET_KEY = generate_key()
+CLINIC_KEY = generate_key()
 FAKE = "0123456789abcdef" * 2
 
 
@@ -53,7 +55,8 @@ class Service:
 def _settings(db_url: str, **kw) -> MarketplaceSettings:
     return MarketplaceSettings(
         db_url=db_url,
-        image_link_secret=SECRET,
+        signing_key=MARKET_KEY,
+        clinic_public_key=public_key(CLINIC_KEY),
         patient_base_url="http://127.0.0.1:9",
         csv_poll_interval_s=0.05,
         **kw,
@@ -119,8 +122,12 @@ def test_three_doctor_panel_over_http(service: Service, session) -> None:
         link = urlsplit(r.json()["image_url"])
         q = {k: v[0] for k, v in parse_qs(link.query).items()}
         assert link.path == f"/image/{case_id}" and q["doctor"] == doctor_id
+        # The clinic checks the link with the marketplace's public key; no secret is shared.
         assert verify_image_signature(
-            SECRET, case_id, doctor_id, q["expires"], q["sig"], time.time()
+            public_key(MARKET_KEY), case_id, doctor_id, q["expires"], q["sig"], time.time()
+        )
+        assert not verify_image_signature(
+            public_key(CLINIC_KEY), case_id, doctor_id, q["expires"], q["sig"], time.time()
         )
 
     notes = ["first-secret-note", "second-secret-note"]
@@ -133,17 +140,21 @@ def test_three_doctor_panel_over_http(service: Service, session) -> None:
         receipts.append(r.json()["receipt"])
     # Before settlement no endpoint shows any vote, note, salt or tally to anyone.
     _assert_sealed(service, tokens, case_id, notes)
-    patient = cases.patient_view(session, case_id, token_hash("patient"))
-    assert patient.status == "under_review" and patient.diagnosis is None
-    assert "vote" not in json.dumps(patient.to_json())
+    # The clinic has heard of the three seats, and of nothing a vote did.
+    told = to_clinic(session)
+    assert [(m["type"], m["doctor_id"]) for m in told] == [("seat.granted", d) for d in ids]
+    assert not any(secret in json.dumps(told) for secret in (*notes, "tumor", "label"))
 
     r = service.call("POST", "/decision", tokens[2], json={"case_id": case_id, "label": "tumor"})
     assert r.status_code == 201
     receipts.append(r.json()["receipt"])
 
-    patient = cases.patient_view(session, case_id, token_hash("patient"))
-    assert patient.diagnosis is not None
-    assert patient.diagnosis.label == "tumor" and patient.diagnosis.reviewers == 3
+    (settled,) = to_clinic(session, "case.settled")  # the patient's diagnosis, posted once
+    assert (settled["case_id"], settled["diagnosis"], settled["reviewers"]) == (
+        case_id,
+        "tumor",
+        3,
+    )
     balances = [service.call("GET", "/api/me", t).json()["balance"] for t in tokens]
     assert sum(balances) == price_bounty(0.95)
     assert ledger.balance(session, escrow_account(case_id)) == 0
@@ -286,14 +297,40 @@ def test_decisions_csv_streams_rows_as_cases_settle(service: Service, session) -
     assert case_id not in snapshot
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any CRYPTO_DOCTOR_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_DOCTOR_")}
+    return env | extra
 
 
-def test_cli_and_standalone_service(db_url) -> None:
-    env = dict(os.environ, CRYPTO_DOCTOR_DB_URL=db_url, CRYPTO_DOCTOR_LINK_SECRET_HEX="ab" * 32)
+def test_help_lists_the_flags_and_no_secret() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "marketplace.service", "--help"],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for flag in (
+        "--db-url",
+        "--host",
+        "--port",
+        "--patient-base-url",
+        "--clinic-public-key",
+        "--image-link-ttl-s",
+        "--courier-max-backoff-s",
+    ):
+        assert flag in out, flag
+    assert "CRYPTO_DOCTOR_MARKET_KEY" in out  # named, as environment only
+    assert "--market-key" not in out and "--signing-key" not in out
+    assert "--link-secret" not in out and "LINK_SECRET" not in out
+
+
+def test_cli_and_standalone_service(db_url, session) -> None:
+    """``python -m marketplace.service`` as the supervisor starts it: flags, the key by env;
+    it takes the clinic's signed case and signs the doctor's image link with its key."""
+    env = _clean_env(CRYPTO_DOCTOR_DB_URL=db_url)
     out = subprocess.run(
         [
             sys.executable,
@@ -314,22 +351,23 @@ def test_cli_and_standalone_service(db_url) -> None:
         check=True,
     )
     created = json.loads(out.stdout)
-    port = _free_port()
+    port = free_port()
+    clinic_url = f"http://127.0.0.1:{free_port()}"
+    argv = ["--db-url", db_url, "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--patient-base-url", clinic_url, "--clinic-public-key", public_key(CLINIC_KEY)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "marketplace.service", "--port", str(port), "--db-url", db_url],
-        env=env,
+        [sys.executable, "-m", "marketplace.service", *argv],
+        env=_clean_env(CRYPTO_DOCTOR_MARKET_KEY=MARKET_KEY),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {created['token']}"}
     try:
 
         def me():
             try:
-                r = requests.get(
-                    f"http://127.0.0.1:{port}/api/me",
-                    headers={"Authorization": f"Bearer {created['token']}"},
-                    timeout=2,
-                )
+                r = requests.get(f"{base}/api/me", headers=auth, timeout=2)
             except requests.ConnectionError:
                 assert proc.poll() is None, proc.stderr.read().decode()
                 return None
@@ -338,9 +376,31 @@ def test_cli_and_standalone_service(db_url) -> None:
         profile = _deadline_poll(me, timeout=60, interval=0.2)
         assert profile["doctor_id"] == created["doctor_id"]
         assert profile["display_name"] == "Dr CLI" and profile["tier"] == 1
+
+        message = case_opened(confidence=0.7)
+        r = requests.post(
+            f"{base}/messages", data=sealed_case_opened(message, CLINIC_KEY), timeout=10
+        )
+        assert r.json() == {"accepted": True}
+        r = requests.post(f"{base}/api/cases/{message.case_id}/claim", headers=auth, timeout=10)
+        assert r.status_code == 201, r.text
+        link = urlsplit(r.json()["image_url"])
+        q = {k: v[0] for k, v in parse_qs(link.query).items()}
+        assert f"{link.scheme}://{link.netloc}" == clinic_url
+        assert verify_image_signature(
+            public_key(MARKET_KEY),
+            message.case_id,
+            created["doctor_id"],
+            q["expires"],
+            q["sig"],
+            time.time(),
+        )
+        (seat,) = to_clinic(session, "seat.granted")  # queued: no clinic listens there
+        assert seat["doctor_id"] == created["doctor_id"]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    assert proc.returncode in (0, -15)
 
 
 def test_page_is_self_contained(service: Service) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from infra.messaging import generate_key, public_key
 from marketplace import doctors
 from marketplace.domain.consensus import PanelRule
 from marketplace.domain.policy import MarketPolicy
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-SECRET = b"browser-test-secret"
+MARKET_KEY = generate_key()
 SCREENSHOT = Path("/tmp/crypto-doctor-doctor-page.png")
 
 
@@ -43,13 +44,14 @@ def _png() -> bytes:
 
 
 def image_server(hits: list[str]) -> web.Application:
-    """Stands in for party 0's GET /image/{case_id}: real signature check, real PNG."""
+    """Stands in for the clinic's GET /image/{case_id}: it checks the link with the
+    marketplace's public key (real signature check) and serves a real PNG."""
     png = _png()
 
     async def image(request: web.Request) -> web.Response:
         q = request.query
         ok = verify_image_signature(
-            SECRET,
+            public_key(MARKET_KEY),
             request.match_info["case_id"],
             q.get("doctor", ""),
             q.get("expires", ""),
@@ -117,7 +119,7 @@ def test_doctor_signs_in_claims_views_and_decides(browser, tmp_path) -> None:
     wait = WebDriverWait(browser, 20)
     with serve(image_server(hits)) as image_url:
         settings = MarketplaceSettings(
-            db_url=db_url, image_link_secret=SECRET, patient_base_url=image_url, policy=policy
+            db_url=db_url, signing_key=MARKET_KEY, patient_base_url=image_url, policy=policy
         )
         with serve(create_app(settings)) as url:
             browser.get(url + "/")

@@ -9,6 +9,7 @@ import requests
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from infra.messaging import generate_key
 from infra.openapi import load_spec, served_routes, undocumented_routes
 from marketplace.service import MarketplaceSettings, create_app
 from marketplace.service.app import OPENAPI_PATH
@@ -16,11 +17,11 @@ from tests.marketplace.flows import make_doctors, open_case
 from tests.marketplace.servers import serve
 from tests.marketplace.test_review import _panel
 
-SECRET = b"test-image-link-secret"
+MARKET_KEY = generate_key()
 
 
 def _settings(db_url: str = "sqlite://", **kw) -> MarketplaceSettings:
-    return MarketplaceSettings(db_url=db_url, image_link_secret=SECRET, **kw)
+    return MarketplaceSettings(db_url=db_url, signing_key=MARKET_KEY, **kw)
 
 
 def test_openapi_document_describes_exactly_the_served_routes(db_url) -> None:
@@ -47,7 +48,7 @@ def test_metrics_count_settlements_votes_and_requests(db_url, session) -> None:
         assert _sample(first.text, "crypto_doctor_settlements_total") == 0
         assert _sample(first.text, 'crypto_doctor_cases{status="open"}') == 0
 
-        case_id = open_case(session)  # settled by another process's writes: same database
+        case_id = open_case(session)  # settled by another session's writes: same database
         _panel(session, case_id, make_doctors(session, 3), ["tumor"] * 3)
         open_case(session)
         assert requests.get(f"{url}/api/pool", timeout=10).status_code == 401
@@ -62,7 +63,8 @@ def test_metrics_count_settlements_votes_and_requests(db_url, session) -> None:
     assert _sample(text, "crypto_doctor_votes_total") == 3
     assert _sample(text, 'crypto_doctor_cases{status="settled"}') == 1
     assert _sample(text, 'crypto_doctor_cases{status="open"}') == 1
-    assert _sample(text, 'crypto_doctor_cases{status="queued"}') == 0
+    assert _sample(text, 'crypto_doctor_cases{status="queued"}') is None  # the clinic's status
+    assert _sample(text, "crypto_doctor_outbox_undelivered") == 4  # 3 seats, 1 diagnosis
     pool = 'crypto_doctor_http_request_duration_seconds_count{method="GET",route="/api/pool",status="401"}'
     assert _sample(text, pool) == 1
 

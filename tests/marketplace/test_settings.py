@@ -7,13 +7,16 @@ from datetime import timedelta
 
 import pytest
 
+from infra.messaging import generate_key, public_key
 from infra.settings import parse_settings, secrets_to_env, settings_to_argv
 from marketplace import doctors
 from marketplace.domain.policy import MarketPolicy
 from marketplace.service import MarketplaceSettings
 from marketplace.storage import make_engine, make_sessionmaker
 
-SECRET_ENV = {"CRYPTO_DOCTOR_LINK_SECRET_HEX": "00ff" * 8}
+MARKET_KEY = generate_key()
+CLINIC_PUBLIC = public_key(generate_key())
+SECRET_ENV = {"CRYPTO_DOCTOR_MARKET_KEY": MARKET_KEY}
 
 
 def test_every_documented_variable_reaches_its_setting() -> None:
@@ -22,6 +25,9 @@ def test_every_documented_variable_reaches_its_setting() -> None:
         "CRYPTO_DOCTOR_MARKETPLACE_HOST": "0.0.0.0",
         "CRYPTO_DOCTOR_MARKETPLACE_PORT": "9001",
         "CRYPTO_DOCTOR_PATIENT_BASE_URL": "http://10.0.0.1:8080",
+        "CRYPTO_DOCTOR_CLINIC_PUBLIC_KEY": CLINIC_PUBLIC,
+        "CRYPTO_DOCTOR_COURIER_POLL_S": "0.25",
+        "CRYPTO_DOCTOR_COURIER_MAX_BACKOFF_S": "7",
         "CRYPTO_DOCTOR_IMAGE_LINK_TTL_S": "60",
         "CRYPTO_DOCTOR_ESCALATION_INTERVAL_S": "5",
         "CRYPTO_DOCTOR_CSV_POLL_INTERVAL_S": "0.5",
@@ -43,7 +49,9 @@ def test_every_documented_variable_reaches_its_setting() -> None:
     }
     s = parse_settings(MarketplaceSettings, [], env)
     assert (s.db_url, s.host, s.port) == ("sqlite:////tmp/x.sqlite3", "0.0.0.0", 9001)
-    assert s.image_link_secret == bytes.fromhex("00ff" * 8)
+    assert s.signing_key == MARKET_KEY and s.market_public_key == public_key(MARKET_KEY)
+    assert s.clinic_public_key == CLINIC_PUBLIC
+    assert (s.courier_poll_s, s.courier_max_backoff_s) == (0.25, 7.0)
     assert (s.patient_base_url, s.image_link_ttl_s) == ("http://10.0.0.1:8080", 60)
     assert (s.escalation_interval_s, s.csv_poll_interval_s) == (5.0, 0.5)
     assert s.allow_registration is False and s.operator_token == "op-token"
@@ -78,27 +86,45 @@ def test_defaults_and_flags_over_environment() -> None:
 
 
 def test_secrets_come_only_from_the_environment() -> None:
-    for flag in ("--link-secret-hex", "--image-link-secret", "--operator-token"):
+    """The marketplace's private key and the operator token never go on a command line; the
+    clinic's public key is no secret and has a flag."""
+    for flag in ("--market-key", "--signing-key", "--operator-token", "--link-secret-hex"):
         with pytest.raises(SystemExit):
             parse_settings(MarketplaceSettings, [flag, "ab"], SECRET_ENV)
     env = SECRET_ENV | {"CRYPTO_DOCTOR_OPERATOR_TOKEN": "op-token"}
-    s = parse_settings(MarketplaceSettings, [], env)
-    assert "op-token" not in settings_to_argv(s) and "00ff" not in " ".join(settings_to_argv(s))
+    s = parse_settings(MarketplaceSettings, ["--clinic-public-key", CLINIC_PUBLIC], env)
+    argv = settings_to_argv(s)
+    assert "op-token" not in argv and MARKET_KEY not in " ".join(argv)
+    assert argv[argv.index("--clinic-public-key") + 1] == CLINIC_PUBLIC
     assert secrets_to_env(s) == env
+    assert MARKET_KEY not in repr(s) and "op-token" not in repr(s)
     rebuilt = parse_settings(MarketplaceSettings, settings_to_argv(s), secrets_to_env(s))
     assert rebuilt == s
 
 
 def test_bad_settings_are_refused_with_their_source(capsys) -> None:
     with pytest.raises(SystemExit):
-        parse_settings(MarketplaceSettings, [], {"CRYPTO_DOCTOR_LINK_SECRET_HEX": "zz"})
-    assert "CRYPTO_DOCTOR_LINK_SECRET_HEX" in capsys.readouterr().err
+        parse_settings(MarketplaceSettings, [], {"CRYPTO_DOCTOR_MARKET_KEY": "zz"})
+    assert "Ed25519" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse_settings(MarketplaceSettings, [], {})  # no image-link key at all
-    assert "image_link_secret must be set" in capsys.readouterr().err
+        parse_settings(MarketplaceSettings, [], {})  # no signing key at all
+    assert "CRYPTO_DOCTOR_MARKET_KEY" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_settings(MarketplaceSettings, ["--clinic-public-key", "ab" * 31], SECRET_ENV)
+    assert "public key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_settings(MarketplaceSettings, ["--quorum", "4"], SECRET_ENV)  # > panel size
     assert "quorum" in capsys.readouterr().err
+
+
+def test_no_setting_is_a_secret_shared_with_the_clinic() -> None:
+    """The image-link HMAC key is gone: the only keys are the market's own and the clinic's
+    public one."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(MarketplaceSettings)}
+    assert "image_link_secret" not in names
+    assert {"signing_key", "clinic_public_key"} <= names
 
 
 def test_doctors_cli_takes_the_database_from_flag_or_environment(
