@@ -36,13 +36,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     env = dict(os.environ if environ is None else environ)
-    if not env.get(MARKET_KEY_ENV):
+    random_key = not env.get(MARKET_KEY_ENV)
+    if random_key:
         env[MARKET_KEY_ENV] = generate_key()
-        log.warning(
-            "no %s: using a random key; the clinic will refuse this marketplace's messages "
-            "and image links",
-            MARKET_KEY_ENV,
-        )
     settings = parse_settings(
         MarketplaceSettings,
         argv,
@@ -50,6 +46,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         prog="python -m marketplace.service",
         description=DESCRIPTION,
     )
+    if random_key:
+        log.warning(
+            "no %s: using a random key; the clinic will refuse this marketplace's messages "
+            "and image links",
+            MARKET_KEY_ENV,
+        )
     log.info(
         "marketplace public key %s (the clinic's CRYPTO_DOCTOR_MARKET_PUBLIC_KEY); clinic at %s",
         settings.market_public_key,
