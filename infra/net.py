@@ -16,6 +16,8 @@ def is_loopback(address: str | None) -> bool:
     """True for 127.0.0.0/8 and ::1 (the operator's own host)."""
     if not address:
         return False
+    if address == "localhost":
+        return True
     import ipaddress
 
     try:

@@ -43,6 +43,9 @@ class PartyConfig:
     master_addr: str = "127.0.0.1"
     provider: str = "TFP"
     num_threads: int = 1
+    #: Network interface gloo binds and announces (the tunnel's between hosts, e.g. ``wg0``);
+    #: None: whatever the host name resolves to.
+    interface: str | None = None
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -71,6 +74,10 @@ def init_party(config: PartyConfig) -> ModuleType:
         RENDEZVOUS="env://",
         DISTRIBUTED_BACKEND="gloo",
     )
+    if config.interface:
+        # Each party announces the address it binds, so every party must pin it: otherwise
+        # the shares and CrypTen's seeds would go around the tunnel.
+        os.environ["GLOO_SOCKET_IFNAME"] = config.interface
     crypten.cfg.mpc.provider = config.provider
     crypten.init()
     return crypten
