@@ -23,7 +23,12 @@ setup(
             "static/*",
         ],
         "models": ["*.pth", "*.json"],
-        "predictor": ["*.yaml"],
+        "predictor": [
+            "*.yaml",
+            "clinic/migrations/*.py",
+            "clinic/migrations/*.mako",
+            "clinic/migrations/versions/*.py",
+        ],
     },
     # Runtime pins live in requirements.lock; crypten==0.4.1 is installed with --no-deps
     # because its metadata requires the deprecated "sklearn" package name.

@@ -4,7 +4,8 @@ Party 0 owns the queue (jobs are case ids whose images sit in its private store)
 batches what is waiting (up to ``max_batch`` images, waiting at most ``batch_wait_ms`` for
 company), announces each batch to party 1 over the MPC channel — the announcement carries
 only the batch size — and both parties then run the same encrypted forward pass. Only party 0
-learns the output, and writes the prediction to the case database.
+learns the output: it records the prediction in the clinic's store, whose outbox
+then tells the marketplace the case needs review.
 
 Every MPC call happens on this one thread, in the same order on both parties. A broken MPC
 channel (the peer died) cannot be repaired inside a process — gloo's group is gone — so the
@@ -25,12 +26,11 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from marketplace import cases
-from marketplace.domain.policy import MarketPolicy
 from models.checkpoint import file_sha256, load_checkpoint
 from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
 from models.mpc import PartyConfig, init_party
 from models.preprocessing import CLASS_NAMES, Preprocessing
+from predictor.clinic import cases
 from predictor.images import ImageStore
 from predictor.inference_queue import BatchQueue, ModelCard, QueueStatus
 from predictor.metrics import PatientSideMetrics
@@ -52,7 +52,6 @@ class PatientSideEngine:
         max_batch: int,
         batch_wait_ms: float,
         heartbeat_s: float,
-        policy: MarketPolicy,
         metrics: PatientSideMetrics,
         on_recorded: Callable[[list[str]], None],
         on_exit: Callable[[BaseException | None], None],
@@ -63,7 +62,6 @@ class PatientSideEngine:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.heartbeat_s = heartbeat_s
-        self.policy = policy
         self.metrics = metrics
         #: Called (on the MPC thread) with the ids of cases whose outcome was just recorded.
         self.on_recorded = on_recorded
@@ -185,7 +183,6 @@ class PatientSideEngine:
                     backbone=self._card.backbone,
                     model_sha256=self._card.sha256,
                     now=now,
-                    policy=self.policy,
                 )
         self._batches += 1
         self._images += len(ready)

@@ -38,13 +38,15 @@ def stop_process(child: subprocess.Popen, timeout: float = 15) -> None:
 
 
 @dataclass
-class OceanChild:
-    """One supervised process of the Ocean side and when it may next be (re)started."""
+class SupervisedChild:
+    """A process restarted on its own when it dies (the marketplace, each Ocean piece)."""
 
     name: str
     argv: list[str]
     #: Where the child's stdout goes (None: the supervisor's own stdout).
     stdout_path: Path | None = None
+    #: The child's whole environment (None: inherit the supervisor's).
+    env: dict[str, str] | None = None
     process: subprocess.Popen | None = None
     not_before: float = 0.0
     starts: int = 0
@@ -57,11 +59,13 @@ class OceanChild:
         # Own process group: a child's own children (ganache under the chain wrapper) can be
         # cleaned up with it, even when the child itself was killed without warning.
         if self.stdout_path is None:
-            self.process = subprocess.Popen(self.argv, start_new_session=True)
+            self.process = subprocess.Popen(self.argv, start_new_session=True, env=self.env)
         else:
             self.stdout_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.stdout_path, "wb") as out:
-                self.process = subprocess.Popen(self.argv, stdout=out, start_new_session=True)
+                self.process = subprocess.Popen(
+                    self.argv, stdout=out, start_new_session=True, env=self.env
+                )
         self.starts += 1
         self.not_before = time.monotonic() + OCEAN_RESTART_DELAY_S
         log.info("%s started (pid %d)", self.name, self.process.pid)
@@ -93,7 +97,9 @@ class OceanSide:
     """Chain -> deployment -> publisher + download service, as a small state machine."""
 
     settings: PredictorSettings
-    children: dict[str, OceanChild] = field(default_factory=dict)
+    #: The environment every Ocean child gets (the marketplace operator's variables only).
+    env: dict[str, str] | None = None
+    children: dict[str, SupervisedChild] = field(default_factory=dict)
     deployed: bool = False
 
     def __post_init__(self) -> None:
@@ -103,27 +109,29 @@ class OceanSide:
             "--data-dir", str(s.ocean_data_dir),
             "--address-file", str(s.ocean_address_file),
             "--service-url", s.ocean_service_url,
-            "--db-url", s.db_url,
+            "--db-url", s.market_db_url,
         ]  # fmt: skip
         if s.ocean_k:
             common += ["--k", str(s.ocean_k)]
         py = sys.executable
         if not s.ocean_rpc_url:
-            self.children["chain"] = OceanChild(
+            self.children["chain"] = SupervisedChild(
                 "chain",
                 [py, "-m", "marketplace.ocean.node", "--port", str(s.chain_port),
                  "--data-dir", str(s.ocean_data_dir)],
+                env=self.env,
             )  # fmt: skip
         if s.ocean_deploy:
             # Its JSON summary (addresses, gas) goes to a file, not into the service log.
-            self.children["deploy"] = OceanChild(
+            self.children["deploy"] = SupervisedChild(
                 "deploy",
                 [py, "-m", "marketplace.ocean.deploy", *common],
                 s.ocean_data_dir / "deploy.json",
+                env=self.env,
             )
         else:
             self.deployed = True
-        self.children["publisher"] = OceanChild(
+        self.children["publisher"] = SupervisedChild(
             "publisher",
             [
                 py,
@@ -135,11 +143,13 @@ class OceanSide:
                 str(s.publish_metrics_port),
                 *common,
             ],
+            env=self.env,
         )
-        self.children["download service"] = OceanChild(
+        self.children["download service"] = SupervisedChild(
             "download service",
             [py, "-m", "marketplace.ocean.serve", "--host", s.host, "--port", str(s.ocean_port),
              *common],
+            env=self.env,
         )  # fmt: skip
 
     def _chain_ready(self) -> bool:

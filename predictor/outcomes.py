@@ -7,12 +7,18 @@ Lives on the event loop; the thread that records predictions reaches it only thr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class OutcomeWaiters:
     def __init__(self) -> None:
         self._waiting: dict[str, tuple[asyncio.Event, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_notify(self, listener: Callable[[], None]) -> None:
+        """Also call ``listener`` on the loop whenever outcomes are recorded (e.g. the courier)."""
+        self._listeners.append(listener)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the event loop the waiting handlers run on."""
@@ -36,6 +42,8 @@ class OutcomeWaiters:
             self._loop.call_soon_threadsafe(self._notify, case_ids)
 
     def _notify(self, case_ids: list[str]) -> None:
+        for listener in self._listeners:
+            listener()
         for case_id in case_ids:
             if case_id in self._waiting:
                 self._waiting[case_id][0].set()

@@ -14,8 +14,8 @@ from typing import IO, Any
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
-from marketplace.storage import make_engine, make_sessionmaker, migrate
 from models.mpc import DEALER_RANK, PartyConfig, run_dealer
+from predictor.clinic.store import clinic_sessions
 from predictor.engine import ModelSideEngine, PatientSideEngine
 from predictor.images import ImageStore
 from predictor.metrics import PatientSideMetrics
@@ -43,28 +43,14 @@ def _party_config(settings: PredictorSettings, rank: int) -> PartyConfig:
         master_addr=settings.master_addr,
         provider=settings.provider,
         num_threads=settings.num_threads,
+        interface=settings.mpc_interface or None,
     )
 
 
-def doctor_app(settings: PredictorSettings) -> web.Application:
-    """The marketplace's doctor service, hosted by party 1, with the predictor's settings."""
-    from marketplace.service import MarketplaceSettings, create_app
-
-    return create_app(
-        MarketplaceSettings(
-            db_url=settings.db_url,
-            host=settings.host,
-            port=settings.doctor_port,
-            image_link_secret=settings.link_secret,
-            patient_base_url=settings.resolved_patient_url,
-            image_link_ttl_s=settings.link_ttl_s,
-            policy=settings.policy,
-            operator_token=settings.operator_token,
-        )
-    )
-
-
-async def _serve(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
+async def _serve(app: web.Application | None, host: str, port: int, stop: asyncio.Event) -> None:
+    if app is None:
+        await stop.wait()
+        return
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -89,9 +75,9 @@ def _control_audit(settings: PredictorSettings) -> Callable[[dict[str, Any]], No
 
 @dataclass(frozen=True)
 class PartyRole:
-    """What one party process serves over HTTP, and its MPC thread's start and stop."""
+    """What one party process serves over HTTP (party 1: nothing), and its MPC thread."""
 
-    app: web.Application
+    app: web.Application | None
     port: int
     start: Callable[[], None]
     stop: Callable[[], None]
@@ -104,7 +90,7 @@ def patient_side(
 ) -> PartyRole:
     """Party 0: the patient API over the MPC engine that holds the images."""
     metrics, waiters = PatientSideMetrics(), OutcomeWaiters()
-    images = ImageStore(settings.data_dir)
+    images = ImageStore(settings.resolved_data_dir)
     engine = PatientSideEngine(
         _party_config(settings, 0),
         sessions,
@@ -112,8 +98,6 @@ def patient_side(
         max_batch=settings.max_batch,
         batch_wait_ms=settings.batch_wait_ms,
         heartbeat_s=settings.heartbeat_s,
-        # Bounties are priced here (party 0) with the policy party 1's marketplace uses.
-        policy=settings.policy,
         metrics=metrics,
         on_recorded=waiters.notify_threadsafe,
         on_exit=on_exit,
@@ -125,14 +109,14 @@ def patient_side(
 def model_side(
     settings: PredictorSettings, on_exit: Callable[[BaseException | None], None]
 ) -> PartyRole:
-    """Party 1: the weights' MPC engine, and the marketplace's doctor service it hosts."""
+    """Party 1: the weights' MPC engine; it keeps no case data and serves no HTTP."""
     engine = ModelSideEngine(
         _party_config(settings, 1),
         settings.resolved_model_path,
         on_exit=on_exit,
         audit=_control_audit(settings),
     )
-    return PartyRole(doctor_app(settings), settings.doctor_port, engine.start, lambda: None)
+    return PartyRole(None, settings.doctor_port, engine.start, lambda: None)
 
 
 def run_party(settings: PredictorSettings) -> int:
@@ -143,11 +127,9 @@ def run_party(settings: PredictorSettings) -> int:
     if rank == DEALER_RANK:
         run_dealer(_party_config(settings, rank))
         return 0
-    if not settings.link_secret_hex:
-        log.error("both parties need the same CRYPTO_DOCTOR_LINK_SECRET_HEX")
+    if rank == 0 and not (settings.clinic_key and settings.market_public_key):
+        log.error("party 0 needs CRYPTO_DOCTOR_CLINIC_KEY and --market-public-key")
         return 2
-    migrate(settings.db_url)
-    sessions = make_sessionmaker(make_engine(settings.db_url))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     outcome: dict[str, BaseException | None] = {}
@@ -158,7 +140,11 @@ def run_party(settings: PredictorSettings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    role = patient_side(settings, sessions, on_exit) if rank == 0 else model_side(settings, on_exit)
+    role = (
+        patient_side(settings, clinic_sessions(settings.clinic_db_url), on_exit)
+        if rank == 0
+        else model_side(settings, on_exit)
+    )
     try:
         role.start()
         loop.run_until_complete(_serve(role.app, settings.host, role.port, stop))

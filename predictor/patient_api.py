@@ -19,12 +19,16 @@ from pathlib import Path
 from aiohttp import BodyPartReader, web
 from sqlalchemy.orm import Session, sessionmaker
 
+from infra.courier import Courier, add_inbox_route, courier_ctx
 from infra.metrics import add_metrics_route
 from infra.openapi import add_openapi_route, load_spec
 from infra.web import ApiError, error_middleware, run_blocking
 from marketplace.domain.status import CaseStatus
 from marketplace.errors import CaseNotFound, WrongPatientToken
 from marketplace.image_links import verify_image_signature
+from marketplace.messages import CLINIC, MARKETPLACE
+from predictor.clinic import cases
+from predictor.clinic.models import ClinicInbox, ClinicOutbox
 from predictor.images import ImageStore
 from predictor.inference_queue import InferenceQueue
 from predictor.metrics import PatientSideMetrics
@@ -44,6 +48,8 @@ from predictor.uploads import (
 routes = web.RouteTableDef()
 
 MAX_WAIT_S = 30.0
+#: How long an image request with a valid link waits for its seat.granted message to arrive.
+SEAT_WAIT_S = 5.0
 OPENAPI = Path(__file__).resolve().parent / "patient_openapi.yaml"
 
 #: The one place where the patient side's errors become HTTP statuses.
@@ -168,19 +174,36 @@ async def get_case(request: web.Request) -> web.Response:
 
 @routes.get("/image/{case_id}")
 async def get_image(request: web.Request) -> web.StreamResponse:
-    """A claimed case's image, for the doctor named in a link party 1 signed."""
+    """A case's image, for a doctor with a seat on its panel, via a link the marketplace signed.
+
+    The clinic checks the marketplace's signature with its public key (the marketplace holds
+    no secret of the clinic's), and serves only doctors whose seat the marketplace announced
+    in a ``seat.granted`` message, and only until the case settles.
+    """
     side = request.app[PATIENT_SIDE]
     case_id, query = request.match_info["case_id"], request.query
+    doctor_id = query.get("doctor", "")
     valid = verify_image_signature(
-        side.settings.link_secret,
+        side.settings.market_public_key,
         case_id,
-        query.get("doctor", ""),
+        doctor_id,
         query.get("expires", ""),
         query.get("sig", ""),
         time.time(),
     )
     if not valid:
         raise ApiError(403, "invalid_link", "the image link is invalid or has expired")
+    # A doctor who just claimed may arrive before the marketplace's seat.granted message:
+    # wait a little for it, rather than turning them away.
+    deadline = time.monotonic() + SEAT_WAIT_S
+    while not (
+        seated := await run_blocking(side.executor, _may_view, side.sessions, case_id, doctor_id)
+    ):
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    if not seated:
+        raise ApiError(403, "no_seat", "this doctor holds no seat on this unsettled case")
     found = side.images.find(case_id)
     if found is None:
         raise ApiError(404, "image_not_found", "no image for this case")
@@ -188,6 +211,11 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(
         path, headers={"Content-Type": content_type, "Cache-Control": "private, no-store"}
     )
+
+
+def _may_view(sessions: sessionmaker[Session], case_id: str, doctor_id: str) -> bool:
+    with sessions() as session:
+        return cases.may_view_image(session, case_id, doctor_id)
 
 
 @routes.get("/healthz")
@@ -242,6 +270,25 @@ def create_patient_app(
         settings, sessions, images, queue, ThreadPoolExecutor(4, "db"), waiters, metrics
     )
     app[PATIENT_SIDE] = side
+    # Messages: case.opened out to the marketplace; seats and diagnoses in from it.
+    courier = Courier(
+        me=CLINIC,
+        private_hex=settings.clinic_key,
+        destinations={MARKETPLACE: settings.resolved_marketplace_url},
+        sessions=sessions,
+        outbox_cls=ClinicOutbox,
+        executor=side.executor,
+    )
+    waiters.on_notify(courier.wake)
+    add_inbox_route(
+        app,
+        me=CLINIC,
+        peers={MARKETPLACE: settings.market_public_key},
+        sessions=sessions,
+        inbox_cls=ClinicInbox,
+        executor=side.executor,
+        handlers=cases.HANDLERS,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         waiters.attach(asyncio.get_running_loop())
@@ -249,6 +296,7 @@ def create_patient_app(
         side.executor.shutdown(wait=True)
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(courier_ctx(courier))
     app.add_routes(routes)
     metrics.party_restarts.set(settings.restarts)
     add_metrics_route(

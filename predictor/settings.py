@@ -6,16 +6,19 @@ supervisor hands it to each party process as flags, and its secrets as environme
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from infra.settings import DEFAULT_DB_URL, flag, parse_settings
+from infra.messaging import generate_key, public_key
+from infra.net import is_loopback
+from infra.settings import flag, parse_settings
 from marketplace.domain.policy import MarketPolicy
 from marketplace.service.settings import POLICY_FLAGS
+from marketplace.storage import DEFAULT_MARKET_DB_URL
 from models.mpc import PROVIDERS
 from models.nets import BACKBONES
+from predictor.clinic.store import DEFAULT_CLINIC_DB_URL
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,15 @@ class PredictorSettings:
     model_path: Path | None = field(
         default=None, metadata=flag("checkpoint party 1 serves (default models/<backbone>.pth)")
     )
-    db_url: str = field(default=DEFAULT_DB_URL, metadata=flag("SQLAlchemy URL of the database"))
-    data_dir: Path = field(
-        default=Path("var/party0"), metadata=flag("party 0's private image folder")
+    clinic_db_url: str = field(
+        default=DEFAULT_CLINIC_DB_URL, metadata=flag("party 0's own store (SQLAlchemy URL)")
+    )
+    market_db_url: str = field(
+        default=DEFAULT_MARKET_DB_URL,
+        metadata=flag("the marketplace's own store (the supervisor hands it to it alone)"),
+    )
+    data_dir: Path | None = field(
+        default=None, metadata=flag("party 0's private image folder (default var/party0)")
     )
     rank: int | None = field(
         default=None,
@@ -42,6 +51,13 @@ class PredictorSettings:
         default="127.0.0.1", metadata=flag("address of party 0's torch.distributed rendezvous")
     )
     master_port: int = field(default=29500, metadata=flag("port of the rendezvous"))
+    mpc_interface: str = field(
+        default="",
+        metadata=flag(
+            "network interface of the MPC link (the tunnel's, e.g. wg0); required when "
+            "--master-addr is not a loopback address"
+        ),
+    )
     provider: str = field(
         default="TFP", metadata=flag("Beaver-triple provider: TFP (party 0) or TTP (dealer)")
     )
@@ -51,9 +67,17 @@ class PredictorSettings:
     )
     max_upload_bytes: int = field(default=10 * 1024 * 1024, metadata=flag("largest upload"))
     max_image_pixels: int = field(default=40_000_000, metadata=flag("most pixels per image"))
-    link_secret_hex: str = field(
-        default="",
-        metadata=flag("HMAC key of doctors' image links, shared by the parties", secret=True),
+    clinic_key: str = field(
+        default="", metadata=flag("the clinic's Ed25519 private key (hex)", secret=True)
+    )
+    market_key: str = field(
+        default="", metadata=flag("the marketplace's Ed25519 private key (hex)", secret=True)
+    )
+    market_public_key: str = field(
+        default="", metadata=flag("the marketplace's public key: party 0 checks its messages")
+    )
+    marketplace_url: str = field(
+        default="", metadata=flag("where party 0 sends messages (default the doctor port here)")
     )
     link_ttl_s: int = field(default=600, metadata=flag("seconds a doctor's image link lives"))
     num_threads: int = field(default=1, metadata=flag("torch threads per party"))
@@ -104,12 +128,20 @@ class PredictorSettings:
             raise ValueError("max_batch must be between 1 and 64")
         if self.ocean_k < 0 or self.publish_every_s <= 0:
             raise ValueError("ocean_k must be >= 0 and publish_every_s positive")
+        if self.rank is not None and not self.mpc_interface and not is_loopback(self.master_addr):
+            raise ValueError(
+                "the MPC link between hosts must run inside a tunnel: give --mpc-interface "
+                "(e.g. wg0, see docs/mpc-link.md)"
+            )
         if self.link_ttl_s <= 0:
             raise ValueError("link_ttl_s must be positive")
-        try:
-            bytes.fromhex(self.link_secret_hex)
-        except ValueError as exc:
-            raise ValueError("CRYPTO_DOCTOR_LINK_SECRET_HEX must be hex") from exc
+        for name in ("clinic_key", "market_key", "market_public_key"):
+            value = getattr(self, name)
+            try:
+                if value and len(bytes.fromhex(value)) != 32:
+                    raise ValueError
+            except ValueError as exc:
+                raise ValueError(f"{name} must be 32 bytes of hex") from exc
 
     @property
     def resolved_model_path(self) -> Path:
@@ -132,13 +164,22 @@ class PredictorSettings:
         return self.ocean_data_dir / "address.json"
 
     @property
-    def link_secret(self) -> bytes:
-        return bytes.fromhex(self.link_secret_hex)
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or Path("var/party0")
 
-    def with_link_secret(self) -> PredictorSettings:
-        """Same settings, with a fresh random link secret if none was configured."""
-        return (
-            self if self.link_secret_hex else replace(self, link_secret_hex=secrets.token_hex(32))
+    @property
+    def resolved_marketplace_url(self) -> str:
+        return self.marketplace_url or f"http://127.0.0.1:{self.doctor_port}"
+
+    def with_keys(self) -> PredictorSettings:
+        """Same settings, with fresh organisation keys where none were configured (one host)."""
+        clinic_key = self.clinic_key or generate_key()
+        market_key = self.market_key or generate_key()
+        return replace(
+            self,
+            clinic_key=clinic_key,
+            market_key=market_key,
+            market_public_key=self.market_public_key or public_key(market_key),
         )
 
 

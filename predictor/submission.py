@@ -11,8 +11,8 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.tokens import hash_token, new_token
-from marketplace import cases
 from marketplace.domain.status import CaseStatus
+from predictor.clinic import cases
 from predictor.images import ImageStore
 from predictor.inference_queue import InferenceQueue
 from predictor.uploads import AcceptedImage

@@ -150,7 +150,8 @@ def bench_service(
         run_dir = Path(tempfile.mkdtemp(dir=workdir))
         argv = [
             sys.executable, "-m", "predictor", "--patient-port", str(port), "--doctor-port", str(free_port()),
-            "--db-url", f"sqlite:///{run_dir / 'db.sqlite3'}", "--data-dir", str(run_dir / "party0"),
+            "--market-db-url", f"sqlite:///{run_dir / 'market.sqlite3'}",
+            "--clinic-db-url", f"sqlite:///{run_dir / 'clinic.sqlite3'}", "--data-dir", str(run_dir / "party0"),
             "--max-batch", str(max_batch), "--batch-wait-ms", "5", "--no-ocean",
         ]  # fmt: skip
         with open(run_dir / "log", "wb") as log:

@@ -17,7 +17,7 @@ PACKAGES = ("infra", "models", "training", "predictor", "marketplace")
 ALLOWED = {
     "infra": ("infra",),
     "marketplace.domain": ("marketplace.domain",),
-    "marketplace.storage": ("marketplace.storage", "marketplace.domain"),
+    "marketplace.storage": ("marketplace.storage", "marketplace.domain", "infra"),
     "marketplace": ("marketplace", "infra"),
     "models": ("models", "infra"),
     "training": ("training", "models", "infra"),

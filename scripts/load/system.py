@@ -34,7 +34,7 @@ class System:
 
     def __post_init__(self) -> None:
         self.ports = {name: free_port() for name in ("patient", "doctor", "chain", "ocean")}
-        self.db_url = self.db_url or f"sqlite:///{self.work / 'crypto-doctor.sqlite3'}"
+        self.db_url = self.db_url or f"sqlite:///{self.work / 'market.sqlite3'}"
         self.log_path = self.work / "system.log"
 
     patient_url = property(lambda self: f"http://127.0.0.1:{self.ports['patient']}")
@@ -47,7 +47,8 @@ class System:
             sys.executable, "-m", "predictor",
             "--patient-port", str(self.ports["patient"]), "--doctor-port", str(self.ports["doctor"]),
             "--chain-port", str(self.ports["chain"]), "--ocean-port", str(self.ports["ocean"]),
-            "--db-url", self.db_url, "--data-dir", str(self.work / "party0"),
+            "--market-db-url", self.db_url, "--data-dir", str(self.work / "party0"),
+            "--clinic-db-url", f"sqlite:///{self.work / 'party0' / 'clinic.sqlite3'}",
             "--ocean-data-dir", str(self.ocean_dir), "--model-path", str(self.model),
             "--publish-every-s", str(self.publish_every_s), "--batch-wait-ms", "20",
         ]  # fmt: skip

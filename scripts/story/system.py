@@ -17,7 +17,7 @@ class System:
     def __init__(self, work: Path, model: Path) -> None:
         self.work = work
         self.ports = {name: free_port() for name in ("patient", "doctor", "chain", "ocean")}
-        self.db_url = f"sqlite:///{work / 'crypto-doctor.sqlite3'}"
+        self.db_url = f"sqlite:///{work / 'market.sqlite3'}"
         self.ocean_dir = work / "ocean"
         self.patient_url = f"http://127.0.0.1:{self.ports['patient']}"
         self.doctor_url = f"http://127.0.0.1:{self.ports['doctor']}"
@@ -28,7 +28,8 @@ class System:
             PY, "-m", "predictor",
             "--patient-port", str(self.ports["patient"]), "--doctor-port", str(self.ports["doctor"]),
             "--chain-port", str(self.ports["chain"]), "--ocean-port", str(self.ports["ocean"]),
-            "--db-url", self.db_url, "--data-dir", str(work / "party0"),
+            "--market-db-url", self.db_url, "--data-dir", str(work / "party0"),
+            "--clinic-db-url", f"sqlite:///{work / 'party0' / 'clinic.sqlite3'}",
             "--ocean-data-dir", str(self.ocean_dir), "--model-path", str(model),
             "--publish-every-s", "2",
         ]  # fmt: skip

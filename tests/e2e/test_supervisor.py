@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ocean_switches_round_trip_through_child_argv_and_env() -> None:
-    settings = PredictorSettings(ocean=False, ocean_deploy=False, ocean_k=3).with_link_secret()
+    settings = PredictorSettings(ocean=False, ocean_deploy=False, ocean_k=3).with_keys()
     assert parse_settings(settings_to_argv(settings), secrets_to_env(settings)) == settings
     from_env = parse_settings([], {"CRYPTO_DOCTOR_OCEAN": "0", "CRYPTO_DOCTOR_OCEAN_PORT": "9"})
     assert (from_env.ocean, from_env.ocean_port, from_env.ocean_deploy) == (False, 9, True)
@@ -65,7 +65,8 @@ class Run:
             sys.executable, "-m", "predictor",
             "--patient-port", str(self.ports["patient"]), "--doctor-port", str(self.ports["doctor"]),
             "--chain-port", str(self.ports["chain"]), "--ocean-port", str(self.ports["ocean"]),
-            "--db-url", f"sqlite:///{work / 'db.sqlite3'}", "--data-dir", str(work / "party0"),
+            "--market-db-url", f"sqlite:///{work / 'market.sqlite3'}",
+            "--clinic-db-url", f"sqlite:///{work / 'clinic.sqlite3'}", "--data-dir", str(work / "party0"),
             "--ocean-data-dir", str(work / "ocean"), "--publish-every-s", "1",
         ]  # fmt: skip
         model = ROOT / "models" / "lenet.pth"

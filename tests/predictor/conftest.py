@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.messaging import generate_key
 from infra.net import free_port
 from training.synthetic import generate_dataset
 
@@ -58,11 +59,13 @@ class Service:
     log_path: Path
     patient_url: str
     doctor_url: str
-    db_url: str
-    db_path: Path
+    clinic_db_path: Path
+    market_db_path: Path
     data_dir: Path
     control_log: Path
-    link_secret: bytes
+    #: The marketplace's signing key (the test plays the marketplace when it signs links).
+    market_key: str
+    clinic_key: str
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -84,7 +87,11 @@ class Service:
             assert self.process.poll() is None, self.log()
             health = self.health()
             if health and health["mpc_ready"] and health["pid"] != not_pid:
-                return health
+                try:
+                    if http("GET", self.doctor_url + "/healthz")[0] == 200:
+                        return health
+                except OSError:
+                    pass  # the marketplace is still starting
             time.sleep(0.2)
         raise AssertionError("predictor did not become ready:\n" + self.log())
 
@@ -116,18 +123,17 @@ class Service:
 def service(tmp_path_factory) -> Service:
     assert SEED_MODEL.exists(), "the seed model models/lenet.pth is part of the repository"
     work = tmp_path_factory.mktemp("predictor")
-    secret = os.urandom(32)
-    db_path = work / "cases.sqlite3"
     svc = Service(
         process=None,  # type: ignore[arg-type]
         log_path=work / "predictor.log",
         patient_url="",
         doctor_url="",
-        db_url=f"sqlite:///{db_path}",
-        db_path=db_path,
+        clinic_db_path=work / "party0" / "clinic.sqlite3",
+        market_db_path=work / "marketplace" / "market.sqlite3",
         data_dir=work / "party0",
         control_log=work / "party1-control.jsonl",
-        link_secret=secret,
+        market_key=generate_key(),
+        clinic_key=generate_key(),
     )
     patient_port, doctor_port = free_port(), free_port()
     svc.patient_url = f"http://127.0.0.1:{patient_port}"
@@ -135,14 +141,20 @@ def service(tmp_path_factory) -> Service:
     argv = [
         sys.executable, "-m", "predictor",
         "--patient-port", str(patient_port), "--doctor-port", str(doctor_port),
-        "--db-url", svc.db_url, "--data-dir", str(svc.data_dir),
+        "--clinic-db-url", f"sqlite:///{svc.clinic_db_path}",
+        "--market-db-url", f"sqlite:///{svc.market_db_path}",
+        "--data-dir", str(svc.data_dir),
         "--model-path", str(SEED_MODEL),
         "--control-log", str(svc.control_log), "--batch-wait-ms", "50",
         "--max-upload-bytes", str(MAX_UPLOAD),
         "--no-ocean",  # these tests need no chain
     ]  # fmt: skip
     with open(svc.log_path, "wb") as log:
-        env = {**os.environ, "CRYPTO_DOCTOR_LINK_SECRET_HEX": secret.hex()}
+        env = {
+            **os.environ,
+            "CRYPTO_DOCTOR_MARKET_KEY": svc.market_key,
+            "CRYPTO_DOCTOR_CLINIC_KEY": svc.clinic_key,
+        }
         svc.process = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
         )

@@ -11,101 +11,42 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
-import torch
 
-from marketplace import cases
-from marketplace.domain.policy import MarketPolicy
-from marketplace.storage import make_engine, make_sessionmaker, migrate
-from models.checkpoint import load_checkpoint
-from models.preprocessing import CLASS_NAMES, Preprocessing
+from infra.messaging import generate_key, public_key
+from marketplace.storage import make_engine, make_sessionmaker
+from models.preprocessing import CLASS_NAMES
+from predictor.clinic.store import migrate_clinic
 from predictor.images import ImageStore
-from predictor.inference_queue import BatchQueue, ModelCard, QueueStatus
+from predictor.inference_queue import BatchQueue
 from predictor.metrics import PatientSideMetrics
 from predictor.outcomes import OutcomeWaiters
 from predictor.patient_api import create_patient_app
 from predictor.settings import PredictorSettings
 from tests.marketplace.servers import serve
-from tests.predictor.conftest import SEED_MODEL, multipart
-
-
-class PlaintextQueue:
-    """A real InferenceQueue without MPC: batches recorded with the plaintext seed model."""
-
-    def __init__(self, sessions, images: ImageStore, waiters: OutcomeWaiters) -> None:
-        self.sessions, self.images, self.waiters = sessions, images, waiters
-        self.jobs = BatchQueue()
-        self.batches: list[list[str]] = []
-        self.gate = threading.Event()  # cleared: the worker holds batches back
-        self.gate.set()
-        checkpoint = load_checkpoint(SEED_MODEL)
-        self.model, self.temperature = checkpoint.model().eval(), checkpoint.temperature
-        self.preprocessing = Preprocessing(checkpoint.architecture.image_size)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def submit(self, case_id: str) -> None:
-        self.jobs.submit(case_id)
-
-    def pending(self) -> int:
-        return self.jobs.pending()
-
-    def ready(self) -> bool:
-        return True
-
-    def status(self) -> QueueStatus:
-        images = sum(len(b) for b in self.batches)
-        return QueueStatus(
-            True, self.pending(), len(self.batches), images, ModelCard("lenet", "0" * 64)
-        )
-
-    def close(self) -> None:
-        self.gate.set()
-        self.jobs.close()
-        self.thread.join(10)
-
-    def _run(self) -> None:
-        while (batch := self.jobs.next_batch(8, 0.05, 0.5)) is not None:
-            if not batch:
-                continue
-            self.gate.wait()
-            tensors = [self.preprocessing.tensor_from_path(self.images.find(c)[0]) for c in batch]
-            with torch.no_grad():
-                logits = self.model(torch.stack(tensors))
-            diffs = (logits[:, 1] - logits[:, 0]) / self.temperature
-            with self.sessions() as session:
-                for case_id, diff in zip(batch, diffs.tolist(), strict=True):
-                    p_tumor = 1 / (1 + pow(2.718281828459045, -diff))
-                    label = int(p_tumor >= 0.5)
-                    cases.record_prediction(
-                        session,
-                        case_id,
-                        label=CLASS_NAMES[label],
-                        confidence=max(p_tumor, 1 - p_tumor),
-                        backbone="lenet",
-                        model_sha256="0" * 64,
-                        now=datetime.now(UTC),
-                        policy=MarketPolicy(),
-                    )
-            self.batches.append(batch)
-            self.jobs.done(batch)
-            self.waiters.notify_threadsafe(batch)
+from tests.predictor.conftest import multipart
+from tests.predictor.plaintext import PlaintextQueue
 
 
 @pytest.fixture
 def patient_app(tmp_path: Path, mri_images) -> Iterator[tuple[str, PlaintextQueue]]:
-    db_url = f"sqlite:///{tmp_path / 'cases.sqlite3'}"
-    migrate(db_url)
+    db_url = f"sqlite:///{tmp_path / 'clinic.sqlite3'}"
+    migrate_clinic(db_url)
     engine = make_engine(db_url)
     sessions = make_sessionmaker(engine)
     images = ImageStore(tmp_path / "party0")
     waiters = OutcomeWaiters()
     queue = PlaintextQueue(sessions, images, waiters)
-    settings = PredictorSettings(db_url=db_url, max_upload_bytes=1_000_000)
+    settings = PredictorSettings(
+        clinic_db_url=db_url,
+        max_upload_bytes=1_000_000,
+        clinic_key=generate_key(),
+        market_public_key=public_key(generate_key()),
+        marketplace_url="http://127.0.0.1:9",  # nobody: case.opened messages wait in the outbox
+    )
     app = create_patient_app(settings, sessions, images, queue, waiters, PatientSideMetrics())
     try:
         with serve(app) as url:
@@ -200,7 +141,9 @@ def test_every_route_is_in_the_openapi_document(patient_app):
     from predictor.patient_api import OPENAPI
 
     url, queue = patient_app
-    settings = PredictorSettings()
+    settings = PredictorSettings(
+        clinic_key=generate_key(), market_public_key=public_key(generate_key())
+    )
     app = create_patient_app(settings, None, None, queue, OutcomeWaiters(), PatientSideMetrics())
     assert undocumented_routes(app, load_spec(OPENAPI)) == set()
     served = requests.get(f"{url}/openapi.json", timeout=10).json()

@@ -9,12 +9,17 @@ import signal
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from infra.messaging import generate_key
+from marketplace import doctors
 from marketplace.image_links import sign_image_url
+from marketplace.storage import make_engine, make_sessionmaker
 from models.checkpoint import load_checkpoint
 from models.encrypted import Prediction
 from models.preprocessing import CLASS_NAMES, Preprocessing
@@ -30,8 +35,8 @@ def plaintext_prediction(image_bytes: bytes) -> Prediction:
 
 
 def stored_state(service) -> tuple[int, int]:
-    with sqlite3.connect(service.db_path) as db:
-        cases = db.execute("select count(*) from cases").fetchone()[0]
+    with sqlite3.connect(service.clinic_db_path) as db:
+        cases = db.execute("select count(*) from patient_cases").fetchone()[0]
     images = [p for p in (service.data_dir / "images").rglob("*") if p.is_file()]
     return cases, len(images)
 
@@ -94,24 +99,73 @@ def test_case_needs_its_own_patient_token(service, mri_images):
     )
 
 
-def test_image_is_served_only_by_party_0_behind_a_signed_link(service, mri_images):
+def register_doctor(service, name: str) -> str:
+    """A doctor whose reputation opens every bounty tier (as the marketplace's admin CLI makes)."""
+    engine = make_engine(f"sqlite:///{service.market_db_path}")
+    try:
+        with make_sessionmaker(engine)() as session:
+            _, token = doctors.create_doctor(
+                session,
+                display_name=name,
+                specialty="neuroradiology",
+                reputation=200,
+                now=datetime.now(UTC),
+            )
+    finally:
+        engine.dispose()
+    return token
+
+
+def doctor_call(service, method: str, path: str, token: str) -> tuple[int, dict]:
+    status, body, _ = http(
+        method, service.doctor_url + path, headers={"Authorization": f"Bearer {token}"}
+    )
+    return status, json.loads(body)
+
+
+def eventually(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
+def test_image_goes_only_to_a_seated_doctor_behind_the_marketplaces_signed_link(
+    service, mri_images
+):
     path = mri_images["no"][1]
     _, answer = service.post_image(path)
     case_id = answer["case_id"]
-    link = sign_image_url(service.link_secret, service.patient_url, case_id, "7", 60, time.time())
+    service.wait_prediction(case_id, answer["patient_token"])
+    token = register_doctor(service, "Dr Seated")
+    _, me = doctor_call(service, "GET", "/api/me", token)
+    # The case reaches the marketplace's pool through the clinic's case.opened message.
+    assert eventually(
+        lambda: any(
+            c["case_id"] == case_id
+            for c in doctor_call(service, "GET", "/api/pool", token)[1]["cases"]
+        )
+    )
+    status, card = doctor_call(service, "POST", f"/api/cases/{case_id}/claim", token)
+    assert status == 201, card
+    link = card["image_url"]
+    # The clinic serves it once the marketplace's seat.granted message has arrived.
+    assert eventually(lambda: http("GET", link)[0] == 200)
     status, body, headers = http("GET", link)
-    assert status == 200 and body == path.read_bytes()
-    assert headers["Content-Type"] == "image/jpeg"
-    assert http("GET", link.replace("doctor=7", "doctor=8"))[0] == 403
+    assert body == path.read_bytes() and headers["Content-Type"] == "image/jpeg"
+    # A correctly signed link for a doctor without a seat, an expired one, a forged one: 403.
+    now = time.time()
+    unseated = sign_image_url(service.market_key, service.patient_url, case_id, "f" * 32, 60, now)
+    assert http("GET", unseated)[0] == 403
     expired = sign_image_url(
-        service.link_secret, service.patient_url, case_id, "7", 1, time.time() - 10
+        service.market_key, service.patient_url, case_id, me["doctor_id"], 1, now - 10
     )
     assert http("GET", expired)[0] == 403
-    forged = sign_image_url(
-        b"not the parties' secret", service.patient_url, case_id, "7", 60, time.time()
-    )
+    forged = sign_image_url(generate_key(), service.patient_url, case_id, me["doctor_id"], 60, now)
     assert http("GET", forged)[0] == 403
-    # Party 1's service has no image route at all.
+    # The marketplace's service has no image route at all.
     assert http("GET", service.doctor_url + f"/image/{case_id}")[0] == 404
 
 
@@ -123,10 +177,12 @@ def test_party_1_never_receives_image_bytes(service, mri_images):
     # secret shares inside the MPC protocol).
     messages = [json.loads(line) for line in service.control_log.read_text().splitlines()]
     assert messages and all(set(m) <= {"op", "batch"} for m in messages)
-    # The shared database (the only other thing party 1 reads) holds no image bytes.
+    # Party 1 keeps no store; the marketplace's (its operator's) holds no image bytes.
     image = path.read_bytes()
-    database = b"".join(p.read_bytes() for p in service.db_path.parent.glob("cases.sqlite3*"))
-    assert image[200:264] not in database
+    database = b"".join(
+        p.read_bytes() for p in service.market_db_path.parent.glob("market.sqlite3*")
+    )
+    assert database and image[200:264] not in database
 
 
 def test_concurrent_patients_are_batched(service, mri_images):
@@ -153,12 +209,17 @@ def test_killed_party_is_restarted_and_the_job_completes_once(service, mri_image
         view["prediction"]["label"]
         == CLASS_NAMES[plaintext_prediction(mri_images["no"][3].read_bytes()).label]
     )
-    with sqlite3.connect(service.db_path) as db:
-        fundings = db.execute(
-            "select count(*) from ledger_transactions where case_id = ? and kind = 'fund_escrow'",
-            (answer["case_id"],),
-        ).fetchone()[0]
-    assert fundings == 1
+
+    def fundings() -> int:
+        with sqlite3.connect(service.market_db_path) as db:
+            return db.execute(
+                "select count(*) from ledger_transactions"
+                " where case_id = ? and kind = 'fund_escrow'",
+                (answer["case_id"],),
+            ).fetchone()[0]
+
+    assert eventually(lambda: fundings() >= 1)  # the case.opened message has arrived
+    assert fundings() == 1
 
 
 def test_long_poll_answers_as_soon_as_the_prediction_is_recorded(service, mri_images):
@@ -174,3 +235,52 @@ def test_long_poll_answers_as_soon_as_the_prediction_is_recorded(service, mri_im
     bad = http("GET", f"{service.patient_url}/case/{answer['case_id']}?wait=soon",
                headers={"Authorization": f"Bearer {answer['patient_token']}"})  # fmt: skip
     assert bad[0] == 400
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _proc(pid: int, name: str) -> str:
+    return (Path("/proc") / str(pid) / name).read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_no_child_holds_another_organisations_store_or_secret(service):
+    clinic_store, market_store = str(service.clinic_db_path), str(service.market_db_path)
+    forbidden = {
+        "party 0": [market_store, service.market_key],
+        "party 1": [
+            clinic_store, market_store, str(service.data_dir), service.clinic_key,
+            service.market_key,
+        ],
+        "marketplace": [clinic_store, str(service.data_dir), service.clinic_key],
+    }  # fmt: skip
+    seen = {}
+    for pid in _children(service.process.pid):
+        cmdline, environ = _proc(pid, "cmdline"), _proc(pid, "environ")
+        role = (
+            "party 0" if "--rank 0" in cmdline
+            else "party 1" if "--rank 1" in cmdline
+            else "marketplace" if "marketplace.service" in cmdline
+            else None
+        )  # fmt: skip
+        if role is None:
+            continue
+        seen[role] = pid
+        # Secrets never go on a command line, whoever they belong to.
+        assert service.clinic_key not in cmdline and service.market_key not in cmdline
+        for value in forbidden[role]:
+            assert value not in cmdline, f"{role} is configured with {value}"
+            assert value not in environ, f"{role}'s environment holds {value}"
+    assert set(seen) == set(forbidden)
+    # Each holds its own: the clinic its key, the marketplace its key, both only by env.
+    assert service.clinic_key in _proc(seen["party 0"], "environ")
+    assert service.market_key in _proc(seen["marketplace"], "environ")

@@ -24,11 +24,13 @@ def test_invalid_values_are_refused_with_a_message(capsys):
 def test_child_argv_round_trips_the_settings_and_keeps_secrets_off_it():
     settings = PredictorSettings(
         patient_port=1234, provider="TTP", max_batch=3, operator_token="op-secret"
-    ).with_link_secret()
-    argv = settings_to_argv(settings)
-    assert settings.link_secret_hex not in " ".join(argv)
-    assert "op-secret" not in " ".join(argv)
-    assert parse_predictor_settings(argv, secrets_to_env(settings)) == settings
+    ).with_keys()
+    argv = " ".join(settings_to_argv(settings))
+    for secret in (settings.clinic_key, settings.market_key, "op-secret"):
+        assert secret not in argv
+    assert settings.market_public_key in argv  # public: a flag is fine
+    rebuilt = parse_predictor_settings(settings_to_argv(settings), secrets_to_env(settings))
+    assert rebuilt == settings
 
 
 def test_market_policy_comes_from_the_same_settings():
@@ -39,7 +41,18 @@ def test_market_policy_comes_from_the_same_settings():
     assert (settings.policy.panel.quorum, settings.policy.panel.panel_size) == (3, 5)
 
 
-def test_link_secret_must_be_hex(capsys):
+def test_keys_must_be_32_bytes_of_hex(capsys):
     with pytest.raises(SystemExit):
-        parse_predictor_settings([], {"CRYPTO_DOCTOR_LINK_SECRET_HEX": "zz"})
-    assert "must be hex" in capsys.readouterr().err
+        parse_predictor_settings([], {"CRYPTO_DOCTOR_CLINIC_KEY": "zz"})
+    assert "clinic_key must be 32 bytes of hex" in capsys.readouterr().err
+
+
+def test_a_party_between_hosts_must_name_its_tunnel_interface(capsys):
+    with pytest.raises(SystemExit):
+        parse_predictor_settings(["--rank", "1", "--master-addr", "10.0.0.5"], {})
+    assert "--mpc-interface" in capsys.readouterr().err
+    pinned = parse_predictor_settings(
+        ["--rank", "1", "--master-addr", "10.77.0.1", "--mpc-interface", "wg0"], {}
+    )
+    assert pinned.mpc_interface == "wg0"
+    assert parse_predictor_settings(["--rank", "1"], {}).mpc_interface == ""  # loopback

@@ -1,8 +1,9 @@
-"""Case lifecycle on the patient side (party 0): submission, prediction, failure, patient view.
+"""The clinic's case lifecycle (party 0): submission, prediction, failure, seats, diagnosis.
 
-Transactions: every function here commits its own transaction (one call = one
-transaction) and rolls back on error, so pass a session with no pending work.
-Only the sha256 hex of the patient's token is stored or compared.
+Public functions commit their own transaction (one call = one transaction). The two message
+handlers (``apply_seat_granted``, ``apply_case_settled``) instead run inside the inbox's unit
+of work, so a message and its effect commit together. Only the sha256 hex of the patient's
+token is stored or compared.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from marketplace import ledger
-from marketplace.domain import ledger as ledger_domain
+from infra import mailbox
+from infra.messaging import Envelope
 from marketplace.domain.consensus import LABELS
-from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
-from marketplace.domain.pricing import price_bounty
 from marketplace.domain.status import CaseStatus
 from marketplace.errors import CaseNotFound, InvalidInput, WrongPatientToken
-from marketplace.storage.models import Case
+from marketplace.messages import MARKETPLACE, CaseOpened, CaseSettled, SeatGranted
 from marketplace.storage.unit import read_only, unit_of_work
+from predictor.clinic.models import ClinicOutbox, PatientCase, Seat
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -95,15 +95,11 @@ def create_case(session: Session, *, patient_token_hash: str, now: datetime) -> 
     _require_aware(now)
     case_id = uuid.uuid4().hex
     session.add(
-        Case(
+        PatientCase(
             id=case_id,
             patient_token_hash=patient_token_hash,
-            status=CaseStatus.QUEUED,
+            status=CaseStatus.QUEUED.value,
             submitted_at=now,
-            min_tier=0,
-            reviewers_needed=0,
-            claims_count=0,
-            escalation_level=0,
         )
     )
     return case_id
@@ -119,12 +115,11 @@ def record_prediction(
     backbone: str,
     model_sha256: str,
     now: datetime,
-    policy: MarketPolicy = DEFAULT_POLICY,
 ) -> bool:
-    """Open a queued case for review: price its bounty, fund its escrow, set the deadline.
+    """Record a queued case's opened prediction and send it to the marketplace for review.
 
-    Idempotent: only the first call for a case moves it ``queued`` -> ``open``;
-    any later call returns False and changes nothing.
+    Idempotent: only the first call moves the case ``queued`` -> ``open`` and posts its
+    ``case.opened`` message (in the same transaction); later calls return False.
     """
     if label not in LABELS:
         raise InvalidInput(f"label must be one of {LABELS}")
@@ -137,36 +132,32 @@ def record_prediction(
     if not _SHA256_HEX.fullmatch(model_sha256 or ""):
         raise InvalidInput("model_sha256 must be a lowercase sha256 hex digest")
     _require_aware(now)
-    if session.get(Case, case_id) is None:
+    case = session.get(PatientCase, case_id, with_for_update=True)
+    if case is None:
         raise CaseNotFound(case_id)
-    bounty = price_bounty(float(confidence), policy.pricing)
-    moved = session.execute(
-        update(Case)
-        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED)
-        .values(
-            status=CaseStatus.OPEN,
-            predicted_at=now,
-            model_label=label,
-            confidence=float(confidence),
-            backbone=backbone,
-            model_sha256=model_sha256,
-            bounty=bounty,
-            min_tier=policy.reputation.tiers.case_tier(bounty),
-            reviewers_needed=policy.panel.panel_size,
-            review_deadline=now + policy.review_window,
-        )
-        .returning(Case.id)
-        .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
-    if moved is None:
+    if case.status != CaseStatus.QUEUED:
         return False
-    ledger.post(
-        session,
-        kind="fund_escrow",
+    case.status = CaseStatus.OPEN.value
+    case.predicted_at = now
+    case.model_label = label
+    case.confidence = float(confidence)
+    case.backbone = backbone
+    case.model_sha256 = model_sha256
+    opened = CaseOpened(
         case_id=case_id,
-        postings=ledger_domain.transfer(
-            ledger_domain.TREASURY, ledger_domain.escrow_account(case_id), bounty
-        ),
+        submitted_at=case.submitted_at,
+        predicted_at=now,
+        model_label=label,
+        confidence=float(confidence),
+        backbone=backbone,
+        model_sha256=model_sha256,
+    )
+    mailbox.post(
+        session,
+        ClinicOutbox,
+        destination=MARKETPLACE,
+        type=CaseOpened.TYPE,
+        body=opened.body(),
         now=now,
     )
     return True
@@ -176,12 +167,14 @@ def record_prediction(
 def record_inference_failure(session: Session, case_id: str, *, reason: str, now: datetime) -> None:
     """Mark a queued case ``failed`` with a patient-visible reason (no-op once predicted)."""
     _require_aware(now)
-    if session.get(Case, case_id) is None:
+    if session.get(PatientCase, case_id) is None:
         raise CaseNotFound(case_id)
     session.execute(
-        update(Case)
-        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED)
-        .values(status=CaseStatus.FAILED, failure_reason=(reason or "inference failed")[:2000])
+        update(PatientCase)
+        .where(PatientCase.id == case_id, PatientCase.status == CaseStatus.QUEUED.value)
+        .values(
+            status=CaseStatus.FAILED.value, failure_reason=(reason or "inference failed")[:2000]
+        )
         .execution_options(synchronize_session=False)
     )
 
@@ -190,7 +183,9 @@ def record_inference_failure(session: Session, case_id: str, *, reason: str, now
 def unfinished_case_ids(session: Session) -> list[str]:
     """Ids of cases still ``queued``, oldest first (party 0 re-runs them after a crash)."""
     rows = session.scalars(
-        select(Case.id).where(Case.status == CaseStatus.QUEUED).order_by(Case.submitted_at, Case.id)
+        select(PatientCase.id)
+        .where(PatientCase.status == CaseStatus.QUEUED.value)
+        .order_by(PatientCase.submitted_at, PatientCase.id)
     )
     return list(rows)
 
@@ -198,12 +193,12 @@ def unfinished_case_ids(session: Session) -> list[str]:
 @read_only
 def patient_view(session: Session, case_id: str, patient_token_hash: str) -> PatientView:
     """What the patient may see: status, model prediction and final diagnosis - never votes."""
-    case = session.get(Case, case_id)
+    case = session.get(PatientCase, case_id)
     if case is None:
         raise CaseNotFound(case_id)
     if not hmac.compare_digest(case.patient_token_hash.encode(), patient_token_hash.encode()):
         raise WrongPatientToken(case_id)
-    status = CaseStatus(case.status)
+    status = case.case_status
     prediction = None
     if case.model_label is not None and case.confidence is not None:
         prediction = ModelPrediction(case.model_label, case.confidence, case.backbone or "")
@@ -220,3 +215,54 @@ def patient_view(session: Session, case_id: str, patient_token_hash: str) -> Pat
         diagnosis=diagnosis,
         failure_reason=case.failure_reason if status is CaseStatus.FAILED else None,
     )
+
+
+@read_only
+def may_view_image(session: Session, case_id: str, doctor_id: str) -> bool:
+    """True while the case is unsettled and the marketplace granted this doctor a seat on it."""
+    case = session.get(PatientCase, case_id)
+    if case is None or case.status not in (CaseStatus.OPEN, CaseStatus.UNDER_REVIEW):
+        return False
+    seat = session.scalar(
+        select(Seat.id).where(Seat.case_id == case_id, Seat.doctor_id == doctor_id)
+    )
+    return seat is not None
+
+
+# -- message handlers (run inside the inbox's unit of work) ------------------------------
+
+
+def apply_seat_granted(session: Session, envelope: Envelope) -> None:
+    """Record a panel seat; the case shows ``under_review`` to its patient from now on."""
+    seat = SeatGranted.parse(envelope.body)
+    case = session.get(PatientCase, seat.case_id, with_for_update=True)
+    if case is None:
+        raise CaseNotFound(seat.case_id)
+    exists = session.scalar(
+        select(Seat.id).where(Seat.case_id == seat.case_id, Seat.doctor_id == seat.doctor_id)
+    )
+    if exists is None:
+        session.add(
+            Seat(case_id=seat.case_id, doctor_id=seat.doctor_id, granted_at=seat.granted_at)
+        )
+    if case.status == CaseStatus.OPEN:
+        case.status = CaseStatus.UNDER_REVIEW.value
+
+
+def apply_case_settled(session: Session, envelope: Envelope) -> None:
+    """Record the panel's diagnosis for the patient (image access ends with it)."""
+    settled = CaseSettled.parse(envelope.body)
+    case = session.get(PatientCase, settled.case_id, with_for_update=True)
+    if case is None:
+        raise CaseNotFound(settled.case_id)
+    if case.status == CaseStatus.SETTLED:
+        return
+    case.status = CaseStatus.SETTLED.value
+    case.settled_at = settled.settled_at
+    case.diagnosis = settled.diagnosis
+    case.reviewers = settled.reviewers
+    case.agreement = round(settled.agreement, 4)
+
+
+#: The clinic's inbox: which message type each handler applies.
+HANDLERS = {SeatGranted.TYPE: apply_seat_granted, CaseSettled.TYPE: apply_case_settled}
