@@ -68,25 +68,20 @@ def arrow(
 def draw() -> None:
     fig, ax = plt.subplots(figsize=(16, 10.5))
     ax.set_xlim(0, 16)
-    ax.set_ylim(-0.8, 10.5)
+    ax.set_ylim(-0.8, 10.9)
     ax.axis("off")
-    ax.text(0.2, 10.25, "crypto-doctor: processes and data flow", fontsize=15, fontweight="bold",
+    ax.text(0.2, 10.7, "crypto-doctor: processes and data flow", fontsize=15, fontweight="bold",
             va="top")  # fmt: skip
-    ax.text(0.2, 9.85, "python -m predictor (the supervisor) starts and restarts every process "
-            "in the dashed frame; parties restart together, Ocean children one by one.",
+    ax.text(0.2, 10.3, "python -m predictor (the supervisor) starts and restarts every process "
+            "in the dashed frame.\nThree organisations, three stores: the clinic and the "
+            "marketplace share nothing and talk only by signed messages.",
             fontsize=9, va="top", color="#444444")  # fmt: skip
     ax.add_patch(
         FancyBboxPatch((2.95, 0.35), 13.0, 9.1, boxstyle="round,pad=0.02,rounding_size=0.2",
                        facecolor="none", edgecolor="#777777", linestyle="--", linewidth=1.2)
     )  # fmt: skip
-    ax.text(
-        3.1,
-        9.35,
-        "supervised processes (python -m predictor)",
-        fontsize=8.5,
-        color="#555555",
-        va="top",
-    )
+    ax.text(3.1, 9.35, "supervised processes (python -m predictor)", fontsize=8.5,
+            color="#555555", va="top")  # fmt: skip
 
     patient = box(ax, 0.2, 7.3, 2.4, 1.4, "Patient", ["curl / app", "holds patient token"], USER)
     doctors = box(ax, 0.2, 4.3, 2.4, 1.5, "Doctors", ["browser page or API", "Bearer API token"],
@@ -95,39 +90,47 @@ def draw() -> None:
                      ["python -m marketplace", ".researcher buy|download", "own wallet key"],
                      USER)  # fmt: skip
 
-    party0 = box(ax, 3.3, 6.6, 3.6, 2.5, "Party 0 - patient side",
-                 ["patient API :8080", "POST /image, GET /case/{id}", "GET /image/{id} (signed link)",
-                  "holds: images (plaintext)", "learns: label + confidence"])  # fmt: skip
-    party1 = box(ax, 9.0, 6.6, 3.6, 2.5, "Party 1 - model side",
-                 ["doctor service :8081", "pool, claims, POST /decision", "page, GET /decisions.csv",
-                  "holds: checkpoint (plaintext)", "learns: batch sizes only"])  # fmt: skip
-    db = box(ax, 6.0, 3.9, 3.6, 1.9, "Database", ["SQLite (WAL) or PostgreSQL",
-             "cases, votes + receipts,", "double-entry ledger, research rows"], STORE)  # fmt: skip
+    party0 = box(ax, 3.3, 6.6, 3.7, 2.6, "Party 0 - the clinic",
+                 ["patient API :8080 (+ POST /messages)", "POST /image, GET /case/{id}",
+                  "GET /image/{id}: seated doctors", "holds: images, patient tokens",
+                  "learns: label + confidence"])  # fmt: skip
+    clinic_db = box(ax, 3.3, 4.1, 3.0, 1.6, "Clinic store", ["cases, token hashes,",
+                    "seats, diagnoses,", "outbox + inbox"], STORE)  # fmt: skip
+    party1 = box(ax, 9.3, 7.4, 3.5, 1.8, "Party 1 - model owner",
+                 ["holds: checkpoint only", "no store, no HTTP", "learns: batch sizes only"])  # fmt: skip
+    market = box(ax, 9.0, 4.2, 3.9, 2.4, "Marketplace :8081",
+                 ["pool, claims, POST /decision,", "page, POST /messages",
+                  "signs image links (own key)", "learns: label + confidence, votes"])  # fmt: skip
+    market_db = box(ax, 6.5, 2.3, 2.9, 1.5, "Marketplace store", ["doctors, votes, ledger,",
+                    "research rows, outbox + inbox"], STORE)  # fmt: skip
     dealer = box(ax, 13.3, 7.3, 2.5, 1.4, "TTP dealer (opt.)", ["--provider TTP, rank 2",
                  "Beaver triples only"], PROCESS)  # fmt: skip
-    publisher = box(ax, 9.4, 1.9, 3.2, 1.5, "Ocean publisher", ["every N s: settled rows",
+    publisher = box(ax, 9.9, 0.9, 2.9, 1.5, "Ocean publisher", ["every N s: settled rows",
                     "k-anonymous CSV + digest"])  # fmt: skip
-    download = box(ax, 3.3, 0.7, 3.3, 1.6, "Download service :8082", ["/asset, /initialize,",
+    download = box(ax, 3.3, 0.7, 3.0, 1.6, "Download service :8082", ["/asset, /initialize,",
                    "POST /download: order", "verified on chain"])  # fmt: skip
     chain = box(ax, 13.2, 0.7, 2.6, 3.0, "Chain", ["ganache :8545, or a real", "RPC URL (not supervised)",
                 "Ocean V4 contracts:", "data NFT + digest,", "datatoken, exchange"], CHAIN)  # fmt: skip
     deploy = box(ax, 13.3, 4.4, 2.5, 1.2, "ocean.deploy", ["idempotent, once per", "chain start"],
                  PROCESS, bold=True)  # fmt: skip
-    csv = box(ax, 7.0, 0.7, 2.0, 1.1, "CSV file", ["var/ocean/"], STORE)
+    csv = box(ax, 7.0, 0.5, 2.0, 1.1, "CSV file", ["var/ocean/"], STORE)
 
     arrow(ax, anchor(patient, "right"), anchor(party0, "left", 0.7), "JPEG/PNG slice; later\nstatus + diagnosis", both=True)  # fmt: skip
-    arrow(ax, anchor(party0, "right", 0.55), anchor(party1, "left", 0.55),
-          "MPC over torch.distributed (gloo):\nsecret shares of image and weights,\nonly d = logit difference opened to party 0",
-          both=True, color="#1f5fa8", offset=(0, 0.18))  # fmt: skip
-    arrow(ax, anchor(doctors, "right", 0.7), anchor(party1, "left", 0.15), "claim, sealed vote", offset=(0, -0.05), at=0.8)  # fmt: skip
-    arrow(ax, anchor(doctors, "right", 0.35), anchor(party0, "bottom", 0.25), "image via HMAC-signed,\nshort-lived link", offset=(-0.2, -0.55), rad=0.15)  # fmt: skip
-    arrow(ax, anchor(party0, "bottom", 0.7), anchor(db, "top", 0.25), "case, prediction,\nescrow", offset=(-0.55, -0.1))  # fmt: skip
-    arrow(ax, anchor(party1, "bottom", 0.3), anchor(db, "top", 0.75), "votes, settlement,\npayout, research row", offset=(0.65, -0.1))  # fmt: skip
-    arrow(ax, anchor(dealer, "left"), anchor(party1, "right", 0.75), "triples", style="--", both=False)  # fmt: skip
-    arrow(ax, anchor(db, "bottom", 0.8), anchor(publisher, "top", 0.3), "unpublished rows;\nmark published", both=True, offset=(0.2, -0.1))  # fmt: skip
-    arrow(ax, anchor(publisher, "right", 0.5), anchor(chain, "left", 0.7), "setData(digest)", color="#6a2c91")  # fmt: skip
-    arrow(ax, anchor(publisher, "bottom", 0.2), anchor(csv, "right", 0.5), "atomic write", offset=(0.1, -0.2))  # fmt: skip
-    arrow(ax, anchor(csv, "left"), anchor(download, "right", 0.3), "CSV if digest matches", offset=(0, 0.05))  # fmt: skip
+    arrow(ax, anchor(party0, "right", 0.8), anchor(party1, "left", 0.5),
+          "MPC over torch.distributed (gloo):\nsecret shares of image and weights,\nonly d opened to party 0",
+          both=True, color="#1f5fa8", offset=(0, 0.25))  # fmt: skip
+    arrow(ax, anchor(party0, "right", 0.3), anchor(market, "left", 0.75),
+          "signed messages (outbox -> inbox):\ncase.opened ->  <- seat.granted, case.settled",
+          both=True, color="#b35900", offset=(0, 0.05), at=0.45)  # fmt: skip
+    arrow(ax, anchor(doctors, "right", 0.35), anchor(market, "left", 0.2), "claim, sealed vote", offset=(0.2, 0.05), at=0.8)  # fmt: skip
+    arrow(ax, anchor(doctors, "right", 0.75), anchor(party0, "bottom", 0.1), "image: link signed by the\nmarketplace, seated doctors only", offset=(-0.1, -0.1), rad=-0.15, at=0.35)  # fmt: skip
+    arrow(ax, anchor(party0, "bottom", 0.6), anchor(clinic_db, "top", 0.6), "", both=True)
+    arrow(ax, anchor(market, "bottom", 0.2), anchor(market_db, "top", 0.8), "", both=True)
+    arrow(ax, anchor(dealer, "left"), anchor(party1, "right", 0.6), "triples", style="--", both=False)  # fmt: skip
+    arrow(ax, anchor(market_db, "right", 0.3), anchor(publisher, "left", 0.7), "unpublished rows;\nmark published", both=True, offset=(0.1, 0.05))  # fmt: skip
+    arrow(ax, anchor(publisher, "right", 0.5), anchor(chain, "left", 0.6), "setData(digest)", color="#6a2c91")  # fmt: skip
+    arrow(ax, anchor(publisher, "left", 0.2), anchor(csv, "right", 0.5), "atomic write", offset=(0.1, -0.05))  # fmt: skip
+    arrow(ax, anchor(csv, "left"), anchor(download, "right", 0.3), "CSV if digest\nmatches", offset=(0, 0.05))  # fmt: skip
     arrow(ax, anchor(deploy, "bottom"), anchor(chain, "top", 0.5), "contracts", color="#6a2c91")  # fmt: skip
     arrow(ax, anchor(download, "bottom", 0.8), anchor(chain, "bottom", 0.3), "read order tx, data NFT", color="#6a2c91", offset=(0, -0.25), rad=0.08, at=0.62)  # fmt: skip
     arrow(ax, anchor(researcher, "right", 0.65), anchor(download, "left", 0.55), "signed download;\nCSV back", both=True)  # fmt: skip
