@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,11 +23,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from infra.courier import Courier, add_inbox_route, courier_ctx
 from infra.metrics import add_metrics_route
 from infra.openapi import add_openapi_route, load_spec
-from infra.web import ApiError, error_middleware, run_blocking
+from infra.tokens import hash_token
+from infra.web import ApiError, error_middleware, in_session, run_blocking
 from marketplace.domain.status import CaseStatus
 from marketplace.errors import CaseNotFound, WrongPatientToken
-from marketplace.image_links import verify_image_signature
 from marketplace.messages import CLINIC, MARKETPLACE
+from predictor.access import store as access_store
+from predictor.access.policy import SERVED, Refusal
+from predictor.access.protocol import DOCTOR_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from predictor.access.store import ImageRequest
 from predictor.clinic import cases
 from predictor.clinic.models import ClinicInbox, ClinicOutbox
 from predictor.images import ImageStore
@@ -48,8 +53,17 @@ from predictor.uploads import (
 routes = web.RouteTableDef()
 
 MAX_WAIT_S = 30.0
-#: How long an image request with a valid link waits for its seat.granted message to arrive.
-SEAT_WAIT_S = 5.0
+UNAUTHENTICATED = {Refusal.NOT_ENROLLED, Refusal.REVOKED, Refusal.BAD_SIGNATURE, Refusal.REPLAY}
+REFUSAL_DETAIL = {
+    Refusal.NOT_ENROLLED: "this doctor is not enrolled at the clinic",
+    Refusal.REVOKED: "this doctor's key was revoked; ask the clinic to re-enrol you",
+    Refusal.BAD_SIGNATURE: "the request's signature is invalid or outside its 60 s window",
+    Refusal.REPLAY: "this signed request was already used",
+    Refusal.NO_SEAT: "this doctor holds no seat on this case",
+    Refusal.SETTLED: "the case is closed: image access ended with it",
+    Refusal.VIEWER_CAP: "this case's image has been shown to as many doctors as the clinic allows",
+    Refusal.DAILY_CAP: "the clinic's daily limit of images for this doctor is reached",
+}
 OPENAPI = Path(__file__).resolve().parent / "patient_openapi.yaml"
 
 #: The one place where the patient side's errors become HTTP statuses.
@@ -174,37 +188,35 @@ async def get_case(request: web.Request) -> web.Response:
 
 @routes.get("/image/{case_id}")
 async def get_image(request: web.Request) -> web.StreamResponse:
-    """A case's image, for a doctor with a seat on its panel, via a link the marketplace signed.
+    """A case's image, for an enrolled doctor who signs the request with their own key.
 
-    The clinic checks the marketplace's signature with its public key (the marketplace holds
-    no secret of the clinic's), and serves only doctors whose seat the marketplace announced
-    in a ``seat.granted`` message, and only until the case settles.
+    The clinic decides: the doctor must be enrolled here (not revoked), the request freshly
+    signed by the enrolled key and never seen before, the marketplace must have granted the
+    doctor a seat (a ``seat.granted`` message), the case unsettled, and the clinic's caps
+    unbroken. Every answer is recorded for the patient's audit.
     """
     side = request.app[PATIENT_SIDE]
-    case_id, query = request.match_info["case_id"], request.query
-    doctor_id = query.get("doctor", "")
-    valid = verify_image_signature(
-        side.settings.market_public_key,
-        case_id,
-        doctor_id,
-        query.get("expires", ""),
-        query.get("sig", ""),
-        time.time(),
+    image_request = ImageRequest(
+        case_id=request.match_info["case_id"],
+        doctor_id=request.headers.get(DOCTOR_HEADER, ""),
+        timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
+        signature=request.headers.get(SIGNATURE_HEADER, ""),
     )
-    if not valid:
-        raise ApiError(403, "invalid_link", "the image link is invalid or has expired")
+    caps = side.settings.access_caps
     # A doctor who just claimed may arrive before the marketplace's seat.granted message:
-    # wait a little for it, rather than turning them away.
-    deadline = time.monotonic() + SEAT_WAIT_S
-    while not (
-        seated := await run_blocking(side.executor, _may_view, side.sessions, case_id, doctor_id)
+    # wait a little for it rather than turning them away.
+    deadline = time.monotonic() + side.settings.seat_wait_s
+    while time.monotonic() < deadline and await _in_session(
+        side, access_store.awaiting_seat, image_request, datetime.now(UTC), caps
     ):
-        if time.monotonic() >= deadline:
-            break
         await asyncio.sleep(0.1)
-    if not seated:
-        raise ApiError(403, "no_seat", "this doctor holds no seat on this unsettled case")
-    found = side.images.find(case_id)
+    result = await _in_session(
+        side, access_store.decide, image_request, now=datetime.now(UTC), caps=caps
+    )
+    if result != SERVED:
+        status = 401 if result in UNAUTHENTICATED else 403
+        raise ApiError(status, result, REFUSAL_DETAIL.get(result, "image access refused"))
+    found = side.images.find(image_request.case_id)
     if found is None:
         raise ApiError(404, "image_not_found", "no image for this case")
     path, content_type = found
@@ -213,9 +225,26 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _may_view(sessions: sessionmaker[Session], case_id: str, doctor_id: str) -> bool:
-    with sessions() as session:
-        return cases.may_view_image(session, case_id, doctor_id)
+@routes.get("/case/{case_id}/access")
+async def get_access_log(request: web.Request) -> web.Response:
+    """The patient's audit: every image request on their case (doctor pseudonym, time, result)."""
+    side = request.app[PATIENT_SIDE]
+    token = _patient_token(request)
+    records = await _in_session(
+        side, access_store.access_log, request.match_info["case_id"], hash_token(token)
+    )
+    return web.json_response(
+        {
+            "case_id": request.match_info["case_id"],
+            "accesses": [
+                {"doctor": r.doctor_id, "at": r.at.isoformat(), "result": r.result} for r in records
+            ],
+        }
+    )
+
+
+async def _in_session(side: PatientSide, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await in_session(side.executor, side.sessions, fn, *args, **kwargs)
 
 
 @routes.get("/healthz")

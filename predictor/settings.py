@@ -12,12 +12,13 @@ from pathlib import Path
 
 from infra.messaging import generate_key, public_key
 from infra.net import is_loopback
-from infra.settings import flag, parse_settings
+from infra.settings import flag, nested, parse_settings
 from marketplace.domain.policy import MarketPolicy
 from marketplace.service.settings import POLICY_FLAGS
 from marketplace.storage import DEFAULT_MARKET_DB_URL
 from models.mpc import PROVIDERS
 from models.nets import BACKBONES
+from predictor.access.policy import AccessCaps
 from predictor.clinic.store import DEFAULT_CLINIC_DB_URL
 
 
@@ -80,6 +81,11 @@ class PredictorSettings:
         default="", metadata=flag("where party 0 sends messages (default the doctor port here)")
     )
     link_ttl_s: int = field(default=600, metadata=flag("seconds a doctor's image link lives"))
+    seat_wait_s: float = field(
+        default=5.0, metadata=flag("how long a valid image request waits for its seat message")
+    )
+    #: The clinic's own bounds on image access (whatever seats the marketplace grants).
+    access_caps: AccessCaps = field(default_factory=AccessCaps, metadata=nested(""))
     num_threads: int = field(default=1, metadata=flag("torch threads per party"))
     heartbeat_s: float = field(
         default=20.0, metadata=flag("seconds of MPC silence before party 0 pings party 1")

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             "system ready after %.1f s (PostgreSQL, external chain)", time.monotonic() - started
         )
-        tokens = create_doctors(system.db_url, args.doctors)
+        tokens = create_doctors(system.db_url, system.clinic_db_url, args.doctors)
         faults = Faults(system, pg, chain, args.chain_down_s)
         notes: list[str] = []
         run = run_and_audit(system, images, tokens, args, deadline, during=faults, notes=notes)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(wait_ready(system, deadline))
         log.info("system ready after %.1f s", time.monotonic() - started)
-        tokens = create_doctors(system.db_url, args.doctors)
+        tokens = create_doctors(system.db_url, system.clinic_db_url, args.doctors)
         run = run_and_audit(system, images, tokens, args, deadline)
         code = report("load_test", run.figures, run.problems, run.extra(args), args.out)
     finally:

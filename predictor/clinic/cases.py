@@ -217,18 +217,6 @@ def patient_view(session: Session, case_id: str, patient_token_hash: str) -> Pat
     )
 
 
-@read_only
-def may_view_image(session: Session, case_id: str, doctor_id: str) -> bool:
-    """True while the case is unsettled and the marketplace granted this doctor a seat on it."""
-    case = session.get(PatientCase, case_id)
-    if case is None or case.status not in (CaseStatus.OPEN, CaseStatus.UNDER_REVIEW):
-        return False
-    seat = session.scalar(
-        select(Seat.id).where(Seat.case_id == case_id, Seat.doctor_id == doctor_id)
-    )
-    return seat is not None
-
-
 # -- message handlers (run inside the inbox's unit of work) ------------------------------
 
 

@@ -64,6 +64,39 @@ class Seat(ClinicBase):
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class EnrolledDoctor(ClinicBase):
+    """A doctor the clinic vetted and may show images to: identity, licence, public key.
+
+    ``doctor_id`` is the doctor's pseudonym at the marketplace (what seat messages name);
+    the name and licence are for the clinic's auditors and never leave the clinic.
+    """
+
+    __tablename__ = "enrolled_doctors"
+
+    doctor_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    licence: Mapped[str] = mapped_column(String(120))
+    public_key: Mapped[str] = mapped_column(Text)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ImageAccess(ClinicBase):
+    """One image request and what the clinic answered: the patient's audit trail."""
+
+    __tablename__ = "image_access"
+    __table_args__ = (Index("ix_image_access_doctor_at", "doctor_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(32), index=True)
+    doctor_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: "served", or why not (not_enrolled, bad_signature, replay, no_seat, ...).
+    result: Mapped[str] = mapped_column(String(32))
+    #: sha256 of a verified signature: the same signed request is never honoured twice.
+    signature_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
 class ClinicOutbox(OutboxMixin, ClinicBase):
     __tablename__ = "outbox"
 

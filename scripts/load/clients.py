@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from load.system import ROOT, System, get_json
+from predictor.access.client import new_key, signed_headers
+from predictor.access.protocol import public_key_text
 
 
 @dataclass
@@ -95,8 +98,17 @@ async def patient(
         await asyncio.sleep(2.0 + random.random())
 
 
+@dataclass(frozen=True)
+class Doctor:
+    """A doctor as the load test plays them: the marketplace's token, the clinic's enrolled key."""
+
+    token: str
+    doctor_id: str
+    key: ec.EllipticCurvePrivateKey
+
+
 async def doctor(
-    token: str,
+    me: Doctor,
     system: System,
     session: aiohttp.ClientSession,
     stats: Stats,
@@ -106,46 +118,47 @@ async def doctor(
     error_rate: float,
 ) -> None:
     """Like a doctor on the page: finish my claimed cases first, else pool -> claim; then look
-    at the signed image from party 0 and cast a sealed vote. Until the work runs out."""
-    headers = {"Authorization": f"Bearer {token}"}
+    at the image at the clinic (a request signed with my own key) and cast a sealed vote.
+    Until the work runs out."""
+    headers = {"Authorization": f"Bearer {me.token}"}
     while time.monotonic() < stop_at and not done():
         try:
-            case_id, image_url = await next_case(system, session, headers, stats, rng)
+            case_id = await next_case(system, session, headers, stats, rng)
             if case_id is None:
                 await asyncio.sleep(0.5 + rng.random())
                 continue
-            await review(system, session, headers, stats, rng, case_id, image_url, error_rate)
+            await review(system, session, headers, stats, rng, case_id, me, error_rate)
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError):
             stats.vote_errors["connection"] += 1  # a party restarting: come back to it later
             await asyncio.sleep(1)
 
 
-async def next_case(system, session, headers, stats, rng) -> tuple[str | None, str | None]:
+async def next_case(system, session, headers, stats, rng) -> str | None:
     """An unvoted claim of mine (a claim whose answer or vote was lost), else a new claim."""
     status, mine = await get_json(session, system.doctor_url + "/api/claims", headers=headers)
     if status != 200:
-        return None, None
+        return None
     for card in mine["cases"]:
         if not card["voted"] and card["case_id"] in stats.truth:
-            url = f"{system.doctor_url}/api/cases/{card['case_id']}/image-link"
-            status, link = await get_json(session, url, headers=headers)
-            return (card["case_id"], link["url"]) if status == 200 else (None, None)
+            return card["case_id"]
     status, pool = await get_json(session, system.doctor_url + "/api/pool", headers=headers)
     cases = [c for c in (pool or {}).get("cases", []) if c["case_id"] in stats.truth]
     if status != 200 or not cases:
-        return None, None
+        return None
     case_id = rng.choice(cases[:10])["case_id"]
     url = f"{system.doctor_url}/api/cases/{case_id}/claim"
     async with session.post(url, headers=headers, json={}) as reply:
-        card = await reply.json(content_type=None)
+        await reply.read()
         if reply.status != 201:
             stats.claim_conflicts += 1
-            return None, None
-    return case_id, card["image_url"]
+            return None
+    return case_id
 
 
-async def review(system, session, headers, stats, rng, case_id, image_url, error_rate) -> None:
-    async with session.get(image_url) as reply:
+async def review(system, session, headers, stats, rng, case_id, me: Doctor, error_rate) -> None:
+    image_url = f"{system.patient_url}/image/{case_id}"
+    signed = signed_headers(me.key, case_id, me.doctor_id)
+    async with session.get(image_url, headers=signed) as reply:
         await reply.read()
         if reply.status != 200:
             stats.vote_errors[f"image {reply.status}"] += 1
@@ -167,27 +180,38 @@ async def review(system, session, headers, stats, rng, case_id, image_url, error
             stats.vote_errors[reply.status] += 1
 
 
-def create_doctors(db_url: str, count: int) -> list[str]:
-    """Doctors with reputation 200 (every bounty tier), through the doctors module's own
-    ``create_doctor`` - what ``python -m marketplace.doctors create`` calls, without paying
-    50 interpreter start-ups."""
+def create_doctors(db_url: str, clinic_db_url: str, count: int) -> list[Doctor]:
+    """Doctors with reputation 200 (every bounty tier) at the marketplace, each enrolled at
+    the clinic with a key of their own: the functions behind ``python -m marketplace.doctors
+    create`` and ``python -m predictor.access.enrol add``, without paying 100 start-ups."""
     from marketplace.doctors import create_doctor
     from marketplace.storage import make_engine, make_sessionmaker
+    from predictor.access import store
+    from predictor.clinic.store import clinic_sessions
 
     engine = make_engine(db_url)
-    tokens = []
-    with make_sessionmaker(engine)() as session:
+    made = []
+    with make_sessionmaker(engine)() as session, clinic_sessions(clinic_db_url)() as clinic:
         for n in range(count):
-            _id, token = create_doctor(
+            doctor_id, token = create_doctor(
                 session,
                 display_name=f"Load doctor {n}",
                 specialty="neuroradiology",
                 reputation=200,
                 now=datetime.now(UTC),
             )
-            tokens.append(token)
+            key = new_key()
+            store.enrol(
+                clinic,
+                doctor_id=doctor_id,
+                name=f"Load doctor {n}",
+                licence=f"LOAD-{n:04d}",
+                public_key=public_key_text(key.public_key()),
+                now=datetime.now(UTC),
+            )
+            made.append(Doctor(token, doctor_id, key))
     engine.dispose()
-    return tokens
+    return made
 
 
 def researcher_download(system: System) -> dict:

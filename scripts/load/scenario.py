@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from load.audit import DEFAULT_K, audit, audit_rows, wait_published
-from load.clients import Stats, doctor, make_images, patient, researcher_download
+from load.clients import Doctor, Stats, doctor, make_images, patient, researcher_download
 from load.report import figures
 from load.system import ROOT, System
 
@@ -72,7 +72,7 @@ def all_settled(db_url: str, case_ids: set[str]) -> bool:
 async def run_load(
     system: System,
     images: list[tuple[bytes, str, str]],
-    tokens: list[str],
+    tokens: list[Doctor],
     patients: int,
     stop_at: float,
     error_rate: float,
@@ -152,7 +152,7 @@ class Outcome:
 def run_and_audit(
     system: System,
     images: list[tuple[bytes, str, str]],
-    tokens: list[str],
+    tokens: list[Doctor],
     args: argparse.Namespace,
     deadline: float,
     during: Callable[[], None] | None = None,

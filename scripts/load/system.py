@@ -41,6 +41,7 @@ class System:
     doctor_url = property(lambda self: f"http://127.0.0.1:{self.ports['doctor']}")
     service_url = property(lambda self: f"http://127.0.0.1:{self.ports['ocean']}")
     ocean_dir = property(lambda self: self.work / "ocean")
+    clinic_db_url = property(lambda self: f"sqlite:///{self.work / 'party0' / 'clinic.sqlite3'}")
 
     def argv(self) -> list[str]:
         argv = [
@@ -48,7 +49,7 @@ class System:
             "--patient-port", str(self.ports["patient"]), "--doctor-port", str(self.ports["doctor"]),
             "--chain-port", str(self.ports["chain"]), "--ocean-port", str(self.ports["ocean"]),
             "--market-db-url", self.db_url, "--data-dir", str(self.work / "party0"),
-            "--clinic-db-url", f"sqlite:///{self.work / 'party0' / 'clinic.sqlite3'}",
+            "--clinic-db-url", self.clinic_db_url,
             "--ocean-data-dir", str(self.ocean_dir), "--model-path", str(self.model),
             "--publish-every-s", str(self.publish_every_s), "--batch-wait-ms", "20",
         ]  # fmt: skip

@@ -64,12 +64,17 @@ def poll(what: str, check, timeout: float, interval: float = 0.3):
 
 
 def run_cli(argv: list[str], env: dict | None = None) -> dict:
+    return json.loads(run_text(argv, env))
+
+
+def run_text(argv: list[str], env: dict | None = None) -> str:
+    """A project command line's standard output (DemoFailed with its stderr when it fails)."""
     out = subprocess.run(
         [PY, *argv], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
     if out.returncode != 0:
         raise DemoFailed(f"{' '.join(argv[:3])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout)
+    return out.stdout
 
 
 def json_or_none(url: str):

@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from story.clients import DemoFailed, curl, http, json_or_none, poll, run_cli
+from predictor.access.client import AccessRefused, fetch_image, load_key
+from story.clients import DemoFailed, curl, http, json_or_none, poll, run_cli, run_text
 from story.system import System
 
 K = 5  # the Ocean side's default k; the demo does not lower it
@@ -76,14 +77,26 @@ def wait_until_ready(system: System, clock: Clock) -> None:
 
 
 def register_doctors(system: System, clock: Clock) -> list[dict]:
-    clock.step("3 doctors registered with the doctors CLI (reputation 200: all bounty tiers)")
+    clock.step(
+        "3 doctors registered at the marketplace (reputation 200: all bounty tiers), "
+        "each enrolled at the clinic with a key of their own"
+    )
     doctors = []
-    for name in ("Dr Ada Lovelace", "Dr Santiago Ramon y Cajal", "Dr Rosalind Franklin"):
+    for n, name in enumerate(
+        ("Dr Ada Lovelace", "Dr Santiago Ramon y Cajal", "Dr Rosalind Franklin")
+    ):
         created = run_cli(
             ["-m", "marketplace.doctors", "--db-url", system.db_url, "create",
              "--name", name, "--specialty", "neuroradiology", "--reputation", "200"]
         )  # fmt: skip
-        doctors.append({"name": name, **created})
+        key_file = system.work / "doctors" / f"doctor-{n}.key"
+        public = run_text(["-m", "predictor.access.client", "keygen", str(key_file)]).strip()
+        run_text(
+            ["-m", "predictor.access.enrol", "--clinic-db-url", system.clinic_db_url, "add",
+             "--doctor-id", created["doctor_id"], "--name", name, "--licence", f"DEMO-{n}",
+             "--public-key", public]
+        )  # fmt: skip
+        doctors.append({"name": name, "key": load_key(key_file), **created})
     clock.done(", ".join(d["name"] for d in doctors))
     return doctors
 
@@ -131,7 +144,7 @@ def bounties_in_pool(system: System, clock: Clock, cases: list[dict], doctors: l
 
 
 def blind_review(system: System, clock: Clock, cases: list[dict], doctors: list[dict]) -> None:
-    clock.step("blind review: claim, fetch the signed image from party 0, sealed vote")
+    clock.step("blind review: claim, fetch the image from the clinic (signed request), sealed vote")
     for case in cases:
         for i, doc in enumerate(doctors):
             receipt = _review(system, case, doc, last=i == len(doctors) - 1)
@@ -141,15 +154,19 @@ def blind_review(system: System, clock: Clock, cases: list[dict], doctors: list[
 
 
 def _review(system: System, case: dict, doc: dict, last: bool) -> dict:
-    """One doctor claims the case, fetches the signed image, and votes; returns the receipt."""
+    """One doctor claims the case, fetches the image at the clinic with a request signed by
+    their own key, and votes; returns the receipt."""
     status, card = http(
         "POST", f"{system.doctor_url}/api/cases/{case['case_id']}/claim", {}, doc["token"]
     )
     if status != 201:
         raise DemoFailed(f"claim by {doc['name']}: {status} {card}")
-    status, image = http("GET", card["image_url"])
-    if status != 200 or not isinstance(image, bytes) or len(image) < 100:
-        raise DemoFailed(f"signed image link failed: {status}")
+    try:
+        image, _ = fetch_image(system.patient_url, case["case_id"], doc["doctor_id"], doc["key"])
+    except AccessRefused as exc:
+        raise DemoFailed(f"the clinic refused {doc['name']}'s signed image request: {exc}") from exc
+    if len(image) < 100:
+        raise DemoFailed("the clinic served an empty image")
     if not last:
         view = _case(system, case)
         if view["diagnosis"] is not None:

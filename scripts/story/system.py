@@ -18,6 +18,7 @@ class System:
         self.work = work
         self.ports = {name: free_port() for name in ("patient", "doctor", "chain", "ocean")}
         self.db_url = f"sqlite:///{work / 'market.sqlite3'}"
+        self.clinic_db_url = f"sqlite:///{work / 'party0' / 'clinic.sqlite3'}"
         self.ocean_dir = work / "ocean"
         self.patient_url = f"http://127.0.0.1:{self.ports['patient']}"
         self.doctor_url = f"http://127.0.0.1:{self.ports['doctor']}"
@@ -29,7 +30,7 @@ class System:
             "--patient-port", str(self.ports["patient"]), "--doctor-port", str(self.ports["doctor"]),
             "--chain-port", str(self.ports["chain"]), "--ocean-port", str(self.ports["ocean"]),
             "--market-db-url", self.db_url, "--data-dir", str(work / "party0"),
-            "--clinic-db-url", f"sqlite:///{work / 'party0' / 'clinic.sqlite3'}",
+            "--clinic-db-url", self.clinic_db_url,
             "--ocean-data-dir", str(self.ocean_dir), "--model-path", str(model),
             "--publish-every-s", "2",
         ]  # fmt: skip

@@ -10,87 +10,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
-from aiohttp import web
 
-from infra.messaging import Envelope, generate_key, new_message_id, public_key, seal
+from infra.messaging import generate_key
 from infra.net import free_port
 from marketplace import doctors
-from marketplace.messages import CLINIC, MARKETPLACE, SeatGranted
-from marketplace.service import MarketplaceSettings, create_app
 from marketplace.storage import make_engine, make_sessionmaker, migrate
-from predictor.clinic.store import clinic_sessions
-from predictor.images import ImageStore
-from predictor.metrics import PatientSideMetrics
-from predictor.outcomes import OutcomeWaiters
-from predictor.patient_api import create_patient_app
-from predictor.settings import PredictorSettings
 from tests.marketplace.servers import serve
-from tests.predictor.conftest import multipart
-from tests.predictor.plaintext import PlaintextQueue
-
-
-@dataclass
-class Organisations:
-    tmp: Path
-    clinic_key: str
-    market_key: str
-    clinic_port: int
-    market_port: int
-
-    @property
-    def clinic_db(self) -> Path:
-        return self.tmp / "clinic" / "clinic.sqlite3"
-
-    @property
-    def market_db(self) -> Path:
-        return self.tmp / "marketplace" / "market.sqlite3"
-
-    @property
-    def clinic_url(self) -> str:
-        return f"http://127.0.0.1:{self.clinic_port}"
-
-    @property
-    def market_url(self) -> str:
-        return f"http://127.0.0.1:{self.market_port}"
-
-    def clinic_app(self) -> tuple[web.Application, Callable[[], None]]:
-        """A fresh clinic (party 0's API) over its store; returns the app and its closer."""
-        settings = PredictorSettings(
-            clinic_db_url=f"sqlite:///{self.clinic_db}",
-            patient_port=self.clinic_port,
-            clinic_key=self.clinic_key,
-            market_public_key=public_key(self.market_key),
-            marketplace_url=self.market_url,
-        )
-        sessions = clinic_sessions(settings.clinic_db_url)
-        images = ImageStore(self.tmp / "clinic")
-        waiters = OutcomeWaiters()
-        queue = PlaintextQueue(sessions, images, waiters)
-        app = create_patient_app(settings, sessions, images, queue, waiters, PatientSideMetrics())
-        return app, queue.close
-
-    def market_app(self) -> web.Application:
-        settings = MarketplaceSettings(
-            db_url=f"sqlite:///{self.market_db}",
-            port=self.market_port,
-            patient_base_url=self.clinic_url,
-            clinic_public_key=public_key(self.clinic_key),
-            signing_key=self.market_key,
-        )
-        return create_app(settings)
-
-    def market_count(self, sql: str, *args: object) -> int:
-        if not self.market_db.exists():
-            return 0
-        with sqlite3.connect(self.market_db) as db:
-            return int(db.execute(sql, args).fetchone()[0])
+from tests.predictor.orgs import (
+    Organisations,
+    eventually,
+    patient_view,
+    post_message,
+    seat_message,
+    submit,
+)
 
 
 @pytest.fixture
@@ -106,27 +45,6 @@ def clinic(orgs: Organisations) -> Iterator[str]:
             yield url
     finally:
         close()
-
-
-def eventually(check: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
-
-
-def submit(url: str, path: Path) -> dict:
-    body, headers = multipart(path.name, path.read_bytes())
-    reply = requests.post(f"{url}/image", data=body, headers=headers, timeout=10)
-    assert reply.status_code == 202, reply.text
-    return reply.json()
-
-
-def patient_view(url: str, case: dict) -> dict:
-    headers = {"Authorization": f"Bearer {case['patient_token']}"}
-    return requests.get(f"{url}/case/{case['case_id']}", headers=headers, timeout=10).json()
 
 
 def test_cases_wait_in_the_clinics_outbox_while_the_marketplace_is_down(orgs, clinic, mri_images):
@@ -193,32 +111,21 @@ def test_a_diagnosis_made_while_the_clinic_is_down_reaches_the_patient_later(org
     assert view["diagnosis"]["reviewers"] == 3
 
 
-def _seat_message(orgs: Organisations, case_id: str, *, key: str, sent_at: float) -> bytes:
-    envelope = Envelope(
-        message_id=new_message_id(),
-        type=SeatGranted.TYPE,
-        sender=MARKETPLACE,
-        audience=CLINIC,
-        sent_at=sent_at,
-        body=SeatGranted(case_id, "d" * 32, datetime.now(UTC)).body(),
-    )
-    return seal(envelope, key)
-
-
 def test_forged_and_replayed_messages_are_refused(orgs, clinic, mri_images):
     case = submit(clinic, mri_images["no"][0])
-    post = lambda raw: requests.post(  # noqa: E731
-        f"{clinic}/messages", data=raw, headers={"Content-Type": "application/json"}, timeout=10
-    )
+
+    def post(raw: bytes) -> requests.Response:
+        return post_message(clinic, raw)
+
     # Forged: signed by someone other than the marketplace.
-    forged = post(_seat_message(orgs, case["case_id"], key=generate_key(), sent_at=time.time()))
+    forged = post(seat_message(case["case_id"], "d" * 32, key=generate_key()))
     assert forged.status_code == 401
     # Genuine, then replayed: applied once.
-    genuine = _seat_message(orgs, case["case_id"], key=orgs.market_key, sent_at=time.time())
+    genuine = seat_message(case["case_id"], "d" * 32, key=orgs.market_key)
     assert post(genuine).json() == {"accepted": True}
     assert post(genuine).json() == {"accepted": False}
     # A capture replayed after the window: refused outright.
-    stale = _seat_message(orgs, case["case_id"], key=orgs.market_key, sent_at=time.time() - 3600)
+    stale = seat_message(case["case_id"], "d" * 32, key=orgs.market_key, sent_at=time.time() - 3600)
     assert post(stale).status_code == 401
     # Tampered in flight: the signature no longer matches.
     tampered = json.loads(genuine)

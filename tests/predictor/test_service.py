@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -16,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from infra.messaging import generate_key
 from marketplace import doctors
-from marketplace.image_links import sign_image_url
 from marketplace.storage import make_engine, make_sessionmaker
 from models.checkpoint import load_checkpoint
 from models.encrypted import Prediction
 from models.preprocessing import CLASS_NAMES, Preprocessing
+from predictor.access.client import fetch_image, new_key
+from predictor.access.protocol import public_key_text
 from tests.predictor.conftest import MAX_UPLOAD, SEED_MODEL, http, multipart
 
 
@@ -132,7 +134,7 @@ def eventually(check, timeout: float = 30.0):
         time.sleep(0.1)
 
 
-def test_image_goes_only_to_a_seated_doctor_behind_the_marketplaces_signed_link(
+def test_image_goes_only_to_an_enrolled_seated_doctor_signing_with_their_own_key(
     service, mri_images
 ):
     path = mri_images["no"][1]
@@ -141,6 +143,19 @@ def test_image_goes_only_to_a_seated_doctor_behind_the_marketplaces_signed_link(
     service.wait_prediction(case_id, answer["patient_token"])
     token = register_doctor(service, "Dr Seated")
     _, me = doctor_call(service, "GET", "/api/me", token)
+    doctor_id = me["doctor_id"]
+    # The clinic enrols the doctor's own key (its command, its store).
+    key = new_key()
+    enrolled = subprocess.run(
+        [
+            sys.executable, "-m", "predictor.access.enrol",
+            "--clinic-db-url", f"sqlite:///{service.clinic_db_path}",
+            "add", "--doctor-id", doctor_id, "--name", "Dr Seated", "--licence", "GMC 7000002",
+            "--public-key", public_key_text(key.public_key()),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
     # The case reaches the marketplace's pool through the clinic's case.opened message.
     assert eventually(
         lambda: any(
@@ -150,21 +165,11 @@ def test_image_goes_only_to_a_seated_doctor_behind_the_marketplaces_signed_link(
     )
     status, card = doctor_call(service, "POST", f"/api/cases/{case_id}/claim", token)
     assert status == 201, card
-    link = card["image_url"]
-    # The clinic serves it once the marketplace's seat.granted message has arrived.
-    assert eventually(lambda: http("GET", link)[0] == 200)
-    status, body, headers = http("GET", link)
-    assert body == path.read_bytes() and headers["Content-Type"] == "image/jpeg"
-    # A correctly signed link for a doctor without a seat, an expired one, a forged one: 403.
-    now = time.time()
-    unseated = sign_image_url(service.market_key, service.patient_url, case_id, "f" * 32, 60, now)
-    assert http("GET", unseated)[0] == 403
-    expired = sign_image_url(
-        service.market_key, service.patient_url, case_id, me["doctor_id"], 1, now - 10
-    )
-    assert http("GET", expired)[0] == 403
-    forged = sign_image_url(generate_key(), service.patient_url, case_id, me["doctor_id"], 60, now)
-    assert http("GET", forged)[0] == 403
+    # The doctor signs with their own key; the clinic waits for the seat message if needed.
+    data, content_type = fetch_image(service.patient_url, case_id, doctor_id, key)
+    assert data == path.read_bytes() and content_type == "image/jpeg"
+    # A request without a doctor's signature (e.g. an old marketplace-signed link): 401.
+    assert http("GET", f"{service.patient_url}/image/{case_id}?doctor={doctor_id}")[0] == 401
     # The marketplace's service has no image route at all.
     assert http("GET", service.doctor_url + f"/image/{case_id}")[0] == 404
 
