@@ -163,7 +163,7 @@ def open_sealed(
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message larger than {MAX_MESSAGE_BYTES} bytes")
-    if _deeper_than(raw, MAX_DEPTH):
+    if deeper_than(raw, MAX_DEPTH):
         raise MalformedMessage(f"message nested deeper than {MAX_DEPTH}")
     try:
         document = json.loads(
@@ -218,11 +218,11 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
         raise MalformedMessage("body must be plain JSON") from None
     if len(body) > MAX_BODY_BYTES:
         raise MalformedMessage(f"body is {len(body)} bytes, over {MAX_BODY_BYTES}")
-    if _deeper_than(body, MAX_DEPTH - 1):
+    if deeper_than(body, MAX_DEPTH - 1):
         raise MalformedMessage(f"body nested deeper than {MAX_DEPTH - 1}")
 
 
-def _deeper_than(raw: bytes, depth: int) -> bool:
+def deeper_than(raw: bytes, depth: int) -> bool:
     """Whether ``raw`` nests arrays/objects deeper than ``depth``, counted without recursion.
 
     Strings are dropped first (a bracket inside one does not nest); unbalanced input is left

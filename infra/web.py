@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from infra.messaging import deeper_than
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -81,6 +83,22 @@ def error_middleware(
             return json_error(500, "internal_error", "internal error")
 
     return middleware
+
+
+#: Deepest JSON nesting any service parses: far beyond any real request, and far below the
+#: recursion that could crash the interpreter (web3 raises Python's recursion limit).
+MAX_JSON_DEPTH = 32
+
+
+async def read_json(request: web.Request, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The request's JSON body; 400 for malformed or absurdly nested JSON (never a crash)."""
+    raw = await request.read()
+    if deeper_than(raw, max_depth):
+        raise ApiError(400, "invalid_json", f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", "request body must be JSON") from exc
 
 
 async def run_blocking(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

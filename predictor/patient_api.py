@@ -146,14 +146,13 @@ async def post_image(request: web.Request) -> web.Response:
 
 
 def _patient_token(request: web.Request) -> str:
+    """The patient token from the Authorization header only: a token in a URL would end up
+    in access logs, browser history and Referer headers."""
     header = request.headers.get("Authorization", "")
     token = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
-    token = token or request.query.get("token", "")
     if not token:
         raise ApiError(
-            401,
-            "missing_token",
-            "pass the patient token as 'Authorization: Bearer <token>' or ?token=",
+            401, "missing_token", "pass the patient token as 'Authorization: Bearer <token>'"
         )
     return token
 

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from infra.messaging import deeper_than
 from infra.metrics import LATENCY_BUCKETS, add_metrics_route
 from infra.settings import flag, nested, parse_settings
-from infra.web import Handler, error_middleware, run_blocking
+from infra.web import MAX_JSON_DEPTH, Handler, error_middleware, run_blocking
 from marketplace.ocean.chain import ChainUnavailable
 from marketplace.ocean.downloads import DatasetUpdating, Downloads, NotPublished
 from marketplace.ocean.orders import (
@@ -139,8 +140,11 @@ async def initialize(request: web.Request) -> web.Response:
 @routes.post("/download")
 async def download(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
+    raw = await request.read()
+    if deeper_than(raw, MAX_JSON_DEPTH):
+        raise MalformedRequest("bad_request", "body is nested too deeply")
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedRequest("bad_request", "body must be JSON") from exc
     order_tx, signature = parse_download_request(body)

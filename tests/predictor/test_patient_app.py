@@ -148,3 +148,12 @@ def test_every_route_is_in_the_openapi_document(patient_app):
     assert undocumented_routes(app, load_spec(OPENAPI)) == set()
     served = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert "/case/{case_id}" in served["paths"]
+
+
+def test_the_patient_token_is_accepted_only_in_the_authorization_header(patient_app, mri_images):
+    url, _ = patient_app
+    submitted = post(url, mri_images["no"][2])
+    in_query = requests.get(
+        f"{url}/case/{submitted['case_id']}?token={submitted['patient_token']}", timeout=10
+    )
+    assert in_query.status_code == 401
