@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from infra.web import ApiError, in_session
 from marketplace import doctors, review
-from marketplace.image_links import sign_image_url
+from marketplace.image_links import viewer_url
 from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, utcnow
 
 routes = web.RouteTableDef()
@@ -128,15 +127,7 @@ async def claims(request: web.Request) -> web.Response:
 
 
 def _image_url(request: web.Request, case_id: str, doctor_id: str) -> str:
-    settings = request.app[SETTINGS]
-    return sign_image_url(
-        settings.signing_key,
-        settings.patient_base_url,
-        case_id,
-        doctor_id,
-        settings.image_link_ttl_s,
-        time.time(),
-    )
+    return viewer_url(request.app[SETTINGS].patient_base_url, case_id, doctor_id)
 
 
 @routes.post("/api/cases/{case_id}/claim")
@@ -160,8 +151,8 @@ async def claim(request: web.Request) -> web.Response:
 
 @routes.get("/api/cases/{case_id}/image-link")
 async def image_link(request: web.Request) -> web.Response:
-    """A short-lived link to the image at the clinic, signed with the marketplace's key, only
-    for panel members (the clinic checks it with the marketplace's public key)."""
+    """The clinic's viewer page for this case, for panel members only. The link grants nothing:
+    the clinic serves the image to the doctor's own enrolled key, and only with a seat."""
     doctor_id = await current_doctor(request)
     case_id = case_id_of(request)
     app = request.app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -13,12 +12,13 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def add_page(app: web.Application, settings: MarketplaceSettings) -> None:
-    """``GET /`` (with a strict CSP that admits images from party 0 only) and ``/static/``."""
-    split = urlsplit(settings.patient_base_url)
-    image_origin = f"{split.scheme}://{split.netloc}"
+    """``GET /`` (with a strict CSP: this origin only) and ``/static/``.
+
+    The page shows no image: it links to the clinic's viewer, which opens in its own tab on the
+    clinic's origin (the doctor's key lives there), so nothing here loads from the clinic.
+    """
     csp = (
-        "default-src 'self'; "
-        f"img-src 'self' {image_origin}; "
+        "default-src 'self'; img-src 'self'; "
         "style-src 'self'; script-src 'self'; connect-src 'self'; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )

@@ -40,6 +40,7 @@ function renderProfile(me) {
   $("me-tier").textContent = me.tier;
   $("me-reliability").textContent = (me.reliability * 100).toFixed(0) + "%";
   $("me-balance").textContent = me.balance + " credits";
+  $("me-id").textContent = me.doctor_id;
 }
 
 function renderPool(cases) {
@@ -88,9 +89,17 @@ async function renderClaimed(cases) {
       });
     }
     list.appendChild(card);
+    // The image is shown by the clinic's viewer (its origin, the doctor's own key), not here.
+    const link = card.querySelector(".viewer-link");
+    const waiting = card.querySelector(".viewer-wait");
     api("/api/cases/" + c.case_id + "/image-link")
-      .then((link) => { card.querySelector(".scan").src = link.url; })
-      .catch(() => { card.querySelector(".scan").alt = "Image link unavailable"; });
+      .then((answer) => {
+        link.href = answer.url;
+        link.setAttribute("aria-label", "Open the image of case " + short(c.case_id) + " in the clinic's viewer (new tab)");
+        link.hidden = false;
+        waiting.hidden = true;
+      })
+      .catch(() => { waiting.textContent = "Link to the clinic's viewer unavailable."; });
   }
 }
 
