@@ -49,6 +49,7 @@ from predictor.uploads import (
     UploadTooLarge,
     validate_image,
 )
+from predictor.viewer import add_viewer_routes
 
 routes = web.RouteTableDef()
 
@@ -333,5 +334,6 @@ def create_patient_app(
         settings.operator_token,
         before_scrape=lambda: metrics.queue_depth.set(queue.pending()),
     )
+    add_viewer_routes(app)
     add_openapi_route(app, load_spec(OPENAPI))
     return app

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.web import ApiError, in_session
+from infra.web import ApiError, in_session, read_json
 from marketplace import doctors, review
 from marketplace.image_links import viewer_url
 from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, utcnow
@@ -52,7 +52,7 @@ def case_id_of(request: web.Request) -> str:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    body = await request.json()
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return body
