@@ -8,9 +8,20 @@ The publisher serves no HTTP. With `--metrics-port N` it counts its own runs and
 Prometheus text on 127.0.0.1:N only (prometheus_client's own server; 0, the default: off).
 The counters live in this process: a restarted publisher starts again from zero, which
 Prometheus reads as a counter reset.
+
+With --every it logs the first run, then a run only when it changed something (rows staged,
+committed or skipped, a transaction sent, the number of rows waiting for their group), and the
+chain going down or coming back once per outage; a single run (no --every) is always logged.
 """
 
 from __future__ import annotations
+
+# ruff: noqa: E402  (the filter below must run before web3 is imported)
+import warnings
+
+# web3 6 (6.11.4, for ocean-lib 3.1.2) runs `import pkg_resources` in web3/__init__.py, and
+# setuptools warns on every start that pkg_resources is deprecated: nothing an operator can act on.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 import json
 import logging
@@ -80,6 +91,15 @@ class PublishMetrics:
         start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
 
+def worth_logging(result: PublishResult, previous: PublishResult | None) -> bool:
+    """Whether a run is worth a line: the first (where things stand), then only a run that
+    changed something an operator would want to read about."""
+    if previous is None:
+        return True
+    acted = result.released or result.committed or result.invalid or result.gas
+    return bool(acted) or result.held != previous.held
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(
         PublishSettings,
@@ -88,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no "Context impl ..." chatter
     publisher = Publisher(
         settings.ocean,
         MarketplaceRowSource.from_url(settings.ocean.db_url),
@@ -98,10 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(settings.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if settings.every > 0:
+        log.info(
+            "publishing every %g s (k = %d); runs that change nothing are not logged",
+            settings.every,
+            settings.ocean.k,
+        )
+    previous: PublishResult | None = None
     while True:
         result = publisher.publish(limit=settings.limit)
         metrics.record(result)
-        log.info("publish run: %s", json.dumps(asdict(result)))
+        if settings.every <= 0 or worth_logging(result, previous):
+            log.info("publish run: %s", json.dumps(asdict(result)))
+        previous = result
         if settings.every <= 0:
             return 1 if result.chain_down else 0
         if stop.wait(settings.every):

@@ -88,6 +88,7 @@ class Publisher:
         self.source = source
         self.state = state
         self.chain_factory = chain_factory
+        self.chain_down = False  # the last run found the chain down: warn once per outage
 
     def ensure_asset(self, chain: AssetChain, gas: list[GasRecord]) -> Asset:
         """Create the data NFT/datatoken/exchange and its metadata once per chain."""
@@ -139,7 +140,15 @@ class Publisher:
             commit = self._commit()
         except ChainUnavailable as exc:
             chain_down, commit = True, Commit()
-            log.warning("chain unavailable, %d rows stay queued: %s", self.state.count(STAGED), exc)
+            if not self.chain_down:
+                log.warning(
+                    "chain unavailable, %d rows stay queued until it answers: %s",
+                    self.state.count(STAGED),
+                    exc,
+                )
+        if self.chain_down and not chain_down:
+            log.info("chain answers again: %d queued rows committed", commit.committed)
+        self.chain_down = chain_down
         if resync:
             refs = {r.row_id: r.ref or "" for r in self.state.all_rows([COMMITTED])}
             by_ref: dict[str, list[int]] = {}

@@ -5,7 +5,8 @@ contracts, the publisher and the download service all start for real on ephemera
 
 The demo prints a step's title when the step starts, then what it achieved and "ok" when it
 finished; this test reads the achievements (case ids, predictions, bounties, payouts,
-diagnoses, the published digest, the researcher's rows), not the titles.
+diagnoses, the published digest, the researcher's rows), not the titles. It runs the demo as
+a user does, without --work-dir, so it also checks that the temporary folder is gone at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import collections
 import csv
 import hashlib
+import io
+import os
 import re
 import socket
 import subprocess
@@ -43,10 +46,10 @@ def _achieved(steps: dict[str, str], title_start: str) -> tuple[str, str]:
 
 def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Path) -> None:
     assert (ROOT / "models" / "lenet.pth").exists(), "the seed model is part of the repository"
-    work = tmp_path / "demo"
     run = subprocess.run(
-        [str(ROOT / "scripts" / "demo"), "--work-dir", str(work)],
+        [str(ROOT / "scripts" / "demo")],
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its temporary folder lands here
         capture_output=True,
         text=True,
         timeout=600,
@@ -54,6 +57,12 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     assert "[demo] OK" in run.stdout, output[-4000:]
+    [work] = re.findall(
+        r"^\[demo\] crypto-doctor end to end; state and logs in (.+)$", run.stdout, re.M
+    )
+    assert Path(work).parent == tmp_path
+    assert not Path(work).exists(), "the demo left its temporary folder behind"
+    assert f"[demo] removed {work}" in run.stdout
     steps = _steps(run.stdout)
     for title in steps:
         _achieved(steps, title)  # every step that started also finished
@@ -103,9 +112,14 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
     for case_id, model, diagnosis, reviewers in read:
         assert (model, diagnosis, reviewers) == (model_label[case_id], truth[case_id], "3")
 
-    # the researcher's file: the published rows, as on chain, naming no case, patient or doctor
-    csv_path = work / "crypto-doctor-diagnoses.csv"
-    sha256 = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    # the researcher's file, as the demo printed it (its folder is gone): the published rows,
+    # as on chain, naming no case, patient or doctor
+    body, ok = _achieved(steps, "researcher CLI downloads the CSV")
+    lines = [line.removeprefix("     ") for line in body.strip("\n").splitlines()[:-1]]
+    csv_text = "".join(line + "\n" for line in lines)  # the one CSV dialect: "\n" line ends
+    sha256 = hashlib.sha256(csv_text.encode()).hexdigest()
+    csv_path = Path(work) / "crypto-doctor-diagnoses.csv"
+    assert ok == f"{CASES} anonymized rows in {csv_path} (sha256 {sha256[:16]}…)"
     _, ok = _achieved(steps, "research rows published on Ocean")
     assert re.fullmatch(
         rf"{CASES} rows; CSV sha256 {sha256[:16]}… on data NFT 0x[0-9a-fA-F]{{40}}", ok
@@ -113,12 +127,7 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
     _, ok = _achieved(steps, "researcher CLI buys")
     paid = re.fullmatch(r"order 0x[0-9a-fA-F]{16}… paid ([\d.e+-]+) OCEAN", ok)
     assert paid and float(paid.group(1)) > 0, ok
-    body, ok = _achieved(steps, "researcher CLI downloads the CSV")
-    assert ok == f"{CASES} anonymized rows in {csv_path} (sha256 {sha256[:16]}…)"
-    lines = csv_path.read_text().splitlines()
-    assert [f"     {line}" for line in lines] == body.strip("\n").splitlines()[:-1]
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert len(rows) == CASES
     assert collections.Counter(r["diagnosis"] for r in rows) == collections.Counter(truth.values())
     assert collections.Counter(r["model_label"] for r in rows) == collections.Counter(
@@ -129,7 +138,7 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
         "day", "backbone", "model_label", "confidence_bucket", "diagnosis", "reviewers",
         "agreement",
     }  # fmt: skip
-    assert not any(case_id in csv_path.read_text() for case_id in case_ids)
+    assert not any(case_id in csv_text for case_id in case_ids)
 
     # SIGTERM stopped every process: the supervisor exited 0, nothing listens any more
     _, ok = _achieved(steps, "stopping the system")
