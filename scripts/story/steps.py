@@ -130,13 +130,16 @@ def encrypted_prediction(system: System, clock: Clock, cases: list[dict]) -> Non
 
 def bounties_in_pool(system: System, clock: Clock, cases: list[dict], doctors: list[dict]) -> None:
     clock.step("bounties: each doctor sees the open cases in the pool")
-    status, pool = http("GET", system.doctor_url + "/api/pool", token=doctors[0]["token"])
-    if status != 200:
-        raise DemoFailed(f"pool: {status} {pool}")
-    bounties = {c["case_id"]: c["bounty"] for c in pool["cases"]}
-    missing = [c["case_id"] for c in cases if c["case_id"] not in bounties]
-    if missing:
-        raise DemoFailed(f"cases not in the pool: {missing}")
+
+    def pool_bounties() -> dict | None:
+        """The pool once every case has reached the marketplace (by the clinic's messages)."""
+        status, pool = http("GET", system.doctor_url + "/api/pool", token=doctors[0]["token"])
+        if status != 200:
+            raise DemoFailed(f"pool: {status} {pool}")
+        bounties = {c["case_id"]: c["bounty"] for c in pool["cases"]}
+        return bounties if all(c["case_id"] in bounties for c in cases) else None
+
+    bounties = poll("every case in the marketplace's pool", pool_bounties, timeout=60)
     for case in cases:
         case["bounty"] = bounties[case["case_id"]]
         say(f"case {case['case_id'][:8]}…  bounty {case['bounty']} credits")
