@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from infra.settings import add_flags, flag, settings_from
 from infra.tokens import hash_token, new_token
-from marketplace import ledger
+from marketplace import ledger, rate_limits
 from marketplace.domain.ledger import doctor_account
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.errors import DoctorNotFound, InvalidInput
@@ -65,18 +65,16 @@ def _clean(value: str, what: str, max_len: int) -> str:
     return value
 
 
-@unit_of_work
-def create_doctor(
+def _add_doctor(
     session: Session,
     *,
     display_name: str,
     specialty: str,
     now: datetime,
-    wallet_address: str | None = None,
-    reputation: int | None = None,
-    policy: MarketPolicy = DEFAULT_POLICY,
+    wallet_address: str | None,
+    reputation: int | None,
+    policy: MarketPolicy,
 ) -> tuple[str, str]:
-    """Register a doctor; returns ``(doctor_id, api_token)`` - the token is shown only here."""
     name = _clean(display_name, "display_name", 120)
     spec = _clean(specialty, "specialty", 80)
     if wallet_address is not None and wallet_address != "":
@@ -102,6 +100,57 @@ def create_doctor(
         )
     )
     return doctor_id, token
+
+
+@unit_of_work
+def create_doctor(
+    session: Session,
+    *,
+    display_name: str,
+    specialty: str,
+    now: datetime,
+    wallet_address: str | None = None,
+    reputation: int | None = None,
+    policy: MarketPolicy = DEFAULT_POLICY,
+) -> tuple[str, str]:
+    """Create a doctor as the operator (the CLI, tools; no rate limit); returns
+    ``(doctor_id, api_token)`` - the token is shown only here."""
+    return _add_doctor(
+        session,
+        display_name=display_name,
+        specialty=specialty,
+        now=now,
+        wallet_address=wallet_address,
+        reputation=reputation,
+        policy=policy,
+    )
+
+
+@unit_of_work
+def register_doctor(
+    session: Session,
+    *,
+    display_name: str,
+    specialty: str,
+    now: datetime,
+    wallet_address: str | None = None,
+    policy: MarketPolicy = DEFAULT_POLICY,
+) -> tuple[str, str]:
+    """Self-registration (``POST /api/doctors``): a new doctor at the starting reputation,
+    within ``policy.registration_rate`` for all clients together (counted in the store, so
+    across processes and restarts); raises :class:`RateLimited` beyond it."""
+    rate_limits.take(
+        session, rate_limits.REGISTRATION, policy.registration_rate, now, "self-registrations"
+    )
+    return _add_doctor(
+        session,
+        display_name=display_name,
+        specialty=specialty,
+        now=now,
+        wallet_address=wallet_address,
+        reputation=None,
+        policy=policy,
+    )
 
 
 @read_only

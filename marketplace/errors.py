@@ -55,3 +55,20 @@ class NotSettled(MarketplaceError):
 
 class DoctorNotFound(MarketplaceError):
     code = "doctor_not_found"
+
+
+class TooManyOpenClaims(MarketplaceError):
+    """The doctor holds the most unvoted claims on unsettled cases allowed; vote first."""
+
+    code = "too_many_open_claims"
+
+
+class RateLimited(MarketplaceError):
+    """Too many claims (per doctor) or self-registrations (all clients) in the window."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        #: Whole seconds until one more would be allowed (the ``Retry-After`` value).
+        self.retry_after_s = retry_after_s

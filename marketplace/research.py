@@ -1,13 +1,17 @@
-"""Research rows: the anonymized stream of settled cases (CSV and Ocean publisher source).
+"""Research rows: one anonymized row per settled case, released in k-anonymous groups.
 
-Both consumers render the rows with ``domain.anonymize.csv_text``, the one CSV dialect.
+The Ocean publisher reads the unreleased rows, releases those whose group has reached k and
+marks them published; only released rows ever leave the marketplace, on Ocean or in the
+operator's ``GET /decisions.csv``. Both render with ``domain.anonymize.csv_text``, the one CSV
+dialect.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from marketplace.domain.anonymize import CSV_COLUMNS, ResearchRecord
@@ -46,20 +50,67 @@ def unpublished_rows(session: Session, limit: int) -> list[dict[str, object]]:
 
 @unit_of_work
 def mark_published(session: Session, row_ids: list[int], *, ref: str, now: datetime) -> None:
-    """Record that these rows went out under ``ref`` (rows already published keep their ref)."""
+    """Record that these rows went out under ``ref`` (rows already published keep their ref).
+
+    Each release is stamped later than every earlier one (``now``, or a microsecond after the
+    latest stamp if the clock has not moved on), so the live CSV can follow releases in order.
+    """
     if not row_ids:
         return
+    latest = session.scalar(select(func.max(ResearchRow.published_at)))
+    stamp = now if latest is None or now > latest else latest + timedelta(microseconds=1)
     session.execute(
         update(ResearchRow)
         .where(ResearchRow.id.in_(list(row_ids)), ResearchRow.published_at.is_(None))
-        .values(published_at=now, published_ref=ref[:200])
+        .values(published_at=stamp, published_ref=ref[:200])
         .execution_options(synchronize_session=False)
     )
 
 
+@dataclass(frozen=True)
+class ReleaseCursor:
+    """Where a reader of released rows stands: the last row it got, in release order."""
+
+    published_at: datetime
+    row_id: int
+
+
+@read_only
+def released_after(
+    session: Session, cursor: ReleaseCursor | None, limit: int = 500
+) -> list[tuple[ReleaseCursor, list[str]]]:
+    """Released rows after ``cursor`` in release order, each with its cursor and CSV values.
+
+    Only rows the k-anonymous release has put out (``published_at`` set): a row whose group is
+    still below k never appears here.
+    """
+    query = select(ResearchRow).where(ResearchRow.published_at.is_not(None))
+    if cursor is not None:
+        query = query.where(
+            or_(
+                ResearchRow.published_at > cursor.published_at,
+                and_(
+                    ResearchRow.published_at == cursor.published_at,
+                    ResearchRow.id > cursor.row_id,
+                ),
+            )
+        )
+    rows = session.scalars(
+        query.order_by(ResearchRow.published_at, ResearchRow.id).limit(max(0, limit))
+    )
+    return [
+        (ReleaseCursor(row.published_at, row.id), _record(row).as_csv_values())
+        for row in rows
+        if row.published_at is not None
+    ]
+
+
 @read_only
 def rows_after(session: Session, after_id: int, limit: int = 500) -> list[tuple[int, list[str]]]:
-    """Rows with id greater than ``after_id`` as (id, CSV values), for the live CSV stream."""
+    """Every row, released or not, with id greater than ``after_id`` as (id, CSV values).
+
+    For the marketplace's own checks and tests; never served: outsiders get released rows only
+    (:func:`released_after`)."""
     rows = session.scalars(
         select(ResearchRow).where(ResearchRow.id > after_id).order_by(ResearchRow.id).limit(limit)
     )

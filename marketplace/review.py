@@ -5,6 +5,10 @@ included (``marketplace.outbox``). Rows of a
 case are locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
 writers with ``BEGIN IMMEDIATE``) before panel state changes, so concurrent
 claims and votes cannot overfill a panel or skip a settlement.
+
+Before a case settles, nothing any doctor or the clinic sees depends on its votes: seats
+follow the escalation level (``domain.seats``) and are never freed, claims only grow, and a
+vote answers with its receipt alone.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy import case as sql_case
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from marketplace import rate_limits
 from marketplace.domain import ledger as ledger_domain
 from marketplace.domain.consensus import commitment, validate_label
+from marketplace.domain.limits import may_open_claim
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.domain.status import MARKET_STATUSES, REVIEWABLE, CaseStatus
 from marketplace.errors import (
@@ -33,6 +40,7 @@ from marketplace.errors import (
     NotOnPanel,
     NotSettled,
     TierTooLow,
+    TooManyOpenClaims,
 )
 from marketplace.messages import SeatGranted
 from marketplace.outbox import tell_clinic
@@ -146,6 +154,25 @@ def _card(case: Case) -> CaseCard:
     )
 
 
+def _seats(policy: MarketPolicy) -> ColumnElement[int]:
+    """``policy.seats(Case.escalation_level)`` as SQL, for the pool's query."""
+    grown = policy.panel.panel_size + Case.escalation_level * policy.escalation_seats
+    cap = policy.panel.max_panel
+    return sql_case((grown >= cap, cap), else_=grown)
+
+
+def _open_claims(session: Session, doctor_id: str) -> int:
+    """The doctor's claims without their vote, on cases not yet settled."""
+    voted = exists().where(Vote.case_id == Claim.case_id, Vote.doctor_id == Claim.doctor_id)
+    count = session.scalar(
+        select(func.count())
+        .select_from(Claim)
+        .join(Case, Case.id == Claim.case_id)
+        .where(Claim.doctor_id == doctor_id, Case.status.in_(REVIEWABLE), ~voted)
+    )
+    return int(count or 0)
+
+
 @read_only
 def list_pool(
     session: Session, doctor_id: str, policy: MarketPolicy = DEFAULT_POLICY
@@ -158,7 +185,7 @@ def list_pool(
         select(Case)
         .where(
             Case.status.in_(REVIEWABLE),
-            Case.claims_count < Case.reviewers_needed,
+            Case.claims_count < _seats(policy),
             Case.min_tier <= tier,
             Case.id.not_in(mine),
         )
@@ -177,10 +204,11 @@ def claim_case(
     now: datetime,
     policy: MarketPolicy = DEFAULT_POLICY,
 ) -> CaseCard:
-    """Take a seat on a case's panel (only while seats are left and the tier admits it).
+    """Take a seat on a case's panel: while seats are left, the tier admits it, the doctor
+    holds fewer than ``policy.max_open_claims`` unvoted claims and is within the claim rate.
 
-    The clinic is told (``seat.granted``, posted in this transaction), so it lets the doctor
-    see the image.
+    The seat is never taken back. The clinic is told (``seat.granted``, posted in this
+    transaction), so it lets the doctor see the image.
     """
     doctor = _doctor(session, doctor_id)
     case = _locked_case(session, case_id)
@@ -190,8 +218,18 @@ def claim_case(
         raise CaseNotClaimable(f"case is {case.status}")
     if not policy.reputation.tiers.admits(doctor.reputation, case.min_tier):
         raise TierTooLow("your reputation tier does not admit this case yet")
-    if case.claims_count >= case.reviewers_needed:
+    if case.claims_count >= policy.seats(case.escalation_level):
         raise CaseNotClaimable("the panel is full")
+    # One doctor's claims one at a time (any process), so the cap and the rate are exact.
+    key = rate_limits.claims_of(doctor_id)
+    rate_limits.lock(session, key)
+    held = _open_claims(session, doctor_id)
+    if not may_open_claim(held, policy.max_open_claims):
+        raise TooManyOpenClaims(
+            f"you hold {held} claims without your vote (at most {policy.max_open_claims}); "
+            "vote on them first"
+        )
+    rate_limits.take(session, key, policy.claim_rate, now, "claims")
     session.add(Claim(case_id=case_id, doctor_id=doctor_id, claimed_at=now))
     try:
         session.flush()
@@ -348,7 +386,10 @@ def history(session: Session, doctor_id: str) -> list[SettledReview]:
 def escalate_overdue(
     session: Session, *, now: datetime, policy: MarketPolicy = DEFAULT_POLICY
 ) -> list[str]:
-    """Escalate every open/under-review case past its deadline; returns their ids."""
+    """Escalate every open/under-review case past its deadline; returns their ids.
+
+    This is also the unvoted-claim timeout: a case whose seat-holders have not all voted
+    within its window gets new seats, whoever voted; no seat is ever freed."""
     overdue = session.scalars(
         select(Case)
         .where(Case.status.in_(REVIEWABLE), Case.review_deadline < now)

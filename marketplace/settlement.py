@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace import ledger
@@ -23,7 +23,7 @@ from marketplace.domain.pricing import escalated_bounty, uncertainty
 from marketplace.domain.status import CaseStatus
 from marketplace.messages import CaseSettled
 from marketplace.outbox import tell_clinic
-from marketplace.storage.models import Case, Claim, Doctor, ResearchRow, Vote
+from marketplace.storage.models import Case, Doctor, ResearchRow, Vote
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ def advance_panel(session: Session, case: Case, now: datetime, policy: MarketPol
     ]
     outcome = evaluate(ballots, case.reviewers_needed, policy.panel)
     if outcome.action == "widen":
+        # More votes needed, but no seat opens for it: seats follow the escalation clock only
+        # (``domain.seats``), so no one learns from a reopened seat that the votes disagreed.
+        # The extra votes come from seats already open or from those of the next escalation.
         case.reviewers_needed = outcome.panel_size
         log.info("case %s: panel widened to %d", case.id, outcome.panel_size)
     elif outcome.action == "settle":
@@ -117,7 +120,12 @@ def _settle(
 
 
 def escalate_case(session: Session, case: Case, now: datetime, policy: MarketPolicy) -> None:
-    """Raise the bounty (treasury -> escrow), admit one lower tier, free stale claims."""
+    """Raise the bounty (treasury -> escrow), admit one lower tier, open the next seats.
+
+    The same whatever the votes: no seat is freed and the status stays, and the seats follow
+    the new escalation level (``policy.seats``), so a case looks the same after an escalation
+    however many of its seat-holders voted.
+    """
     assert case.bounty is not None
     new_bounty = escalated_bounty(
         case.bounty, policy.escalation_raise_percent, policy.escalation_cap
@@ -136,16 +144,11 @@ def escalate_case(session: Session, case: Case, now: datetime, policy: MarketPol
         )
         case.bounty = new_bounty
     case.min_tier = max(0, case.min_tier - 1)
-    voted = select(Vote.doctor_id).where(Vote.case_id == case.id)
-    freed = session.scalars(
-        delete(Claim)
-        .where(Claim.case_id == case.id, Claim.doctor_id.not_in(voted))
-        .returning(Claim.doctor_id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    case.claims_count -= len(freed)
-    if case.claims_count == 0:
-        case.status = CaseStatus.OPEN
     case.escalation_level += 1
     case.review_deadline = now + policy.review_window
-    log.info("case %s escalated to level %d", case.id, case.escalation_level)
+    log.info(
+        "case %s escalated to level %d (%d seats)",
+        case.id,
+        case.escalation_level,
+        policy.seats(case.escalation_level),
+    )

@@ -65,7 +65,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.post("/api/doctors")
 async def register(request: web.Request) -> web.Response:
-    """Self-registration: returns the API token once (only its hash is stored)."""
+    """Self-registration, within the registration rate of all clients together: returns the
+    API token once (only its hash is stored)."""
     app = request.app
     settings = app[SETTINGS]
     if not settings.allow_registration:
@@ -80,7 +81,7 @@ async def register(request: web.Request) -> web.Response:
     doctor_id, token = await in_session(
         app[EXECUTOR],
         app[SESSIONS],
-        doctors.create_doctor,
+        doctors.register_doctor,
         display_name=body["display_name"],
         specialty=body["specialty"],
         wallet_address=wallet,

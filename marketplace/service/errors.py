@@ -21,4 +21,6 @@ STATUS: dict[type[Exception], int] = {
     errors.CaseNotClaimable: 409,
     errors.CaseNotOpen: 409,
     errors.NotSettled: 409,
+    errors.TooManyOpenClaims: 409,
+    errors.RateLimited: 429,
 }

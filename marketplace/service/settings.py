@@ -18,7 +18,9 @@ from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 #: Field metadata making a nested ``MarketPolicy`` configurable in both parties:
 #: ``--bounty-base`` / ``CRYPTO_DOCTOR_BOUNTY_BASE`` (also ``_STEEPNESS``, ``_FLOOR``,
 #: ``_CEILING``), ``PANEL_SIZE``, ``QUORUM``, ``WIDEN_STEP``, ``MAX_PANEL``, ``MIN_POSTERIOR``,
-#: ``USE_RELIABILITY``, ``REVIEW_WINDOW_S``, ``ESCALATION_RAISE_PERCENT``, ``ESCALATION_CAP``.
+#: ``USE_RELIABILITY``, ``REVIEW_WINDOW_S``, ``ESCALATION_RAISE_PERCENT``, ``ESCALATION_CAP``,
+#: ``ESCALATION_SEATS``, ``MAX_OPEN_CLAIMS``, ``CLAIM_RATE_LIMIT``, ``CLAIM_RATE_WINDOW_S``,
+#: ``REGISTRATION_RATE_LIMIT``, ``REGISTRATION_RATE_WINDOW_S``.
 #: Reputation rules are not configurable: their defaults stand.
 POLICY_FLAGS = nested("", pricing="bounty_", panel="")
 
@@ -77,7 +79,9 @@ class MarketplaceSettings:
     operator_token: str = field(
         default="",
         repr=False,
-        metadata=flag("bearer token for /metrics from other hosts", secret=True),
+        metadata=flag(
+            "bearer token for /metrics from other hosts and for /decisions.csv", secret=True
+        ),
     )
 
     def __post_init__(self) -> None:

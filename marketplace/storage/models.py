@@ -84,7 +84,9 @@ class ResearchRow(Base):
     diagnosis: Mapped[str] = mapped_column(String(16))
     reviewers: Mapped[int] = mapped_column(Integer)
     agreement: Mapped[float] = mapped_column(Float)
-    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set when the k-anonymous release (the Ocean publisher) put the row out; only then may
+    # anyone outside the marketplace see it. Strictly increasing from one release to the next.
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     published_ref: Mapped[str | None] = mapped_column(String(200))
 
 
@@ -109,6 +111,8 @@ class Case(Base):
     # Review market state.
     bounty: Mapped[int | None] = mapped_column(BigInteger)
     min_tier: Mapped[int] = mapped_column(Integer, default=0)
+    # Votes the consensus rule waits for (3, widened to 5 and 7 on disagreement); the seats
+    # doctors can claim follow the escalation level instead (``domain.seats``).
     reviewers_needed: Mapped[int] = mapped_column(Integer, default=0)
     claims_count: Mapped[int] = mapped_column(Integer, default=0)
     escalation_level: Mapped[int] = mapped_column(Integer, default=0)
@@ -122,7 +126,8 @@ class Case(Base):
 
 
 class Claim(Base):
-    """A doctor's place on a case's panel (at most ``reviewers_needed`` per case)."""
+    """A doctor's seat on a case's panel: never freed (at most ``MarketPolicy.seats`` of the
+    case's escalation level per case)."""
 
     __tablename__ = "claims"
     __table_args__ = (UniqueConstraint("case_id", "doctor_id"),)
@@ -169,6 +174,18 @@ class LedgerEntry(Base):
     transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
     account: Mapped[str] = mapped_column(String(80), index=True)
     amount: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateEvent(Base):
+    """One event a rate limit counts (a doctor's claim, a self-registration), kept in the store
+    so that every process and every restart counts the same events."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(80))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Outbox(OutboxMixin, Base):

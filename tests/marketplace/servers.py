@@ -6,7 +6,10 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import requests
 from aiohttp import web
 
 
@@ -54,3 +57,16 @@ def serve(app: web.Application, timeout: float = 30.0, port: int = 0) -> Iterato
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
+
+
+@dataclass(frozen=True)
+class Api:
+    """Requests to a served app: ``api("GET", "/api/pool", token)`` (a bearer token if given)."""
+
+    url: str
+
+    def __call__(
+        self, method: str, path: str, token: str | None = None, **kw: Any
+    ) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=10, **kw)

@@ -176,8 +176,8 @@ def _assert_sealed(service: Service, tokens: list[str], case_id: str, notes: lis
                 assert forbidden not in body, (path, body)
         r = service.call("GET", f"/api/cases/{case_id}/disclosure", token)
         assert r.status_code == 409 and r.json()["error"] == "not_settled"
-    csv_now = requests.get(f"{service.url}/decisions.csv?follow=0", timeout=10).text
-    assert csv_now.strip().count("\n") == 0  # header only
+    # The research stream is the operator's, and holds only released rows anyway.
+    assert requests.get(f"{service.url}/decisions.csv?follow=0", timeout=10).status_code == 403
 
 
 def test_double_votes_and_outsiders_refused(service: Service, session) -> None:
@@ -264,30 +264,6 @@ def cases_bounty(session, case_id: str) -> int:
 
     session.expire_all()
     return session.get(Case, case_id).bounty
-
-
-def test_decisions_csv_streams_rows_as_cases_settle(service: Service, session) -> None:
-    from tests.marketplace.test_review import _panel
-
-    with requests.get(f"{service.url}/decisions.csv", stream=True, timeout=(5, 20)) as stream:
-        assert stream.headers["Content-Type"].startswith("text/csv")
-        assert stream.headers["Cache-Control"] == "no-store"
-        chunks = stream.iter_content(chunk_size=None, decode_unicode=True)
-        buffer = next(chunks)
-        assert (
-            buffer == "day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement\n"
-        )
-        from tests.marketplace.flows import make_doctors
-
-        case_id = open_case(session, confidence=0.93, label="tumor")
-        _panel(session, case_id, make_doctors(session, 3), ["no_tumor"] * 3)
-        while buffer.count("\n") < 2:
-            buffer += next(chunks)
-    row = buffer.splitlines()[1].split(",")
-    assert row[1:] == ["resnet18", "tumor", "0.9-1.0", "no_tumor", "3", "1.00"]
-    snapshot = requests.get(f"{service.url}/decisions.csv?follow=0", timeout=10).text
-    assert snapshot.splitlines() == buffer.splitlines()[:2]
-    assert case_id not in snapshot
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

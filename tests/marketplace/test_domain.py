@@ -1,4 +1,5 @@
-"""Pure domain rules: pricing, ledger, consensus, reputation, anonymization (no I/O)."""
+"""Pure domain rules: pricing, ledger, consensus, reputation, anonymization, limits and seats
+(no I/O)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from marketplace.domain.consensus import (
     posterior,
     verify_receipt,
 )
+from marketplace.domain.limits import RateLimit, check_rate, may_open_claim
+from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import PricingPolicy, escalated_bounty, price_bounty
 from marketplace.domain.reputation import BetaReliability, ReputationRule, Tiers
+from marketplace.domain.seats import seats_open
 
 confidences = st.floats(min_value=0.5, max_value=1.0, allow_nan=False)
 
@@ -288,3 +292,79 @@ def test_utc_is_used() -> None:
         ).as_csv_values()[-1]
         == "0.67"
     )
+
+
+# ---- limits and seats ----------------------------------------------------------------------
+
+WINDOW = timedelta(hours=1)
+
+
+@given(
+    st.integers(1, 6),
+    st.lists(st.integers(0, 3 * 3600), max_size=40).map(sorted),
+)
+def test_a_rate_limit_never_lets_more_than_count_into_any_window(count, offsets) -> None:
+    """Arrivals at sorted times: those admitted never number more than ``count`` in any window,
+    and one is refused only when ``count`` admitted ones fill its window; the refusal's
+    ``retry_after`` is exactly when it would be admitted."""
+    limit = RateLimit(count, WINDOW)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    admitted: list[datetime] = []
+    for offset in offsets:
+        now = start + timedelta(seconds=offset)
+        verdict = check_rate(admitted, now, limit)
+        in_window = [t for t in admitted if t > now - WINDOW]
+        assert verdict.allowed == (len(in_window) < count)
+        if verdict.allowed:
+            admitted.append(now)
+            assert verdict.retry_after == timedelta(0)
+        else:
+            later = now + verdict.retry_after
+            assert verdict.retry_after > timedelta(0)
+            assert check_rate(admitted, later, limit).allowed
+            assert not check_rate(admitted, later - timedelta(microseconds=1), limit).allowed
+    for t in admitted:
+        assert sum(t <= u < t + WINDOW for u in admitted) <= count
+
+
+def test_rate_limits_and_the_claim_cap_refuse_nonsense() -> None:
+    for count, window in ((0, WINDOW), (1, timedelta(0))):
+        with pytest.raises(ValueError):
+            RateLimit(count, window)
+    assert may_open_claim(2, 3) and not may_open_claim(3, 3)
+    for bad in ({"max_open_claims": 0}, {"claim_rate_limit": 0}, {"escalation_seats": -1}):
+        with pytest.raises(ValueError):
+            MarketPolicy(**bad)
+    with pytest.raises(ValueError):
+        MarketPolicy(registration_rate_window=timedelta(0))
+
+
+@st.composite
+def panel_rules(draw) -> PanelRule:
+    panel_size = draw(st.integers(1, 9))
+    return PanelRule(
+        panel_size=panel_size,
+        quorum=draw(st.integers(1, panel_size)),
+        max_panel=draw(st.integers(panel_size, 15)),
+    )
+
+
+@given(panel_rules(), st.integers(0, 5), st.integers(0, 20))
+def test_seats_grow_with_escalations_only_and_stay_under_the_panel_maximum(
+    rule, per_escalation, level
+) -> None:
+    """Seats are a function of the escalation level alone (no vote goes in): never fewer
+    than the first panel, never more than the most doctors who may see an image."""
+    seats = seats_open(rule, level, per_escalation)
+    assert rule.panel_size <= seats <= rule.max_panel
+    assert seats_open(rule, level + 1, per_escalation) >= seats
+    if per_escalation:
+        assert seats_open(rule, rule.max_panel, per_escalation) == rule.max_panel
+
+
+def test_default_seats_follow_the_panel_sizes_on_the_escalation_clock() -> None:
+    policy = MarketPolicy()
+    assert [policy.seats(level) for level in range(5)] == [3, 5, 7, 7, 7]
+    assert policy.max_open_claims == 3
+    assert policy.claim_rate == RateLimit(30, timedelta(hours=1))
+    assert policy.registration_rate == RateLimit(20, timedelta(hours=1))

@@ -6,10 +6,11 @@ import random
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from marketplace import ledger, review
 from marketplace.domain.ledger import TREASURY, escrow_account
+from marketplace.domain.policy import DEFAULT_POLICY
 from marketplace.errors import MarketplaceError
 from marketplace.storage.models import Case, Claim, ResearchRow
 from tests.marketplace.flows import make_doctors, open_case
@@ -29,7 +30,12 @@ def _check(session) -> None:
             assert case.research_row_id is not None
         else:
             assert escrow == case.bounty  # funded exactly, escalations included
-        assert 0 <= case.claims_count <= case.reviewers_needed
+        # Seats follow the escalation level only (never the votes), and none is ever freed.
+        assert 0 <= case.claims_count <= DEFAULT_POLICY.seats(case.escalation_level)
+        claims = session.scalar(
+            select(func.count()).select_from(Claim).where(Claim.case_id == case.id)
+        )
+        assert claims == case.claims_count
     assert balances.get(TREASURY, 0) == -issued
     settled = sum(c.status == "settled" for c in cases)
     assert len(session.scalars(select(ResearchRow)).all()) == settled

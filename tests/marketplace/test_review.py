@@ -25,15 +25,16 @@ from tests.marketplace.flows import make_doctors, open_case, to_clinic
 from tests.marketplace.helpers import T0
 
 T1 = T0 + timedelta(minutes=10)
+LATE = T0 + DEFAULT_POLICY.review_window + timedelta(seconds=1)
 
 
-def _panel(session, case_id, docs, labels):
+def _panel(session, case_id, docs, labels, now=T1):
     receipts = []
     for doctor_id, _ in docs:
-        review.claim_case(session, doctor_id, case_id, now=T1)
+        review.claim_case(session, doctor_id, case_id, now=now)
     for (doctor_id, _), label in zip(docs, labels, strict=True):
         receipts.append(
-            review.cast_vote(session, doctor_id, case_id, label=label, note=None, now=T1)
+            review.cast_vote(session, doctor_id, case_id, label=label, note=None, now=now)
         )
     return receipts
 
@@ -86,14 +87,20 @@ def test_dissent_pays_only_agreeing_and_lowers_dissenter(session) -> None:
     case = session.get(Case, case_id)
     assert case.status == "under_review" and case.reviewers_needed == 5
     more = make_doctors(session, 2)
+    # Widening opens no seat (a reopened seat would tell everyone the votes disagreed): the
+    # two more reviewers take the seats of the next escalation, which come whatever the votes.
+    assert review.list_pool(session, more[0][0]) == []
+    with pytest.raises(CaseNotClaimable):
+        review.claim_case(session, more[0][0], case_id, now=T1)
     assert to_clinic(session, "case.settled") == []  # a widening tells the clinic nothing
-    _panel(session, case_id, more, ["tumor", "tumor"])
+    assert review.escalate_overdue(session, now=LATE) == [case_id]
+    _panel(session, case_id, more, ["tumor", "tumor"], now=LATE)
     (settled,) = to_clinic(session, "case.settled")
     assert settled == {
         "type": "case.settled",
         "case_id": case_id,
         "diagnosis": "tumor",
-        "settled_at": T1.isoformat(),
+        "settled_at": LATE.isoformat(),
         "reviewers": 5,
         "agreement": 0.8,
     }
@@ -101,7 +108,8 @@ def test_dissent_pays_only_agreeing_and_lowers_dissenter(session) -> None:
     dissenter = doctors.doctor_profile(session, docs[1][0])
     assert dissenter.balance == 0 and dissenter.reputation < 100
     agreeing = [ledger.balance(session, doctor_account(d)) for d, _ in docs[::2] + more]
-    assert sum(agreeing) == price_bounty(0.9)
+    escalated = session.get(Case, case_id).bounty
+    assert sum(agreeing) == escalated > price_bounty(0.9)
     assert sum(ledger.all_balances(session).values()) == 0
 
 
@@ -153,33 +161,45 @@ def test_claims_are_limited_by_panel_and_tier(session) -> None:
     assert all(m["granted_at"] == T1.isoformat() for m in granted)
 
 
-def test_escalation_raises_bounty_widens_pool_and_frees_stale_claims(session) -> None:
+def test_escalation_raises_bounty_admits_a_lower_tier_and_adds_seats_freeing_none(
+    session,
+) -> None:
     case_id = open_case(session, confidence=0.6)  # tier 1 case
     bounty = price_bounty(0.6)
-    juniors = make_doctors(session, 3)
-    ((senior, _),) = make_doctors(session, 1, reputation=150)
-    review.claim_case(session, senior, case_id, now=T1)
+    juniors = make_doctors(session, 4)
+    (voter, _), (stale, _) = make_doctors(session, 2, reputation=150)
+    review.claim_case(session, voter, case_id, now=T1)
+    review.claim_case(session, stale, case_id, now=T1)
+    review.cast_vote(session, voter, case_id, label="no_tumor", note=None, now=T1)
     assert review.list_pool(session, juniors[0][0]) == []
     assert review.escalate_overdue(session, now=T1) == []  # not overdue yet
-    late = T0 + DEFAULT_POLICY.review_window + timedelta(seconds=1)
-    assert review.escalate_overdue(session, now=late) == [case_id]
+    assert review.escalate_overdue(session, now=LATE) == [case_id]
     case = session.get(Case, case_id)
     assert case.bounty == bounty * 3 // 2 and case.escalation_level == 1
     assert ledger.balance(session, escrow_account(case_id)) == case.bounty
     assert ledger.balance(session, TREASURY) == -case.bounty
-    # The senior never voted: their seat is freed; juniors now see the case.
-    assert case.claims_count == 0 and case.status == "open"
+    # The unvoted claim timed out into two new seats; no seat was freed, the voter's or not.
+    assert case.claims_count == 2 and case.status == "under_review"
+    review.require_claim(session, stale, case_id)  # keeps the seat, may still vote
     assert [c.case_id for c in review.list_pool(session, juniors[0][0])] == [case_id]
-    with pytest.raises(NotOnPanel):
-        review.require_claim(session, senior, case_id)
-    _panel(session, case_id, juniors, ["no_tumor"] * 3)
+    for d, _ in juniors[:3]:
+        review.claim_case(session, d, case_id, now=LATE)
+    with pytest.raises(CaseNotClaimable):  # 3 seats + 2 of the escalation, all taken
+        review.claim_case(session, juniors[3][0], case_id, now=LATE)
+    assert len(to_clinic(session, "seat.granted")) == 5
+    for d, _ in juniors[:2]:
+        review.cast_vote(session, d, case_id, label="no_tumor", note=None, now=LATE)
     assert session.get(Case, case_id).status == "settled"
-    paid = sum(ledger.balance(session, doctor_account(d)) for d, _ in juniors)
-    assert paid == case.bounty
+    paid = [
+        ledger.balance(session, doctor_account(d)) for d in (voter, juniors[0][0], juniors[1][0])
+    ]
+    assert sum(paid) == case.bounty
     # Settled cases are never escalated again and take no more votes.
-    assert review.escalate_overdue(session, now=late + timedelta(days=5)) == []
+    assert review.escalate_overdue(session, now=LATE + timedelta(days=5)) == []
     with pytest.raises(AlreadyVoted):
-        review.cast_vote(session, juniors[0][0], case_id, label="tumor", note=None, now=late)
+        review.cast_vote(session, juniors[0][0], case_id, label="tumor", note=None, now=LATE)
+    with pytest.raises(CaseNotOpen):
+        review.cast_vote(session, stale, case_id, label="tumor", note=None, now=LATE)
 
 
 def test_vote_on_settled_case_refused_for_late_claimer(session) -> None:

@@ -46,6 +46,12 @@ def test_every_documented_variable_reaches_its_setting() -> None:
         "CRYPTO_DOCTOR_REVIEW_WINDOW_S": "60",
         "CRYPTO_DOCTOR_ESCALATION_RAISE_PERCENT": "25",
         "CRYPTO_DOCTOR_ESCALATION_CAP": "20000",
+        "CRYPTO_DOCTOR_ESCALATION_SEATS": "1",
+        "CRYPTO_DOCTOR_MAX_OPEN_CLAIMS": "5",
+        "CRYPTO_DOCTOR_CLAIM_RATE_LIMIT": "12",
+        "CRYPTO_DOCTOR_CLAIM_RATE_WINDOW_S": "600",
+        "CRYPTO_DOCTOR_REGISTRATION_RATE_LIMIT": "4",
+        "CRYPTO_DOCTOR_REGISTRATION_RATE_WINDOW_S": "86400",
     }
     s = parse_settings(MarketplaceSettings, [], env)
     assert (s.db_url, s.host, s.port) == ("sqlite:////tmp/x.sqlite3", "0.0.0.0", 9001)
@@ -71,6 +77,9 @@ def test_every_documented_variable_reaches_its_setting() -> None:
     assert p.panel.min_posterior == 0.95 and p.panel.use_reliability is False
     assert p.review_window == timedelta(seconds=60)
     assert (p.escalation_raise_percent, p.escalation_cap) == (25, 20000)
+    assert (p.escalation_seats, p.max_open_claims) == (1, 5)
+    assert (p.claim_rate_limit, p.claim_rate_window) == (12, timedelta(seconds=600))
+    assert (p.registration_rate_limit, p.registration_rate_window) == (4, timedelta(days=1))
     assert p.reputation == MarketPolicy().reputation  # not configurable: defaults stand
 
 
