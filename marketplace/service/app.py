@@ -47,7 +47,8 @@ def _database(engine: Engine) -> Callable[[web.Application], AsyncIterator[None]
 
 
 async def _escalation(app: web.Application) -> AsyncIterator[None]:
-    """Periodically escalate overdue cases (raise bounty, widen pool) - one task per app."""
+    """Periodically escalate overdue cases: raise the bounty, admit a lower tier and open the
+    next seats, never freeing one (one task per app)."""
     settings = app[SETTINGS]
 
     async def loop() -> None:
