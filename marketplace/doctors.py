@@ -44,6 +44,10 @@ class DoctorProfile:
     wallet_address: str | None
     reputation: int
     tier: int
+    #: What the tier unlocks: the highest bounty it admits (None: all), and the reputation
+    #: that opens the next tier (None: already the highest).
+    bounty_limit: int | None
+    next_tier_reputation: int | None
     reliability: float
     balance: int
 
@@ -170,13 +174,16 @@ def doctor_profile(
     if doctor is None:
         raise DoctorNotFound(doctor_id)
     rep = policy.reputation
+    tier = rep.tiers.doctor_tier(doctor.reputation)
     return DoctorProfile(
         doctor_id=doctor.id,
         display_name=doctor.display_name,
         specialty=doctor.specialty,
         wallet_address=doctor.wallet_address,
         reputation=doctor.reputation,
-        tier=rep.tiers.doctor_tier(doctor.reputation),
+        tier=tier,
+        bounty_limit=rep.tiers.bounty_limit(tier),
+        next_tier_reputation=rep.tiers.next_tier_reputation(tier),
         reliability=round(rep.reliability.estimate(doctor.beta_agree, doctor.beta_dissent), 3),
         balance=ledger.balance(session, doctor_account(doctor.id)),
     )

@@ -61,6 +61,20 @@ class Tiers:
     def admits(self, reputation: int, case_min_tier: int) -> bool:
         return self.doctor_tier(reputation) >= case_min_tier
 
+    def bounty_limit(self, tier: int) -> int | None:
+        """Highest bounty a doctor of ``tier`` may claim (None: every bounty)."""
+        return (
+            self.bounty_thresholds[tier + 1] - 1 if tier + 1 < len(self.bounty_thresholds) else None
+        )
+
+    def next_tier_reputation(self, tier: int) -> int | None:
+        """Reputation that opens the next tier (None: already the highest)."""
+        return (
+            self.reputation_thresholds[tier + 1]
+            if tier + 1 < len(self.reputation_thresholds)
+            else None
+        )
+
 
 @dataclass(frozen=True)
 class BetaReliability:

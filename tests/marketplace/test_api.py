@@ -345,6 +345,8 @@ def test_cli_and_standalone_service(db_url, session) -> None:
         profile = _deadline_poll(me, timeout=60, interval=0.2)
         assert profile["doctor_id"] == created["doctor_id"]
         assert profile["display_name"] == "Dr CLI" and profile["tier"] == 1
+        # What the tier unlocks, so a doctor knows why a bigger bounty is not in their pool.
+        assert (profile["bounty_limit"], profile["next_tier_reputation"]) == (3499, 200)
 
         message = case_opened(confidence=0.7)
         r = requests.post(

@@ -110,6 +110,8 @@ def test_doctor_signs_in_claims_opens_the_viewer_link_and_decides(browser, tmp_p
         browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "me-name"), "Dr Browser"))
         assert browser.find_element(By.ID, "me-id").text == doctor_id  # what the clinic enrols
+        unlocks = browser.find_element(By.ID, "me-unlocks").text  # why a bounty is out of reach
+        assert "admits" in unlocks and "credits" in unlocks or "every bounty" in unlocks
         rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pool-body tr"))
         assert len(rows) == 2 and first[:8] in rows[0].text  # highest bounty first
 

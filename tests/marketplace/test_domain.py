@@ -368,3 +368,13 @@ def test_default_seats_follow_the_panel_sizes_on_the_escalation_clock() -> None:
     assert policy.max_open_claims == 3
     assert policy.claim_rate == RateLimit(30, timedelta(hours=1))
     assert policy.registration_rate == RateLimit(20, timedelta(hours=1))
+
+
+def test_each_tier_says_what_it_unlocks():
+    tiers = Tiers(reputation_thresholds=(0, 120, 200), bounty_thresholds=(0, 2000, 3500))
+    assert [tiers.bounty_limit(t) for t in range(3)] == [1999, 3499, None]
+    assert [tiers.next_tier_reputation(t) for t in range(3)] == [120, 200, None]
+    for tier in range(2):  # the limit is exactly the largest bounty the tier admits
+        limit = tiers.bounty_limit(tier)
+        assert limit is not None
+        assert tiers.case_tier(limit) == tier and tiers.case_tier(limit + 1) == tier + 1

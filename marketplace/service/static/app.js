@@ -38,6 +38,14 @@ function renderProfile(me) {
   $("me-name").textContent = me.display_name + " (" + me.specialty + ")";
   $("me-reputation").textContent = me.reputation;
   $("me-tier").textContent = me.tier;
+  $("me-unlocks").textContent =
+    (me.bounty_limit === null
+      ? "Tier " + me.tier + " admits every bounty."
+      : "Tier " + me.tier + " admits bounties up to " + me.bounty_limit + " credits.") +
+    (me.next_tier_reputation === null
+      ? ""
+      : " Reputation " + me.next_tier_reputation + " opens tier " + (me.tier + 1) +
+        "; agreeing with a panel's diagnosis raises yours, dissenting lowers it.");
   $("me-reliability").textContent = (me.reliability * 100).toFixed(0) + "%";
   $("me-balance").textContent = me.balance + " credits";
   $("me-id").textContent = me.doctor_id;
