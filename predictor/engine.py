@@ -95,9 +95,11 @@ class PatientSideEngine:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Close the queue (the thread tells party 1 to stop); True once the thread ended."""
         self.jobs.close()
         self._thread.join(timeout=30)
+        return not self._thread.is_alive()
 
     # -- worker thread ------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class ModelSideEngine:
         self.on_exit = on_exit
         self.audit = audit
         self.ready = threading.Event()
+        #: Set by the MPC thread just before it reports its end (STOP or a failure).
+        self._finishing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mpc-party-1", daemon=True)
 
     def start(self) -> None:
@@ -215,6 +219,15 @@ class ModelSideEngine:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def stop(self) -> bool:
+        """Give the MPC thread time to end (party 0's STOP is usually on its way); True if it did.
+
+        A thread still waiting in a gloo receive cannot be interrupted: the caller must then
+        leave without finalizing the interpreter (see :func:`predictor.party.run_party`).
+        """
+        self._thread.join(timeout=30 if self._finishing.is_set() else 5)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -232,6 +245,7 @@ class ModelSideEngine:
                 if self.audit is not None:
                     self.audit(message)
                 if message["op"] == STOP:
+                    self._finishing.set()
                     crypten.uninit()
                     self.on_exit(None)
                     return
@@ -239,4 +253,5 @@ class ModelSideEngine:
                     classifier.predict(None, int(message["batch"]))
         except BaseException as exc:  # noqa: BLE001 - every failure here is fatal to the party
             log.exception("MPC engine failed")
+            self._finishing.set()
             self.on_exit(exc)

@@ -1,5 +1,9 @@
 """Party 0's private image store: patients' files never leave this folder except to a
-doctor holding a valid signed link, and never reach party 1."""
+doctor the clinic serves, and never reach party 1.
+
+An upload is written under ``incoming/`` with a random name, then renamed to its case's id
+once the case row is committed; the patient's 202 goes out only after the rename.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,16 @@ class ImageStore:
         final = self.root / (case_id + staged.suffix)
         staged.replace(final)
         return final
+
+    def discard_staged(self) -> int:
+        """Remove uploads that never got their case's name (party 0 died mid-upload); only
+        safe before the patient API starts. Returns how many were removed."""
+        removed = 0
+        for path in self.incoming.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def find(self, case_id: str) -> tuple[Path, str] | None:
         """The stored file and its content type, or None."""

@@ -14,16 +14,38 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.settings import ENV_PREFIX
 from predictor.settings import PredictorSettings
 
 log = logging.getLogger("predictor.supervisor")
 
+#: The variable every Ocean child reads the marketplace's store from (``OceanSettings.db_url``).
+DB_URL_ENV = ENV_PREFIX + "DB_URL"
+
 #: A dead Ocean child is started again at most this often (it never gives up: a chain may
 #: be down for long, the parties keep serving patients meanwhile).
 OCEAN_RESTART_DELAY_S = 2.0
+
+
+def flags_to_env(argv: list[str], names: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Move the flags in ``names`` (flag -> variable) out of ``argv`` into variables.
+
+    For values that may carry a password, as a database URL does: a child gets them in its
+    environment, like its secrets, since every local user can read a command line.
+    """
+    kept: list[str] = []
+    moved: dict[str, str] = {}
+    args = iter(argv)
+    for arg in args:
+        if arg in names:
+            moved[names[arg]] = next(args, "")
+        else:
+            kept.append(arg)
+    return kept, moved
 
 
 def stop_process(child: subprocess.Popen, timeout: float = 15) -> None:
@@ -104,12 +126,13 @@ class OceanSide:
 
     def __post_init__(self) -> None:
         s = self.settings
+        # The store's URL may carry a password: in the environment, never on a command line.
+        self.env = {**(os.environ if self.env is None else self.env), DB_URL_ENV: s.market_db_url}
         common = [
             "--rpc-url", s.resolved_rpc_url,
             "--data-dir", str(s.ocean_data_dir),
             "--address-file", str(s.ocean_address_file),
             "--service-url", s.ocean_service_url,
-            "--db-url", s.market_db_url,
         ]  # fmt: skip
         if s.ocean_k:
             common += ["--k", str(s.ocean_k)]
@@ -148,7 +171,7 @@ class OceanSide:
         self.children["download service"] = SupervisedChild(
             "download service",
             [py, "-m", "marketplace.ocean.serve", "--host", s.host, "--port", str(s.ocean_port),
-             *common],
+             *common, *(["--access-log"] if s.access_log else [])],
             env=self.env,
         )  # fmt: skip
 

@@ -1,11 +1,13 @@
-"""One MPC party as one OS process: party 0 (patient API), party 1 (doctor API) or the TTP dealer."""
+"""One MPC party as one OS process: party 0 (patient API), party 1 (the weights) or the dealer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +16,9 @@ from typing import IO, Any
 from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
+from infra.web import start_service
 from models.mpc import DEALER_RANK, PartyConfig, run_dealer
+from predictor.clinic import cases
 from predictor.clinic.store import clinic_sessions
 from predictor.engine import ModelSideEngine, PatientSideEngine
 from predictor.images import ImageStore
@@ -34,6 +38,8 @@ def configure_logging(rank: int) -> None:
         format=f"[party {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    # Each start migrates the clinic's store; alembic's INFO lines say nothing an operator needs.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _party_config(settings: PredictorSettings, rank: int) -> PartyConfig:
@@ -47,14 +53,26 @@ def _party_config(settings: PredictorSettings, rank: int) -> PartyConfig:
     )
 
 
-async def _serve(app: web.Application | None, host: str, port: int, stop: asyncio.Event) -> None:
+async def _serve(
+    app: web.Application | None, settings: PredictorSettings, port: int, stop: asyncio.Event
+) -> None:
     if app is None:
         await stop.wait()
         return
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("listening on http://%s:%d", host, port)
+    # Under the supervisor, party 0 serves on the socket the supervisor holds for it.
+    sock = (
+        socket.socket(fileno=settings.patient_socket_fd)
+        if settings.patient_socket_fd >= 0
+        else None
+    )
+    runner = await start_service(
+        app, host=settings.host, port=port, sock=sock, access_log=settings.access_log
+    )
+    log.info("listening on http://%s:%d", settings.host, port)
+    if settings.ready_fd >= 0:
+        # The supervisor stops answering in party 0's place.
+        os.write(settings.ready_fd, b"1")
+        os.close(settings.ready_fd)
     try:
         await stop.wait()
     finally:
@@ -80,7 +98,28 @@ class PartyRole:
     app: web.Application | None
     port: int
     start: Callable[[], None]
-    stop: Callable[[], None]
+    #: Stops the MPC thread; False when it is still inside torch after a grace period.
+    stop: Callable[[], bool]
+
+
+def discard_interrupted_uploads(sessions: sessionmaker[Session], images: ImageStore) -> None:
+    """Before serving: drop what a party 0 killed mid-upload left, which no patient was told of.
+
+    Staged files that never got their case's name, and queued cases whose image never
+    arrived (the 202 goes out only once the image has its case's name).
+    """
+    staged = images.discard_staged()
+    with sessions() as session:
+        queued = cases.unfinished_case_ids(session)
+        orphans = [case_id for case_id in queued if images.find(case_id) is None]
+        dropped = cases.discard_unacknowledged(session, orphans)
+    if staged or dropped:
+        log.warning(
+            "discarded %d staged upload(s) and %d case(s) never acknowledged to a patient "
+            "(party 0 stopped mid-upload)",
+            staged,
+            len(dropped),
+        )
 
 
 def patient_side(
@@ -91,6 +130,7 @@ def patient_side(
     """Party 0: the patient API over the MPC engine that holds the images."""
     metrics, waiters = PatientSideMetrics(), OutcomeWaiters()
     images = ImageStore(settings.resolved_data_dir)
+    discard_interrupted_uploads(sessions, images)
     engine = PatientSideEngine(
         _party_config(settings, 0),
         sessions,
@@ -116,7 +156,7 @@ def model_side(
         on_exit=on_exit,
         audit=_control_audit(settings),
     )
-    return PartyRole(None, settings.doctor_port, engine.start, lambda: None)
+    return PartyRole(None, settings.doctor_port, engine.start, engine.stop)
 
 
 def run_party(settings: PredictorSettings) -> int:
@@ -147,12 +187,20 @@ def run_party(settings: PredictorSettings) -> int:
     )
     try:
         role.start()
-        loop.run_until_complete(_serve(role.app, settings.host, role.port, stop))
+        loop.run_until_complete(_serve(role.app, settings, role.port, stop))
     finally:
-        role.stop()
+        mpc_ended = role.stop()
         loop.close()
     exc = outcome.get("exc")
+    code = 0
     if exc is not None:
         log.error("exiting after MPC failure: %r", exc)
-        return 1
-    return 0
+        code = 1
+    if not mpc_ended:
+        # Finalizing the interpreter would cancel the MPC thread inside torch's C++, which
+        # aborts with "terminate called without an active exception": leave without it.
+        log.info("MPC thread still waiting on the peer; exiting without interpreter cleanup")
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code

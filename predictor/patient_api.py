@@ -24,7 +24,7 @@ from infra.courier import Courier, add_inbox_route, courier_ctx
 from infra.metrics import add_metrics_route
 from infra.openapi import add_openapi_route, load_spec
 from infra.tokens import hash_token
-from infra.web import ApiError, error_middleware, in_session, run_blocking
+from infra.web import ApiError, error_middleware, in_session, run_blocking, secure_headers
 from marketplace.domain.status import CaseStatus
 from marketplace.errors import CaseNotFound, WrongPatientToken
 from marketplace.messages import CLINIC, MARKETPLACE
@@ -299,6 +299,7 @@ def create_patient_app(
         settings, sessions, images, queue, ThreadPoolExecutor(4, "db"), waiters, metrics
     )
     app[PATIENT_SIDE] = side
+    secure_headers(app)
     # Messages: case.opened out to the marketplace; seats and diagnoses in from it.
     courier = Courier(
         me=CLINIC,

@@ -98,6 +98,16 @@ class PredictorSettings:
     )
     #: How often the supervisor has restarted the pair (it passes the count; party 0 exports it).
     restarts: int = field(default=0, metadata=flag("restarts of this pair so far (supervisor)"))
+    access_log: bool = field(default=False, metadata=flag("log one line per HTTP request"))
+    #: Party 0 under the supervisor: the patient API's listening socket stays open in the
+    #: supervisor across restarts (it answers 503 meanwhile), so patients are never refused.
+    patient_socket_fd: int = field(
+        default=-1,
+        metadata=flag("party 0 serves on this inherited listening socket (-1: bind its own)"),
+    )
+    ready_fd: int = field(
+        default=-1, metadata=flag("party 0 writes a byte to this pipe once it serves (-1: none)")
+    )
     #: Market rules: party 0 prices each bounty with the same policy party 1's marketplace uses.
     policy: MarketPolicy = field(default_factory=MarketPolicy, metadata=POLICY_FLAGS)
     # The Ocean side, run by the supervisor next to the parties (never by a single --rank).

@@ -6,28 +6,37 @@ Three organisations run here side by side, each with its own store and secrets:
 - the marketplace (``python -m marketplace.service``) and its Ocean side
   (:mod:`predictor.ocean_side`): doctors, votes, ledger, research rows.
 Each child gets only its own organisation's configuration: flags for settings, its own
-secrets in its environment (never on a command line), and no ``CRYPTO_DOCTOR_*`` variable
-of anyone else. If a party dies, both parties restart on a fresh rendezvous port (queued
-cases are in the clinic's store and run again); the marketplace and the Ocean pieces restart
-alone. SIGTERM/SIGINT stop every child.
+secrets and database URL in its environment (never on a command line), and no
+``CRYPTO_DOCTOR_*`` variable of anyone else. If a party dies, both parties restart on a fresh
+rendezvous port (queued cases are in the clinic's store and run again); the marketplace and
+the Ocean pieces restart alone. The supervisor holds the patient port itself and answers 503
+there while party 0 is down (:mod:`predictor.standby`). It logs one ``ready:`` line once every
+service answers. SIGTERM/SIGINT stop every child.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import replace
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from infra.messaging import public_key
 from infra.net import free_port
 from infra.settings import ENV_PREFIX, secrets_to_env, settings_to_argv
 from marketplace.service.settings import MarketplaceSettings
-from predictor.ocean_side import OceanSide, SupervisedChild, stop_process
+from predictor.ocean_side import OceanSide, SupervisedChild, flags_to_env, stop_process
 from predictor.settings import PredictorSettings
+from predictor.standby import Standby, listening_socket
 
 log = logging.getLogger("predictor.supervisor")
 
@@ -35,6 +44,14 @@ POLL_S = 0.2
 MAX_RESTARTS_PER_MINUTE = 5
 #: The marketplace operator's own variables that its Ocean children read (their keys).
 OCEAN_ENV = ENV_PREFIX + "OCEAN_"
+#: Flags whose values may carry a password, and the variables children read them from.
+PARTY_URL_FLAGS = {
+    "--clinic-db-url": ENV_PREFIX + "CLINIC_DB_URL",
+    "--market-db-url": ENV_PREFIX + "MARKET_DB_URL",
+}
+MARKETPLACE_URL_FLAGS = {"--db-url": ENV_PREFIX + "DB_URL"}
+#: How long one readiness probe may take (the supervisor probes until everything answers).
+PROBE_TIMEOUT_S = 1.0
 
 
 def clean_environment() -> dict[str, str]:
@@ -51,6 +68,29 @@ def party_settings(
         return replace(mine, restarts=restarts)
     # The model side (and the dealer) hold no case data: no store, no images, no clinic key.
     return replace(mine, clinic_db_url="", clinic_key="", data_dir=None, operator_token="")
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit for a log: its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def local_url(host: str, port: int) -> str:
+    """Where this host reaches a service listening on ``host:port``."""
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
+
+
+def answers(url: str) -> dict | None:
+    """The JSON a service answers ``GET url`` with, or None (down, starting, not 200)."""
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as reply:
+            body = json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def marketplace_settings(s: PredictorSettings) -> MarketplaceSettings:
@@ -76,10 +116,11 @@ class Supervisor:
         self.restarts: list[float] = []
         self.restart_count = 0
         market = marketplace_settings(self.settings)
+        market_argv, market_urls = flags_to_env(settings_to_argv(market), MARKETPLACE_URL_FLAGS)
         self.marketplace = SupervisedChild(
             "marketplace",
-            [sys.executable, "-m", "marketplace.service", *settings_to_argv(market)],
-            env={**clean_environment(), **secrets_to_env(market)},
+            [sys.executable, "-m", "marketplace.service", *market_argv],
+            env={**clean_environment(), **secrets_to_env(market), **market_urls},
         )
         ocean_env = {
             **clean_environment(),
@@ -91,6 +132,12 @@ class Supervisor:
             ),
         }
         self.ocean = OceanSide(self.settings, ocean_env) if self.settings.ocean else None
+        #: The patient port, held for the whole run (bound in :meth:`run`).
+        self.patient_socket: socket.socket | None = None
+        self.standby: Standby | None = None
+        #: Read end of the pipe the current party 0 writes to once it serves patients.
+        self.party0_ready: int | None = None
+        self.announced = False
 
     def _ranks(self) -> list[int]:
         return [0, 1] + ([2] if self.settings.provider == "TTP" else [])
@@ -99,9 +146,23 @@ class Supervisor:
         master_port = free_port(self.settings.master_addr)
         for rank in self._ranks():
             mine = party_settings(self.settings, rank, master_port, self.restart_count)
-            argv = [sys.executable, "-m", "predictor", *settings_to_argv(mine)]
-            env = {**clean_environment(), **secrets_to_env(mine)}
-            self.children[rank] = subprocess.Popen(argv, env=env)
+            passed: tuple[int, ...] = ()
+            ready_write = -1
+            if rank == 0 and self.patient_socket is not None:
+                self._close_ready_pipe()
+                self.party0_ready, ready_write = os.pipe()
+                os.set_blocking(self.party0_ready, False)
+                passed = (self.patient_socket.fileno(), ready_write)
+                mine = replace(
+                    mine, patient_socket_fd=self.patient_socket.fileno(), ready_fd=ready_write
+                )
+            argv, urls = flags_to_env(settings_to_argv(mine), PARTY_URL_FLAGS)
+            env = {**clean_environment(), **secrets_to_env(mine), **urls}
+            self.children[rank] = subprocess.Popen(
+                [sys.executable, "-m", "predictor", *argv], env=env, pass_fds=passed
+            )
+            if ready_write >= 0:
+                os.close(ready_write)
             log.info("party %d started (pid %d)", rank, self.children[rank].pid)
 
     def stop_parties(self) -> None:
@@ -110,19 +171,36 @@ class Supervisor:
             stop_process(self.children[rank])
         self.children.clear()
 
+    def _close_ready_pipe(self) -> None:
+        if self.party0_ready is not None:
+            os.close(self.party0_ready)
+            self.party0_ready = None
+
+    def _watch_party0(self) -> None:
+        """Stop answering in party 0's place once it says it serves patients."""
+        if self.party0_ready is None:
+            return
+        try:
+            said = os.read(self.party0_ready, 1)
+        except BlockingIOError:
+            return
+        self._close_ready_pipe()
+        if said and self.standby is not None:  # nothing said: it died first (restarted below)
+            self.standby.stop()
+
     def _request_stop(self, *_args: object) -> None:
         self.stopping = True
 
     def where_users_go(self) -> list[str]:
-        """One line per kind of user: where they go (logged at start)."""
+        """One line per kind of user: where they go (logged once everything answers)."""
         s = self.settings
         doctor = f"http://{s.host}:{s.doctor_port}"
         lines = [
             f"patients:    curl -F file=@scan.jpg {s.resolved_patient_url}/image"
             f"  (then GET /case/<id> with the patient token)",
             f"doctors:     {doctor}/  (web page; API token from "
-            f"`python -m marketplace.doctors --db-url {s.market_db_url} create --name ... "
-            "--specialty ...`)",
+            f"`python -m marketplace.doctors --db-url {shown_url(s.market_db_url)} create "
+            "--name ... --specialty ...`)",
         ]
         if self.ocean is not None:
             lines.append(
@@ -138,39 +216,90 @@ class Supervisor:
         )
         return lines
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
-        self.marketplace.start()
-        self.start_parties()
+    def service_urls(self) -> dict[str, str]:
+        """What must answer before the run is ready: each service's probe URL, by user."""
+        s = self.settings
+        urls = {
+            "patients": local_url(s.host, s.patient_port) + "/healthz",
+            "doctors": local_url(s.host, s.doctor_port) + "/healthz",
+        }
+        if self.ocean is not None:
+            urls["researchers"] = local_url(s.host, s.ocean_port) + "/"
+        return urls
+
+    def _announce_when_ready(self) -> None:
+        """Log ``ready:`` (then where each user goes) once, when every service answers."""
+        if self.announced or self.party0_ready is not None or not self.children:
+            return
+        for user, url in self.service_urls().items():
+            body = answers(url)
+            if body is None or (user == "patients" and not body.get("mpc_ready")):
+                return
+        self.announced = True
+        s = self.settings
+        public = {
+            "patients": s.resolved_patient_url,
+            "doctors": f"http://{s.host}:{s.doctor_port}",
+            "researchers": s.ocean_service_url,
+        }
+        log.info(
+            "ready: %s",
+            ", ".join(f"{user} {public[user]}" for user in self.service_urls()),
+        )
         for line in self.where_users_go():
             log.info("%s", line)
+
+    def run(self) -> int:
+        s = self.settings
         try:
-            while not self.stopping:
-                time.sleep(POLL_S)
-                if self.stopping:
-                    break
-                self._keep_marketplace()
-                if self.ocean is not None:
-                    self.ocean.tick()
-                dead = {
-                    rank: child.returncode
-                    for rank, child in self.children.items()
-                    if child.poll() is not None
-                }
-                if dead:
-                    if not self._may_restart():
-                        log.error("parties keep dying (%s); giving up", dead)
-                        return 1
-                    log.warning("party exited %s; restarting both parties", dead)
-                    self.stop_parties()
-                    self.restart_count += 1
-                    self.start_parties()
+            self.patient_socket = listening_socket(s.host, s.patient_port)
+        except OSError as exc:
+            log.error("cannot listen for patients on %s:%d: %s", s.host, s.patient_port, exc)
+            return 2
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        self.standby = Standby(self.patient_socket)
+        self.standby.start()
+        try:
+            self.marketplace.start()
+            self.start_parties()
+            return self._supervise()
         finally:
             if self.ocean is not None:
                 self.ocean.stop()
             self.stop_parties()
             self.marketplace.stop()
+            self._close_ready_pipe()
+            self.standby.close()
+            self.patient_socket.close()
+            log.info("all services stopped")
+
+    def _supervise(self) -> int:
+        assert self.standby is not None
+        while not self.stopping:
+            time.sleep(POLL_S)
+            if self.stopping:
+                break
+            self._keep_marketplace()
+            if self.ocean is not None:
+                self.ocean.tick()
+            self._watch_party0()
+            dead = {
+                rank: child.returncode
+                for rank, child in self.children.items()
+                if child.poll() is not None
+            }
+            if dead:
+                # Patients are answered 503 (never refused) until the new party 0 serves.
+                self.standby.start()
+                if not self._may_restart():
+                    log.error("parties keep dying (%s); giving up", dead)
+                    return 1
+                log.warning("party exited %s; restarting both parties", dead)
+                self.stop_parties()
+                self.restart_count += 1
+                self.start_parties()
+            self._announce_when_ready()
         return 0
 
     def _keep_marketplace(self) -> None:

@@ -29,7 +29,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from infra.messaging import deeper_than
 from infra.metrics import LATENCY_BUCKETS, add_metrics_route
 from infra.settings import flag, nested, parse_settings
-from infra.web import MAX_JSON_DEPTH, Handler, error_middleware, run_blocking
+from infra.web import (
+    MAX_JSON_DEPTH,
+    Handler,
+    error_middleware,
+    run_blocking,
+    run_service,
+    secure_headers,
+)
 from marketplace.ocean.chain import ChainUnavailable
 from marketplace.ocean.downloads import DatasetUpdating, Downloads, NotPublished
 from marketplace.ocean.orders import (
@@ -185,6 +192,7 @@ def create_download_app(settings: OceanSettings) -> web.Application:
 
     app.cleanup_ctx.append(runtime_ctx)
     app.add_routes(routes)
+    secure_headers(app)
     add_metrics_route(app, metrics.registry, settings.operator_token)
     return app
 
@@ -195,6 +203,7 @@ class ServeSettings:
 
     host: str = field(default="127.0.0.1", metadata=flag("interface to listen on"))
     port: int = field(default=8082, metadata=flag("port to listen on", env="OCEAN_PORT"))
+    access_log: bool = field(default=False, metadata=flag("log one line per HTTP request"))
     ocean: OceanSettings = field(default_factory=OceanSettings, metadata=nested(""))
 
 
@@ -204,7 +213,12 @@ def main(argv: list[str] | None = None) -> None:
         ServeSettings, argv, prog="python -m marketplace.ocean.serve", description=main.__doc__
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    web.run_app(create_download_app(settings.ocean), host=settings.host, port=settings.port)
+    run_service(
+        create_download_app(settings.ocean),
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import hmac
 import math
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from infra import mailbox
@@ -188,6 +189,25 @@ def unfinished_case_ids(session: Session) -> list[str]:
         .order_by(PatientCase.submitted_at, PatientCase.id)
     )
     return list(rows)
+
+
+@unit_of_work
+def discard_unacknowledged(session: Session, case_ids: Sequence[str]) -> list[str]:
+    """Delete those of ``case_ids`` still ``queued``: cases whose upload never completed.
+
+    Party 0 calls it at start for queued cases without an image: the image is renamed to
+    its case's id after the row commits and the patient's 202 goes out after that, so such a
+    case was never acknowledged to anyone (party 0 died in between). Returns the deleted ids.
+    """
+    if not case_ids:
+        return []
+    deleted = session.scalars(
+        delete(PatientCase)
+        .where(PatientCase.id.in_(list(case_ids)), PatientCase.status == CaseStatus.QUEUED.value)
+        .returning(PatientCase.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(deleted)
 
 
 @read_only
