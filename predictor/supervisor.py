@@ -105,6 +105,7 @@ def marketplace_settings(s: PredictorSettings) -> MarketplaceSettings:
         image_link_ttl_s=s.link_ttl_s,
         policy=s.policy,
         operator_token=s.operator_token,
+        access_log=s.access_log,
     )
 
 

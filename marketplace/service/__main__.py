@@ -16,10 +16,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from aiohttp import web
-
 from infra.messaging import generate_key
 from infra.settings import ENV_PREFIX, parse_settings
+from infra.web import run_service
 from marketplace.service import MarketplaceSettings, create_app
 
 log = logging.getLogger("marketplace.service")
@@ -35,6 +34,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter at every start
     env = dict(os.environ if environ is None else environ)
     random_key = not env.get(MARKET_KEY_ENV)
     if random_key:
@@ -57,7 +57,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         settings.market_public_key,
         settings.patient_base_url,
     )
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    run_service(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+    )
     return 0
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from infra.openapi import add_openapi_route, load_spec
-from infra.web import error_middleware, in_session, run_blocking
+from infra.web import error_middleware, in_session, run_blocking, secure_headers
 from marketplace import review
 from marketplace.service.api import routes as api_routes
 from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
@@ -74,13 +74,6 @@ async def _escalation(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Added just before headers go out, so streamed responses get them too."""
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
-
-
 def create_app(settings: MarketplaceSettings) -> web.Application:
     """The marketplace on :8081: doctors' JSON API, ``POST /decision``, ``/decisions.csv``, web
     page, ``POST /messages`` (the clinic's inbox) and its courier, ``/metrics``, ``/openapi.json``."""
@@ -90,7 +83,7 @@ def create_app(settings: MarketplaceSettings) -> web.Application:
     engine = make_engine(settings.db_url)
     app[SESSIONS] = make_sessionmaker(engine)
     app[EXECUTOR] = ThreadPoolExecutor(max_workers=settings.db_workers, thread_name_prefix="db")
-    app.on_response_prepare.append(_security_headers)
+    secure_headers(app)
     app.cleanup_ctx.append(_database(engine))
     app.cleanup_ctx.append(_escalation)
     install_mail(app)

@@ -74,6 +74,7 @@ class MarketplaceSettings:
     metrics_interval_s: float = field(
         default=5.0, metadata=flag("seconds between reads of the database gauges of /metrics")
     )
+    access_log: bool = field(default=False, metadata=flag("log one line per HTTP request"))
     allow_registration: bool = field(default=True, metadata=flag("doctors may self-register"))
     db_workers: int = field(default=4, metadata=flag("database worker threads"))
     operator_token: str = field(
