@@ -3,9 +3,7 @@ path; each message takes effect exactly once through outages, lost acks and repl
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +32,7 @@ from infra.messaging import (
 )
 from infra.net import free_port
 from tests.infra.stores import Effect, Inbox, Outbox, make_test_engine
+from tests.marketplace.servers import serve
 
 CLINIC_KEY = generate_key()
 MARKET_KEY = generate_key()
@@ -41,48 +40,6 @@ REVIEW = "case.needs_review"
 
 
 # --- harness ------------------------------------------------------------------------------
-
-
-@contextmanager
-def serve_at(app: web.Application, port: int = 0, timeout: float = 30.0) -> Iterator[str]:
-    """Run ``app`` (its cleanup_ctx included) on 127.0.0.1:``port``; yield its base URL."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    started = threading.Event()
-    failure: list[BaseException] = []
-    base: list[str] = []
-
-    async def start() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        base.append(f"http://127.0.0.1:{bound}")
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(start())
-        except BaseException as exc:  # surfaced to the test below
-            failure.append(exc)
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="test-server", daemon=True)
-    thread.start()
-    if not started.wait(timeout):
-        raise TimeoutError("server did not start")
-    if failure:
-        raise failure[0]
-    try:
-        yield base[0]
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
 
 
 def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
@@ -235,7 +192,7 @@ def running(the_courier: Courier) -> Iterator[Courier]:
     """The clinic's process: an app whose cleanup_ctx runs the courier."""
     app = web.Application()
     app.cleanup_ctx.append(courier_ctx(the_courier))
-    with serve_at(app):
+    with serve(app):
         yield the_courier
 
 
@@ -290,7 +247,7 @@ def test_messages_queued_while_the_receiver_is_down_arrive_once_and_in_order(
     assert all(row.attempts == 0 for row in rows[1:])  # the batch stopped at the first failure
 
     with (
-        serve_at(receiver.app(), port),
+        serve(receiver.app(), port=port),
         running(courier(clinic, executor, marketplace=f"http://127.0.0.1:{port}")),
     ):
         wait_for(lambda: all_delivered(clinic), "delivery once the receiver is up")
@@ -303,7 +260,7 @@ def test_a_lost_acknowledgement_does_not_apply_the_message_twice(
     clinic, receiver, market, executor
 ):
     receiver.drop_acks = 1
-    with serve_at(receiver.app()) as url, running(courier(clinic, executor, marketplace=url)) as c:
+    with serve(receiver.app()) as url, running(courier(clinic, executor, marketplace=url)) as c:
         clinic.post("marketplace", ["once"])
         c.wake()
         wait_for(lambda: all_delivered(clinic), "delivery after the lost ack")
@@ -318,7 +275,7 @@ def test_a_failing_handler_changes_nothing_and_the_retry_applies_it_in_order(
     clinic, receiver, market, executor
 ):
     receiver.fail_values = {"a"}
-    with serve_at(receiver.app()) as url, running(courier(clinic, executor, marketplace=url)) as c:
+    with serve(receiver.app()) as url, running(courier(clinic, executor, marketplace=url)) as c:
         clinic.post("marketplace", ["a", "b", "c"])
         c.wake()
         wait_for(lambda: all_delivered(clinic), "delivery after the handler's failure")
@@ -331,7 +288,7 @@ def test_a_failing_handler_changes_nothing_and_the_retry_applies_it_in_order(
 
 def test_one_destination_down_does_not_hold_up_another(clinic, receiver, market, executor):
     down = f"http://127.0.0.1:{free_port()}"
-    with serve_at(receiver.app()) as url:
+    with serve(receiver.app()) as url:
         the_courier = courier(clinic, executor, marketplace=url, party1=down)
         with running(the_courier):
             clinic.post("party1", ["stuck"])
@@ -362,7 +319,7 @@ def test_the_courier_refuses_a_bad_configuration_at_once(key, me, destination, e
 def test_a_replayed_request_is_not_applied_twice_and_a_late_one_is_refused(
     clinic, receiver, market, executor
 ):
-    with serve_at(receiver.app()) as url:
+    with serve(receiver.app()) as url:
         with running(courier(clinic, executor, marketplace=url)) as the_courier:
             clinic.post("marketplace", ["paid"])
             the_courier.wake()
@@ -380,7 +337,7 @@ def test_a_replayed_request_is_not_applied_twice_and_a_late_one_is_refused(
 def test_a_forged_message_is_refused_and_has_no_effect(receiver, market):
     genuine = json.loads(sealed(value="genuine"))
     tampered = canonical_json({**genuine, "body": {"value": "tampered"}})
-    with serve_at(receiver.app()) as url:
+    with serve(receiver.app()) as url:
         for raw, status, code in [
             (tampered, 401, "forged_message"),
             (sealed(generate_key(), value="wrong key"), 401, "forged_message"),
@@ -404,7 +361,7 @@ def test_a_handler_cannot_split_its_effect_from_the_inbox_record(receiver, marke
     """A handler that commits (or rolls back) itself would make the effect and the inbox row
     commit separately: at most once, or more than once. The inbox refuses and changes nothing."""
     receiver.misbehave = misbehave
-    with serve_at(receiver.app()) as url:
+    with serve(receiver.app()) as url:
         status, answer = send(url, sealed(value="split"))
     assert (status, answer["error"]) == (500, "handler_failed")
     assert market.effects() == []
