@@ -56,7 +56,9 @@ def test_metrics_count_settlements_votes_and_requests(db_url, session) -> None:
         deadline, text = time.monotonic() + 20, ""
         while time.monotonic() < deadline:
             text = requests.get(f"{url}/metrics", timeout=10).text
-            if _sample(text, "crypto_doctor_settlements_total") == 1:
+            # Both writes above are visible to a refresh (they commit one after the other).
+            settled = _sample(text, "crypto_doctor_settlements_total") == 1
+            if settled and _sample(text, 'crypto_doctor_cases{status="open"}') == 1:
                 break
             time.sleep(0.05)
     assert _sample(text, "crypto_doctor_settlements_total") == 1

@@ -262,11 +262,13 @@ def test_one_ready_line_once_every_service_answers(stopped_run):
     assert status == 200 and health["mpc_ready"] is True
     assert stopped_run.at_ready["doctors"][0] == 200
 
-    def first(text: str) -> int:
-        return next(i for i, line in enumerate(lines) if text in line)
+    def first(*texts: str) -> int:
+        return next(i for i, line in enumerate(lines) if all(t in line for t in texts))
 
     # The hints come with it, after party 0 listens, not before.
-    assert first("[party 0] ") <= first("listening on") < ready[0] < first("patients:")
+    assert (
+        first("[party 0] ") <= first("[party 0] ", "listening on") < ready[0] < first("patients:")
+    )
 
 
 def test_the_access_log_setting_turns_request_lines_on(stopped_run):
