@@ -197,7 +197,7 @@ class Supervisor:
         s = self.settings
         doctor = f"http://{s.host}:{s.doctor_port}"
         lines = [
-            f"patients:    curl -F file=@scan.jpg {s.resolved_patient_url}/image"
+            f"patients:    curl -X POST -F file=@samples/Y22.jpg {s.resolved_patient_url}/image"
             f"  (then GET /case/<id> with the patient token)",
             f"doctors:     {doctor}/  (web page; API token from "
             f"`python -m marketplace.doctors --db-url {shown_url(s.market_db_url)} create "
