@@ -80,7 +80,6 @@ class PredictorSettings:
     marketplace_url: str = field(
         default="", metadata=flag("where party 0 sends messages (default the doctor port here)")
     )
-    link_ttl_s: int = field(default=600, metadata=flag("seconds a doctor's image link lives"))
     seat_wait_s: float = field(
         default=5.0, metadata=flag("how long a valid image request waits for its seat message")
     )
@@ -149,8 +148,6 @@ class PredictorSettings:
                 "the MPC link between hosts must run inside a tunnel: give --mpc-interface "
                 "(e.g. wg0, see docs/mpc-link.md)"
             )
-        if self.link_ttl_s <= 0:
-            raise ValueError("link_ttl_s must be positive")
         for name in ("clinic_key", "market_key", "market_public_key"):
             value = getattr(self, name)
             try:

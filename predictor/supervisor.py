@@ -102,7 +102,6 @@ def marketplace_settings(s: PredictorSettings) -> MarketplaceSettings:
         patient_base_url=s.resolved_patient_url,
         clinic_public_key=public_key(s.clinic_key),
         signing_key=s.market_key,
-        image_link_ttl_s=s.link_ttl_s,
         policy=s.policy,
         operator_token=s.operator_token,
         access_log=s.access_log,

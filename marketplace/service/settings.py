@@ -57,7 +57,6 @@ class MarketplaceSettings:
         default="http://127.0.0.1:8080",
         metadata=flag("the clinic's URL: messages go to its /messages, image links point there"),
     )
-    image_link_ttl_s: int = field(default=600, metadata=flag("seconds an image link stays valid"))
     policy: MarketPolicy = field(default_factory=MarketPolicy, metadata=POLICY_FLAGS)
     escalation_interval_s: float = field(
         default=30.0, metadata=flag("seconds between passes over overdue cases")
@@ -93,8 +92,8 @@ class MarketplaceSettings:
             check_public_key(self.clinic_public_key)
         if min(self.courier_poll_s, self.courier_max_backoff_s) <= 0:
             raise ValueError("courier_poll_s and courier_max_backoff_s must be positive")
-        if min(self.image_link_ttl_s, self.escalation_interval_s, self.metrics_interval_s) <= 0:
-            raise ValueError("ttl and intervals must be positive")
+        if min(self.escalation_interval_s, self.metrics_interval_s) <= 0:
+            raise ValueError("intervals must be positive")
         if self.csv_poll_interval_s <= 0 or self.db_workers <= 0:
             raise ValueError("csv_poll_interval_s and db_workers must be positive")
 

@@ -28,7 +28,6 @@ def test_every_documented_variable_reaches_its_setting() -> None:
         "CRYPTO_DOCTOR_CLINIC_PUBLIC_KEY": CLINIC_PUBLIC,
         "CRYPTO_DOCTOR_COURIER_POLL_S": "0.25",
         "CRYPTO_DOCTOR_COURIER_MAX_BACKOFF_S": "7",
-        "CRYPTO_DOCTOR_IMAGE_LINK_TTL_S": "60",
         "CRYPTO_DOCTOR_ESCALATION_INTERVAL_S": "5",
         "CRYPTO_DOCTOR_CSV_POLL_INTERVAL_S": "0.5",
         "CRYPTO_DOCTOR_ALLOW_REGISTRATION": "0",
@@ -58,7 +57,7 @@ def test_every_documented_variable_reaches_its_setting() -> None:
     assert s.signing_key == MARKET_KEY and s.market_public_key == public_key(MARKET_KEY)
     assert s.clinic_public_key == CLINIC_PUBLIC
     assert (s.courier_poll_s, s.courier_max_backoff_s) == (0.25, 7.0)
-    assert (s.patient_base_url, s.image_link_ttl_s) == ("http://10.0.0.1:8080", 60)
+    assert s.patient_base_url == "http://10.0.0.1:8080"
     assert (s.escalation_interval_s, s.csv_poll_interval_s) == (5.0, 0.5)
     assert s.allow_registration is False and s.operator_token == "op-token"
     p = s.policy
