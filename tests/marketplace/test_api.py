@@ -287,7 +287,6 @@ def test_help_lists_the_flags_and_no_secret() -> None:
         "--port",
         "--patient-base-url",
         "--clinic-public-key",
-        "--image-link-ttl-s",
         "--courier-max-backoff-s",
     ):
         assert flag in out, flag
