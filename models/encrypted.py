@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.nets import Architecture, LeNet, ResNet18, build_model
+from models.nets import Architecture, LeNet, ResNet18, ResNet18MPC, build_model
 
 #: A ``torch.Tensor`` (the plaintext check) or a CrypTen ``CrypTensor`` (the real thing).
 #: CrypTen is untyped, so this is ``Any``: the program calls only methods both types have,
@@ -92,7 +92,7 @@ def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Para
         params["fc1.w"], params["fc1.b"] = _fold_bn(model.fc1.weight, model.fc1.bias, model.bn3)
         params["fc2.w"], params["fc2.b"] = model.fc2.weight, model.fc2.bias
         _difference_head(params, "fc3", model.fc3, temperature)
-    elif arch.backbone == "resnet18" and isinstance(model, ResNet18):
+    elif (arch.backbone, type(model)) in (("resnet18", ResNet18), ("resnet18-mpc", ResNet18MPC)):
         _conv_entry(params, "stem", model.conv1, model.bn1)
         for layer_name in ("layer1", "layer2", "layer3", "layer4"):
             for index, block in enumerate(getattr(model, layer_name)):
@@ -151,13 +151,22 @@ def forward(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike)
 
     ``params`` and ``x`` are both torch tensors (plaintext check) or both CrypTen tensors.
     """
+    return head(arch, params, penultimate(arch, params, x))
+
+
+def head(arch: Architecture, params: Mapping[str, TensorLike], features: TensorLike) -> TensorLike:
+    """The last layer: penultimate features ``(B, D)`` -> scaled logit difference ``(B, 1)``."""
+    return _linear(features, params, "fc3" if arch.backbone == "lenet" else "fc")
+
+
+def penultimate(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike) -> TensorLike:
+    """Features ``(B, D)`` the last layer reads (what the unfamiliarity score measures)."""
     act = arch.activation
     if arch.backbone == "lenet":
         x = _activate(_avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2), act)
         x = _activate(_avg_pool(_conv(x, params, "conv2", padding=2), 2), act)
         x = _activate(_linear(x.flatten(1), params, "fc1"), act)
-        x = _activate(_linear(x, params, "fc2"), act)
-        return _linear(x, params, "fc3")
+        return _activate(_linear(x, params, "fc2"), act)
     x = _conv(x, params, "stem", stride=2, padding=3)
     x = _avg_pool(x, 3, stride=2, padding=1).relu()
     for layer in range(1, 5):
@@ -170,8 +179,7 @@ def forward(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike)
                 _conv(x, params, f"{name}.down", stride=stride) if f"{name}.down.w" in params else x
             )
             x = (out + shortcut).relu()
-    x = _avg_pool(x, arch.image_size // 32).flatten(1)
-    return _linear(x, params, "fc")
+    return _avg_pool(x, arch.image_size // 32).flatten(1)
 
 
 # ---------------------------------------------------------------------------- sharing
