@@ -167,18 +167,21 @@ def penultimate(arch: Architecture, params: Mapping[str, TensorLike], x: TensorL
         x = _activate(_avg_pool(_conv(x, params, "conv2", padding=2), 2), act)
         x = _activate(_linear(x.flatten(1), params, "fc1"), act)
         return _activate(_linear(x, params, "fc2"), act)
+    # resnet18: torchvision's blocks (activation in the branch and after the sum);
+    # resnet18-mpc: one activation per block, in the branch only (models.nets.MPCBlock).
+    after_sum = arch.backbone == "resnet18"
     x = _conv(x, params, "stem", stride=2, padding=3)
-    x = _avg_pool(x, 3, stride=2, padding=1).relu()
+    x = _activate(_avg_pool(x, 3, stride=2, padding=1), act)
     for layer in range(1, 5):
         for index in range(2):
             name = f"layer{layer}.{index}"
             stride = 2 if layer > 1 and index == 0 else 1
-            out = _conv(x, params, f"{name}.conv1", stride=stride, padding=1).relu()
+            out = _activate(_conv(x, params, f"{name}.conv1", stride=stride, padding=1), act)
             out = _conv(out, params, f"{name}.conv2", padding=1)
             shortcut = (
                 _conv(x, params, f"{name}.down", stride=stride) if f"{name}.down.w" in params else x
             )
-            x = (out + shortcut).relu()
+            x = _activate(out + shortcut, act) if after_sum else out + shortcut
     return _avg_pool(x, arch.image_size // 32).flatten(1)
 
 

@@ -12,6 +12,13 @@ are almost free; every ReLU and max-pool comparison costs rounds and megabytes. 
 * ``ResNet18`` is torchvision's ResNet-18 (2 classes, 1-channel stem) with the stem's
   max-pool replaced by an average pool placed before the stem ReLU. Residual blocks are
   torchvision's own.
+* ``ResNet18MPC`` (backbone ``resnet18-mpc``) is the same ResNet-18 (same convolutions, same
+  batch norms, same parameters) designed for MPC: one activation per residual block, inside
+  the branch right after its first batch norm, and none after the residual sum (9 activation
+  layers instead of 17), and by default the quadratic activation (one multiplication, one
+  round, instead of a ~10-round comparison circuit). Every activation's input comes straight
+  out of a batch norm, which keeps the squares in range while training; at inference the
+  batch norms fold into the convolutions.
 
 Both return two logits; calibration (temperature) lives beside the weights in the checkpoint.
 """
@@ -25,7 +32,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-BACKBONES = ("lenet", "resnet18")
+BACKBONES = ("lenet", "resnet18", "resnet18-mpc")
 ACTIVATIONS = ("quad", "relu")
 
 
@@ -58,7 +65,10 @@ class Architecture:
         if self.image_size % 16 or self.image_size < 32:
             raise ValueError("image_size must be a multiple of 16 and at least 32")
         if self.backbone == "resnet18" and self.activation != "relu":
-            raise ValueError("resnet18 uses ReLU (18 layers of squares are numerically unstable)")
+            raise ValueError(
+                "resnet18 uses ReLU (17 layers of squares are numerically unstable); "
+                "resnet18-mpc is the ResNet-18 designed for the quadratic activation"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,12 +113,46 @@ class ResNet18(ResNet):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class MPCBlock(BasicBlock):
+    """torchvision's basic block with one activation, inside the branch, after its first BN:
+    ``out = bn2(conv2(act(bn1(conv1(x))))) + shortcut(x)``; no activation after the sum."""
+
+    activation = "quad"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = activate(self.bn1(self.conv1(x)), self.activation)
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return out + shortcut
+
+
+class ResNet18MPC(ResNet):
+    """ResNet-18 for two-party MPC: 9 activation layers (stem + one per block), quadratic by
+    default; same parameters and names as ``ResNet18``."""
+
+    def __init__(self, activation: str = "quad") -> None:
+        super().__init__(MPCBlock, [2, 2, 2, 2], num_classes=2)
+        self.activation = activation
+        self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.maxpool = nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+        for module in self.modules():
+            if isinstance(module, MPCBlock):
+                module.activation = activation
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        x = activate(self.maxpool(self.bn1(self.conv1(x))), self.activation)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 def build_model(arch: Architecture) -> nn.Module:
     """A freshly initialised torch network for ``arch``."""
     if arch.backbone == "lenet":
         return LeNet(arch.image_size, arch.activation)
+    if arch.backbone == "resnet18-mpc":
+        return ResNet18MPC(arch.activation)
     return ResNet18()
 
 
 def default_architecture(backbone: str) -> Architecture:
-    return Architecture(backbone=backbone, activation="quad" if backbone == "lenet" else "relu")
+    return Architecture(backbone=backbone, activation="relu" if backbone == "resnet18" else "quad")

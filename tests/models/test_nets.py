@@ -12,26 +12,40 @@ def trained_like(arch: Architecture) -> torch.nn.Module:
     """A network with non-trivial batch-norm statistics, as after training."""
     torch.manual_seed(0)
     model = build_model(arch)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    batch_norms = [
+        m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    for module in batch_norms:
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+        module.weight.data.uniform_(0.5, 1.5)
+        module.bias.data.uniform_(-0.2, 0.2)
+    if arch.backbone == "resnet18-mpc":
+        # Nine layers of squares stay in range only with the statistics of the data they see,
+        # as after training: measure them on a batch (random statistics overflow float32).
+        for module in batch_norms:
+            module.momentum = None  # cumulative average over the passes below
+            module.reset_running_stats()
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(32, 1, arch.image_size, arch.image_size))
     return model.eval()
 
 
-@pytest.mark.parametrize("backbone", ["lenet", "resnet18"])
+@pytest.mark.parametrize("backbone", ["lenet", "resnet18", "resnet18-mpc"])
 def test_plaintext_forward_gives_two_logits_per_image(backbone):
     model = trained_like(default_architecture(backbone))
     assert model(torch.randn(3, 1, 64, 64)).shape == (3, 2)
 
 
-@pytest.mark.parametrize("backbone", ["lenet", "resnet18"])
-def test_folded_program_computes_the_scaled_logit_difference(backbone):
-    arch = default_architecture(backbone)
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("lenet", 64), ("resnet18", 64), ("resnet18-mpc", 64), ("resnet18-mpc", 128)],
+)
+def test_folded_program_computes_the_scaled_logit_difference(backbone, size):
+    arch = Architecture(backbone, size, default_architecture(backbone).activation)
     model = trained_like(arch)
-    images = torch.randn(4, 1, 64, 64)
+    images = torch.randn(4, 1, size, size)
     with torch.no_grad():
         logits = model(images)
         program = forward(arch, fold(model, arch, temperature=1.7), images).view(-1)
@@ -50,6 +64,13 @@ def test_fold_refuses_a_model_that_is_not_the_announced_architecture():
     lenet = trained_like(default_architecture("lenet"))
     with pytest.raises(ValueError, match="LeNet does not match the announced Architecture"):
         fold(lenet, default_architecture("resnet18"))
+
+
+def test_fold_refuses_a_relu_resnet_announced_as_the_mpc_resnet():
+    # same parameter names and shapes, different program: the card must say which one runs
+    resnet = build_model(default_architecture("resnet18")).eval()
+    with pytest.raises(ValueError, match="ResNet18 does not match"):
+        fold(resnet, default_architecture("resnet18-mpc"))
 
 
 def test_prediction_from_logit_difference_is_label_and_calibrated_confidence():
@@ -78,5 +99,6 @@ def test_architecture_validation():
         Architecture("vgg")
     with pytest.raises(ValueError):
         Architecture("resnet18", 64, "quad")
+    assert default_architecture("resnet18-mpc").activation == "quad"
     with pytest.raises(ValueError):
         Architecture("lenet", 50)
