@@ -81,6 +81,10 @@ def _difference_head(params: Params, name: str, linear: nn.Linear, temperature: 
     params[f"{name}.b"] = (linear.bias[1] - linear.bias[0]).view(1) / temperature
 
 
+#: The torch class of each ResNet backbone: same parameter names, different programs.
+_RESNETS = {"resnet18": ResNet18, "resnet18-mpc": ResNet18MPC}
+
+
 @torch.no_grad()
 def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Params:
     """Plaintext parameters of the MPC program, in the order both parties share them."""
@@ -92,7 +96,7 @@ def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Para
         params["fc1.w"], params["fc1.b"] = _fold_bn(model.fc1.weight, model.fc1.bias, model.bn3)
         params["fc2.w"], params["fc2.b"] = model.fc2.weight, model.fc2.bias
         _difference_head(params, "fc3", model.fc3, temperature)
-    elif (arch.backbone, type(model)) in (("resnet18", ResNet18), ("resnet18-mpc", ResNet18MPC)):
+    elif isinstance(model, ResNet18 | ResNet18MPC) and type(model) is _RESNETS.get(arch.backbone):
         _conv_entry(params, "stem", model.conv1, model.bn1)
         for layer_name in ("layer1", "layer2", "layer3", "layer4"):
             for index, block in enumerate(getattr(model, layer_name)):
