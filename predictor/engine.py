@@ -1,8 +1,9 @@
 """The MPC inference engine: one dedicated thread per party, fed by a job queue.
 
-Party 0 owns the queue (jobs are case ids whose images sit in its private store). It
-batches what is waiting (up to ``max_batch`` images, waiting at most ``batch_wait_ms`` for
-company), announces each batch to party 1 over the MPC channel — the announcement carries
+Party 0 takes its jobs from the clinic's store (case ids whose images sit in the clinic's
+private image folder), shared with every other party pair (:mod:`predictor.lease_queue`). It
+claims what is waiting (up to ``max_batch`` images, waiting at most ``batch_wait_ms`` for
+company) under a lease, announces each batch to party 1 over the MPC channel — the announcement carries
 only the batch size — and both parties then run the same encrypted forward pass. Only party 0
 learns the output: it records the prediction in the clinic's store, whose outbox
 then tells the marketplace the case needs review.
@@ -10,7 +11,8 @@ then tells the marketplace the case needs review.
 Every MPC call happens on this one thread, in the same order on both parties. A broken MPC
 channel (the peer died) cannot be repaired inside a process — gloo's group is gone — so the
 engine reports it as fatal and the supervisor restarts both parties; queued cases survive in
-the database and run again.
+the database and run again (on another pair once their lease expires, or on this one when it
+comes back).
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
 from models.mpc import PartyConfig, init_party
 from models.preprocessing import CLASS_NAMES, Preprocessing
 from predictor.clinic import cases
+from predictor.clinic.queue import ClaimedCase
 from predictor.images import ImageStore
-from predictor.inference_queue import BatchQueue, ModelCard, QueueStatus
+from predictor.inference_queue import ModelCard, QueueStatus
+from predictor.lease_queue import LeasedCaseQueue
 from predictor.metrics import PatientSideMetrics
 
 log = logging.getLogger(__name__)
 
 INFER, PING, STOP = "infer", "ping", "stop"
+#: A case taken this many times without an outcome (its pair died each time) is failed.
+MAX_ATTEMPTS = 5
 
 
 class PatientSideEngine:
@@ -48,6 +54,7 @@ class PatientSideEngine:
         party: PartyConfig,
         sessions: sessionmaker[Session],
         image_store: ImageStore,
+        jobs: LeasedCaseQueue,
         *,
         max_batch: int,
         batch_wait_ms: float,
@@ -66,7 +73,7 @@ class PatientSideEngine:
         #: Called (on the MPC thread) with the ids of cases whose outcome was just recorded.
         self.on_recorded = on_recorded
         self.on_exit = on_exit
-        self.jobs = BatchQueue()
+        self.jobs = jobs
         self._queued_at: dict[str, float] = {}
         self._ready = threading.Event()
         self._batches = 0
@@ -77,9 +84,9 @@ class PatientSideEngine:
     # -- InferenceQueue -----------------------------------------------------------------
 
     def submit(self, case_id: str) -> None:
-        """Queue a case once, however often it is submitted (restarts re-submit)."""
-        if self.jobs.submit(case_id):
-            self._queued_at[case_id] = time.monotonic()
+        """Make a stored case claimable (by this pair or any other) and wake this worker."""
+        self._queued_at[case_id] = time.monotonic()
+        self.jobs.submit(case_id)
 
     def pending(self) -> int:
         return self.jobs.pending()
@@ -116,10 +123,7 @@ class PatientSideEngine:
                 self._card.backbone,
                 self._card.sha256[:12],
             )
-            with self.sessions() as session:
-                for case_id in cases.unfinished_case_ids(session):
-                    log.info("re-queueing unfinished case %s", case_id)
-                    self.submit(case_id)
+            self.jobs.start()
             self._ready.set()
             while True:
                 batch = self.jobs.next_batch(self.max_batch, self.batch_wait_s, self.heartbeat_s)
@@ -135,11 +139,17 @@ class PatientSideEngine:
             log.exception("MPC engine failed")
             self.on_exit(exc)
 
-    def _run_batch(self, comm: Any, classifier: EncryptedClassifier, batch: list[str]) -> None:
+    def _run_batch(
+        self, comm: Any, classifier: EncryptedClassifier, claimed: list[ClaimedCase]
+    ) -> None:
         images, ready = [], []
-        for case_id in batch:
+        batch = [c.case_id for c in claimed]
+        for case in claimed:
+            case_id = case.case_id
             found = self.image_store.find(case_id)
             try:
+                if case.attempts > MAX_ATTEMPTS:
+                    raise ValueError(f"no outcome after {MAX_ATTEMPTS} attempts")
                 if found is None:
                     raise FileNotFoundError("image missing from party 0's store")
                 images.append(self.preprocessing.tensor_from_path(found[0]))
@@ -153,7 +163,7 @@ class PatientSideEngine:
                 self.metrics.inference_failures.inc()
         if ready:
             self._infer(comm, classifier, ready, images)
-        self.jobs.done(batch)
+        self.jobs.done(claimed)
         finished = time.monotonic()
         for case_id in batch:
             queued_at = self._queued_at.pop(case_id, None)
@@ -185,6 +195,7 @@ class PatientSideEngine:
                     backbone=self._card.backbone,
                     model_sha256=self._card.sha256,
                     now=now,
+                    worker=self.jobs.worker,
                 )
         self._batches += 1
         self._images += len(ready)

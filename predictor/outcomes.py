@@ -1,7 +1,8 @@
 """Lets ``GET /case/{id}?wait=N`` answer as soon as the case's outcome is recorded.
 
 Lives on the event loop; the thread that records predictions reaches it only through
-:meth:`OutcomeWaiters.notify_threadsafe`.
+:meth:`OutcomeWaiters.notify_threadsafe`. Outcomes other party pairs record (other processes)
+reach it through the patient API's watcher, which asks the store about :meth:`waiting_ids`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class OutcomeWaiters:
             del self._waiting[case_id]
         else:
             self._waiting[case_id] = (event, count - 1)
+
+    def waiting_ids(self) -> list[str]:
+        """Cases someone is waiting on right now."""
+        return list(self._waiting)
+
+    def notify(self, case_ids: list[str]) -> None:
+        """Wake whoever waits on these cases (on the loop)."""
+        self._notify(case_ids)
 
     def notify_threadsafe(self, case_ids: list[str]) -> None:
         """Wake whoever waits on these cases (callable from any thread)."""

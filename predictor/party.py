@@ -1,4 +1,8 @@
-"""One MPC party as one OS process: party 0 (patient API), party 1 (the weights) or the dealer."""
+"""One MPC party as one OS process: party 0 (patient API), party 1 (the weights) or the dealer.
+
+With several party pairs (or several MPC processes per pair), every party 0 takes cases from
+the clinic's store; only pair 0's process 0 also serves the patient API (the front door).
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from infra.web import start_service
 from models.mpc import DEALER_RANK, PartyConfig, run_dealer
 from predictor.clinic import cases
+from predictor.clinic import queue as queue_store
 from predictor.clinic.store import clinic_sessions
 from predictor.engine import ModelSideEngine, PatientSideEngine
 from predictor.images import ImageStore
+from predictor.lease_queue import LeasedCaseQueue
 from predictor.metrics import PatientSideMetrics
 from predictor.outcomes import OutcomeWaiters
 from predictor.patient_api import create_patient_app
@@ -30,12 +36,13 @@ from predictor.settings import PredictorSettings
 log = logging.getLogger("predictor.party")
 
 
-def configure_logging(rank: int) -> None:
-    """Every record of an MPC process names its party."""
+def configure_logging(rank: int, pair: str = "") -> None:
+    """Every record of an MPC process names its party (and its pair, when there are several)."""
+    where = f"{pair} party {rank}" if pair else f"party {rank}"
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stdout,
-        format=f"[party {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"[{where}] %(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
     # Each start migrates the clinic's store; alembic's INFO lines say nothing an operator needs.
@@ -113,6 +120,8 @@ def discard_interrupted_uploads(sessions: sessionmaker[Session], images: ImageSt
         queued = cases.unfinished_case_ids(session)
         orphans = [case_id for case_id in queued if images.find(case_id) is None]
         dropped = cases.discard_unacknowledged(session, orphans)
+        # The others' uploads completed (their image has its case's name): workers may take them.
+        queue_store.release_uploads(session, [c for c in queued if c not in set(dropped)])
     if staged or dropped:
         log.warning(
             "discarded %d staged upload(s) and %d case(s) never acknowledged to a patient "
@@ -127,14 +136,22 @@ def patient_side(
     sessions: sessionmaker[Session],
     on_exit: Callable[[BaseException | None], None],
 ) -> PartyRole:
-    """Party 0: the patient API over the MPC engine that holds the images."""
+    """Party 0: the MPC engine that reads the images, and (pair 0's process 0) the patient API."""
     metrics, waiters = PatientSideMetrics(), OutcomeWaiters()
     images = ImageStore(settings.resolved_data_dir)
-    discard_interrupted_uploads(sessions, images)
+    if settings.serves_patients:
+        discard_interrupted_uploads(sessions, images)
+    jobs = LeasedCaseQueue(
+        sessions,
+        settings.worker_id,
+        lease_s=settings.lease_s,
+        poll_s=settings.queue_poll_ms / 1000.0,
+    )
     engine = PatientSideEngine(
         _party_config(settings, 0),
         sessions,
         images,
+        jobs,
         max_batch=settings.max_batch,
         batch_wait_ms=settings.batch_wait_ms,
         heartbeat_s=settings.heartbeat_s,
@@ -142,6 +159,8 @@ def patient_side(
         on_recorded=waiters.notify_threadsafe,
         on_exit=on_exit,
     )
+    if not settings.serves_patients:
+        return PartyRole(None, settings.patient_port, engine.start, engine.stop)
     app = create_patient_app(settings, sessions, images, engine, waiters, metrics)
     return PartyRole(app, settings.patient_port, engine.start, engine.stop)
 
@@ -163,11 +182,13 @@ def run_party(settings: PredictorSettings) -> int:
     """Run the party named by ``settings.rank`` until it is told to stop; return an exit code."""
     rank = settings.rank
     assert rank is not None
-    configure_logging(rank)
+    several = not settings.serves_patients or settings.pairs * settings.processes_per_pair > 1
+    configure_logging(rank, settings.worker_id if several else "")
     if rank == DEALER_RANK:
         run_dealer(_party_config(settings, rank))
         return 0
-    if rank == 0 and not (settings.clinic_key and settings.market_public_key):
+    front_door = rank == 0 and settings.serves_patients
+    if front_door and not (settings.clinic_key and settings.market_public_key):
         log.error("party 0 needs CRYPTO_DOCTOR_CLINIC_KEY and --market-public-key")
         return 2
     loop = asyncio.new_event_loop()

@@ -54,6 +54,8 @@ from predictor.viewer import add_viewer_routes
 routes = web.RouteTableDef()
 
 MAX_WAIT_S = 30.0
+#: How often the front door asks the store about awaited cases other party pairs decided.
+OUTCOME_POLL_S = 0.2
 UNAUTHENTICATED = {Refusal.NOT_ENROLLED, Refusal.REVOKED, Refusal.BAD_SIGNATURE, Refusal.REPLAY}
 REFUSAL_DETAIL = {
     Refusal.NOT_ENROLLED: "this doctor is not enrolled at the clinic",
@@ -247,6 +249,21 @@ async def _in_session(side: PatientSide, fn: Any, *args: Any, **kwargs: Any) -> 
     return await in_session(side.executor, side.sessions, fn, *args, **kwargs)
 
 
+async def _watch_outcomes(side: PatientSide) -> None:
+    """Wake ``?wait=`` requests whose case another party pair (another process) decided."""
+    while True:
+        await asyncio.sleep(OUTCOME_POLL_S)
+        awaited = side.waiters.waiting_ids()
+        if not awaited:
+            continue
+        try:
+            decided = await _in_session(side, cases.decided_among, awaited)
+        except Exception:  # noqa: BLE001 - a database hiccup: the waiters time out as before
+            continue
+        if decided:
+            side.waiters.notify(decided)
+
+
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     status = request.app[PATIENT_SIDE].queue.status()
@@ -322,7 +339,10 @@ def create_patient_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         waiters.attach(asyncio.get_running_loop())
+        watcher = asyncio.create_task(_watch_outcomes(side))
         yield
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         side.executor.shutdown(wait=True)
 
     app.cleanup_ctx.append(lifecycle)

@@ -62,6 +62,33 @@ class PredictorSettings:
     provider: str = field(
         default="TFP", metadata=flag("Beaver-triple provider: TFP (party 0) or TTP (dealer)")
     )
+    # Scale-out: several party pairs (and several MPC processes per pair) share the clinic's
+    # queue in its store (predictor.clinic.queue); pair 0's process 0 also serves patients.
+    pairs: int = field(
+        default=1,
+        metadata=flag("party pairs the supervisor runs on this host (more than 1: PostgreSQL)"),
+    )
+    processes_per_pair: int = field(
+        default=1,
+        metadata=flag(
+            "MPC processes per pair (one MPC session each): keeps the CPUs busy while "
+            "batches wait on the network (more than 1: PostgreSQL)"
+        ),
+    )
+    pair_id: int = field(
+        default=0, metadata=flag("with --rank: the pair this party belongs to (0 serves patients)")
+    )
+    pair_process: int = field(
+        default=0,
+        metadata=flag("with --rank: which of its pair's MPC processes this is (0, 1, ...)"),
+    )
+    lease_s: float = field(
+        default=60.0,
+        metadata=flag("seconds a claimed case stays with its pair without a lease renewal"),
+    )
+    queue_poll_ms: float = field(
+        default=100.0, metadata=flag("how often an idle pair looks for queued cases")
+    )
     max_batch: int = field(default=8, metadata=flag("largest batch one encrypted pass takes"))
     batch_wait_ms: float = field(
         default=5.0, metadata=flag("how long to wait for more images before running a batch")
@@ -141,6 +168,21 @@ class PredictorSettings:
             raise ValueError("rank must be 0, 1 or 2 (the TTP dealer)")
         if not 1 <= self.max_batch <= 64:
             raise ValueError("max_batch must be between 1 and 64")
+        if not (1 <= self.pairs <= 64 and 1 <= self.processes_per_pair <= 64):
+            raise ValueError("pairs and processes_per_pair must be between 1 and 64")
+        if self.pair_id < 0 or self.pair_process < 0:
+            raise ValueError("pair_id and pair_process must be >= 0")
+        if self.lease_s <= 0 or self.queue_poll_ms <= 0:
+            raise ValueError("lease_s and queue_poll_ms must be positive")
+        shares_queue = self.pairs * self.processes_per_pair > 1 or (
+            self.rank == 0 and (self.pair_id, self.pair_process) != (0, 0)
+        )
+        if shares_queue and self.clinic_db_url.startswith("sqlite"):
+            raise ValueError(
+                "more than one party pair (or MPC process per pair) shares the clinic's queue, "
+                "which needs PostgreSQL: set CRYPTO_DOCTOR_CLINIC_DB_URL=postgresql://… "
+                "(SQLite is the embedded default for one pair only)"
+            )
         if self.ocean_k < 0 or self.publish_every_s <= 0:
             raise ValueError("ocean_k must be >= 0 and publish_every_s positive")
         if self.rank is not None and not self.mpc_interface and not is_loopback(self.master_addr):
@@ -155,6 +197,16 @@ class PredictorSettings:
                     raise ValueError
             except ValueError as exc:
                 raise ValueError(f"{name} must be 32 bytes of hex") from exc
+
+    @property
+    def worker_id(self) -> str:
+        """This party's MPC process as the queue's leases name it: ``pair<id>.<process>``."""
+        return f"pair{self.pair_id}.{self.pair_process}"
+
+    @property
+    def serves_patients(self) -> bool:
+        """Party 0 of pair 0's process 0 is the patient API, the single front door."""
+        return (self.pair_id, self.pair_process) == (0, 0)
 
     @property
     def resolved_model_path(self) -> Path:

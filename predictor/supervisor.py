@@ -9,7 +9,9 @@ Each child gets only its own organisation's configuration: flags for settings, i
 secrets and database URL in its environment (never on a command line), and no
 ``CRYPTO_DOCTOR_*`` variable of anyone else. If a party dies, both parties restart on a fresh
 rendezvous port (queued cases are in the clinic's store and run again); the marketplace and
-the Ocean pieces restart alone. The supervisor holds the patient port itself and answers 503
+the Ocean pieces restart alone. With ``--pairs N`` (and ``--processes-per-pair K``) it runs
+N x K such MPC sessions, each restarted on its own; they share the clinic's queue in its
+PostgreSQL store, and pair 0's process 0 is the one that serves patients. The supervisor holds the patient port itself and answers 503
 there while party 0 is down (:mod:`predictor.standby`). It logs one ``ready:`` line once every
 service answers. SIGTERM/SIGINT stop every child.
 """
@@ -59,11 +61,28 @@ def clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
 
 
+#: One MPC session: (pair id, process within the pair).
+Slot = tuple[int, int]
+FRONT_DOOR: Slot = (0, 0)
+
+
 def party_settings(
-    s: PredictorSettings, rank: int, master_port: int, restarts: int
+    s: PredictorSettings, rank: int, master_port: int, restarts: int, slot: Slot = FRONT_DOOR
 ) -> PredictorSettings:
     """What one party is configured with: nothing of the marketplace's, nothing of the other's."""
-    mine = replace(s, rank=rank, master_port=master_port, market_db_url="", market_key="")
+    mine = replace(
+        s,
+        rank=rank,
+        master_port=master_port,
+        market_db_url="",
+        market_key="",
+        pair_id=slot[0],
+        pair_process=slot[1],
+    )
+    if rank == 0 and slot != FRONT_DOOR:
+        # Another pair's party 0 only computes: it needs the store and the images, not the
+        # clinic's signing key (the front door's courier sends what it records).
+        return replace(mine, restarts=restarts, clinic_key="", operator_token="")
     if rank == 0:
         return replace(mine, restarts=restarts)
     # The model side (and the dealer) hold no case data: no store, no images, no clinic key.
@@ -111,10 +130,11 @@ def marketplace_settings(s: PredictorSettings) -> MarketplaceSettings:
 class Supervisor:
     def __init__(self, settings: PredictorSettings) -> None:
         self.settings = settings.with_keys()
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        #: Every MPC session's processes, by slot (pair, process) and rank.
+        self.children: dict[Slot, dict[int, subprocess.Popen[bytes]]] = {}
         self.stopping = False
-        self.restarts: list[float] = []
-        self.restart_count = 0
+        self.restarts: dict[Slot, list[float]] = {}
+        self.restart_counts: dict[Slot, int] = {}
         market = marketplace_settings(self.settings)
         market_argv, market_urls = flags_to_env(settings_to_argv(market), MARKETPLACE_URL_FLAGS)
         self.marketplace = SupervisedChild(
@@ -142,13 +162,30 @@ class Supervisor:
     def _ranks(self) -> list[int]:
         return [0, 1] + ([2] if self.settings.provider == "TTP" else [])
 
+    def slots(self) -> list[Slot]:
+        s = self.settings
+        return [(p, k) for p in range(s.pairs) for k in range(s.processes_per_pair)]
+
+    @staticmethod
+    def _name(slot: Slot, rank: int) -> str:
+        return (
+            f"party {rank}" if slot == FRONT_DOOR else f"party {rank} of pair {slot[0]}.{slot[1]}"
+        )
+
     def start_parties(self) -> None:
+        for slot in self.slots():
+            self.start_session(slot)
+
+    def start_session(self, slot: Slot) -> None:
+        """One MPC session (party 0, party 1, the dealer) on a fresh rendezvous port."""
         master_port = free_port(self.settings.master_addr)
+        children = self.children.setdefault(slot, {})
+        restarts = self.restart_counts.get(slot, 0)
         for rank in self._ranks():
-            mine = party_settings(self.settings, rank, master_port, self.restart_count)
+            mine = party_settings(self.settings, rank, master_port, restarts, slot)
             passed: tuple[int, ...] = ()
             ready_write = -1
-            if rank == 0 and self.patient_socket is not None:
+            if rank == 0 and slot == FRONT_DOOR and self.patient_socket is not None:
                 self._close_ready_pipe()
                 self.party0_ready, ready_write = os.pipe()
                 os.set_blocking(self.party0_ready, False)
@@ -158,18 +195,28 @@ class Supervisor:
                 )
             argv, urls = flags_to_env(settings_to_argv(mine), PARTY_URL_FLAGS)
             env = {**clean_environment(), **secrets_to_env(mine), **urls}
-            self.children[rank] = subprocess.Popen(
+            children[rank] = subprocess.Popen(
                 [sys.executable, "-m", "predictor", *argv], env=env, pass_fds=passed
             )
             if ready_write >= 0:
                 os.close(ready_write)
-            log.info("party %d started (pid %d)", rank, self.children[rank].pid)
+            log.info("%s started (pid %d)", self._name(slot, rank), children[rank].pid)
 
     def stop_parties(self) -> None:
-        # Party 0 first: it tells party 1 (and the dealer) to stop over the MPC channel.
-        for rank in sorted(self.children):
-            stop_process(self.children[rank])
+        # Every party 0 first: each tells its party 1 (and dealer) to stop over the MPC channel.
+        for rank in sorted({r for children in self.children.values() for r in children}):
+            for children in self.children.values():
+                if rank in children and children[rank].poll() is None:
+                    children[rank].terminate()
+            for children in self.children.values():
+                if rank in children:
+                    stop_process(children[rank])
         self.children.clear()
+
+    def stop_session(self, slot: Slot) -> None:
+        for rank in sorted(self.children.get(slot, {})):
+            stop_process(self.children[slot][rank])
+        self.children.pop(slot, None)
 
     def _close_ready_pipe(self) -> None:
         if self.party0_ready is not None:
@@ -284,21 +331,32 @@ class Supervisor:
             if self.ocean is not None:
                 self.ocean.tick()
             self._watch_party0()
-            dead = {
-                rank: child.returncode
-                for rank, child in self.children.items()
-                if child.poll() is not None
-            }
-            if dead:
-                # Patients are answered 503 (never refused) until the new party 0 serves.
-                self.standby.start()
-                if not self._may_restart():
+            for slot in self.slots():
+                dead = {
+                    rank: child.returncode
+                    for rank, child in self.children.get(slot, {}).items()
+                    if child.poll() is not None
+                }
+                if not dead:
+                    continue
+                if slot == FRONT_DOOR:
+                    # Patients are answered 503 (never refused) until the new party 0 serves.
+                    self.standby.start()
+                if not self._may_restart(slot):
                     log.error("parties keep dying (%s); giving up", dead)
                     return 1
-                log.warning("party exited %s; restarting both parties", dead)
-                self.stop_parties()
-                self.restart_count += 1
-                self.start_parties()
+                if slot == FRONT_DOOR:
+                    log.warning("party exited %s; restarting both parties", dead)
+                else:
+                    log.warning(
+                        "pair %d.%d: party exited %s; restarting the pair (its leased cases "
+                        "go to the other pairs when their lease expires)",
+                        *slot,
+                        dead,
+                    )
+                self.stop_session(slot)
+                self.restart_counts[slot] = self.restart_counts.get(slot, 0) + 1
+                self.start_session(slot)
             self._announce_when_ready()
         return 0
 
@@ -311,7 +369,8 @@ class Supervisor:
         if time.monotonic() >= child.not_before:
             child.start()
 
-    def _may_restart(self) -> bool:
+    def _may_restart(self, slot: Slot) -> bool:
         now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
-        return len(self.restarts) <= MAX_RESTARTS_PER_MINUTE
+        recent = [t for t in self.restarts.get(slot, []) if now - t < 60] + [now]
+        self.restarts[slot] = recent
+        return len(recent) <= MAX_RESTARTS_PER_MINUTE

@@ -27,6 +27,7 @@ from marketplace.errors import CaseNotFound, InvalidInput, WrongPatientToken
 from marketplace.messages import MARKETPLACE, CaseOpened, CaseSettled, SeatGranted
 from marketplace.storage.unit import read_only, unit_of_work
 from predictor.clinic.models import ClinicOutbox, PatientCase, Seat
+from predictor.clinic.queue import UPLOAD_HOLD, UPLOAD_OWNER
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -90,7 +91,11 @@ def _require_aware(now: datetime) -> None:
 
 @unit_of_work
 def create_case(session: Session, *, patient_token_hash: str, now: datetime) -> str:
-    """Store a new ``queued`` case and return its unguessable id (uuid4 hex)."""
+    """Store a new ``queued`` case and return its unguessable id (uuid4 hex).
+
+    The case is held by its upload (no worker takes it) until
+    :func:`predictor.clinic.queue.release_upload`, once its image is stored.
+    """
     if not _SHA256_HEX.fullmatch(patient_token_hash or ""):
         raise InvalidInput("patient_token_hash must be a lowercase sha256 hex digest")
     _require_aware(now)
@@ -101,6 +106,8 @@ def create_case(session: Session, *, patient_token_hash: str, now: datetime) -> 
             patient_token_hash=patient_token_hash,
             status=CaseStatus.QUEUED.value,
             submitted_at=now,
+            lease_owner=UPLOAD_OWNER,
+            lease_expires_at=now + UPLOAD_HOLD,
         )
     )
     return case_id
@@ -116,11 +123,14 @@ def record_prediction(
     backbone: str,
     model_sha256: str,
     now: datetime,
+    worker: str | None = None,
 ) -> bool:
     """Record a queued case's opened prediction and send it to the marketplace for review.
 
     Idempotent: only the first call moves the case ``queued`` -> ``open`` and posts its
-    ``case.opened`` message (in the same transaction); later calls return False.
+    ``case.opened`` message (in the same transaction); later calls return False. So when two
+    party pairs computed the same case (a lease expired), only the first result counts;
+    ``worker`` (the pair's process that computed it) is kept as ``predicted_by``.
     """
     if label not in LABELS:
         raise InvalidInput(f"label must be one of {LABELS}")
@@ -144,6 +154,8 @@ def record_prediction(
     case.confidence = float(confidence)
     case.backbone = backbone
     case.model_sha256 = model_sha256
+    case.predicted_by = worker
+    case.lease_owner = case.lease_expires_at = None
     opened = CaseOpened(
         case_id=case_id,
         submitted_at=case.submitted_at,
@@ -174,7 +186,10 @@ def record_inference_failure(session: Session, case_id: str, *, reason: str, now
         update(PatientCase)
         .where(PatientCase.id == case_id, PatientCase.status == CaseStatus.QUEUED.value)
         .values(
-            status=CaseStatus.FAILED.value, failure_reason=(reason or "inference failed")[:2000]
+            status=CaseStatus.FAILED.value,
+            failure_reason=(reason or "inference failed")[:2000],
+            lease_owner=None,
+            lease_expires_at=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -187,6 +202,19 @@ def unfinished_case_ids(session: Session) -> list[str]:
         select(PatientCase.id)
         .where(PatientCase.status == CaseStatus.QUEUED.value)
         .order_by(PatientCase.submitted_at, PatientCase.id)
+    )
+    return list(rows)
+
+
+@read_only
+def decided_among(session: Session, case_ids: Sequence[str]) -> list[str]:
+    """Those of ``case_ids`` no longer ``queued`` (predicted or failed, by any party pair)."""
+    if not case_ids:
+        return []
+    rows = session.scalars(
+        select(PatientCase.id).where(
+            PatientCase.id.in_(list(case_ids)), PatientCase.status != CaseStatus.QUEUED.value
+        )
     )
     return list(rows)
 

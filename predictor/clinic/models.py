@@ -46,6 +46,12 @@ class PatientCase(ClinicBase):
     diagnosis: Mapped[str | None] = mapped_column(String(16))
     reviewers: Mapped[int | None] = mapped_column(Integer)
     agreement: Mapped[float | None] = mapped_column(Float)
+    # The inference queue (:mod:`predictor.clinic.queue`): which worker (party pair and
+    # process) holds a queued case, until when, how often it was taken, and who recorded it.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    predicted_by: Mapped[str | None] = mapped_column(String(64))
 
     @property
     def case_status(self) -> CaseStatus:
