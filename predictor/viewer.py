@@ -4,7 +4,9 @@ The doctor's signing key is made and kept by this page, on the clinic's origin (
 no script the marketplace serves can ever use it. The page creates an ECDSA P-256 key pair with
 WebCrypto (private key non-extractable, stored in IndexedDB), shows the public key to enrol,
 and for ``/viewer?case=ID&doctor=ID`` signs :func:`predictor.access.protocol.request_message`
-and fetches ``GET /image/{case}`` with it. Everything is served from files in
+and fetches ``GET /image/{case}`` with it. The image is drawn on a ``<canvas>`` by the page's
+own ``scan-canvas.js`` (zoom, pan, window/level, invert), from a same-origin blob, so the
+canvas stays readable without any CORS on the clinic. Everything is served from files in
 ``predictor/static`` under a CSP that admits only this origin's script, style and requests.
 """
 
@@ -32,6 +34,7 @@ SECURITY_HEADERS = {
 #: The page's assets, served at ``/viewer/{asset}`` (nothing else from the folder).
 ASSETS = {
     "viewer.js": "text/javascript",
+    "scan-canvas.js": "text/javascript",
     "viewer.css": "text/css",
 }
 

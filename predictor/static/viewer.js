@@ -34,7 +34,7 @@ const REFUSALS = {
   image_not_found: "The clinic has no image for this case.",
 };
 
-let imageUrl = null;
+let scan = null; // the ScanCanvas (scan-canvas.js), made once the page starts
 
 // --- IndexedDB: one record, the CryptoKeyPair (structured-cloned, private half unreadable).
 
@@ -140,9 +140,42 @@ function refuse(text, code) {
 function clearImage() {
   $("refusal").hidden = true;
   $("figure").hidden = true;
-  $("scan").removeAttribute("src");
-  if (imageUrl) URL.revokeObjectURL(imageUrl);
-  imageUrl = null;
+  scan.unload();
+}
+
+// The readout and the controls follow the view.
+function showView(view) {
+  const percent = scan.actualPercent();
+  $("readout").textContent =
+    "Image " + scan.imageWidth + " × " + scan.imageHeight + " px · zoom " + percent +
+    " % of actual size · window " + view.width + ", level " + view.level +
+    (view.inverted ? " · inverted" : "");
+  $("window-width").value = view.width;
+  $("window-level").value = view.level;
+  $("width-value").textContent = view.width;
+  $("level-value").textContent = view.level;
+  $("preset").value = view.preset;
+  $("invert").setAttribute("aria-pressed", String(view.inverted));
+}
+
+function bindViewer() {
+  scan = new ScanCanvas($("scan"), showView);
+  const dragMode = () => document.querySelector('input[name="drag"]:checked').value;
+  bindScanControls(scan, dragMode);
+  $("zoom-in").addEventListener("click", () => scan.zoomBy(1.25));
+  $("zoom-out").addEventListener("click", () => scan.zoomBy(1 / 1.25));
+  $("actual-size").addEventListener("click", () => scan.actualSize());
+  $("invert").addEventListener("click", () => scan.invert());
+  $("reset").addEventListener("click", () => scan.reset());
+  $("preset").addEventListener("change", (ev) => {
+    if (ev.target.value !== "custom") scan.preset(ev.target.value);
+  });
+  const fromSliders = () => scan.setWindow(+$("window-width").value, +$("window-level").value);
+  $("window-width").addEventListener("input", fromSliders);
+  $("window-level").addEventListener("input", fromSliders);
+  document.addEventListener("keydown", (ev) => {
+    if (!$("figure").hidden && scanShortcut(scan, ev)) ev.preventDefault();
+  });
 }
 
 function doctorId() {
@@ -186,9 +219,10 @@ async function showImage(record, caseId) {
       const refusal = await refusalOf(res);
       refuse(refusal.text, refusal.code);
     } else {
-      imageUrl = URL.createObjectURL(await res.blob());
-      $("scan").src = imageUrl;
-      $("figure").hidden = false;
+      const blob = await res.blob();
+      $("figure").hidden = false; // laid out first, so the slice fits the box it gets
+      await scan.load(blob);
+      $("scan").setAttribute("aria-label", "Brain MRI slice of case " + caseId);
       say("");
       return;
     }
@@ -200,6 +234,7 @@ async function showImage(record, caseId) {
 
 async function main() {
   $("origin").textContent = location.origin;
+  bindViewer();
   if (!window.isSecureContext || !window.crypto || !crypto.subtle || !window.indexedDB) {
     refuse(
       "This page needs a secure connection (https://) and a browser with Web Crypto and " +

@@ -22,14 +22,13 @@ from predictor.access import store
 from predictor.access.protocol import load_public_key
 from predictor.clinic.store import clinic_sessions
 from predictor.viewer import CSP, add_viewer_routes
+from tests.artifacts import screenshot
 from tests.marketplace.servers import serve
 from tests.marketplace.test_browser import chromium
 from tests.predictor.orgs import Organisations, post_message, seat_message, submit
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path("/tmp/crypto-doctor-viewer.png")
-REFUSED_SCREENSHOT = Path("/tmp/crypto-doctor-viewer-refused.png")
 DOCTOR = "0123456789abcdef0123456789abcdef"  # the doctor's id at the marketplace
 
 
@@ -71,11 +70,12 @@ def _audit(clinic: str, case: dict) -> list[dict]:
 
 
 def _shown_width(browser: Any) -> int:
-    """The displayed image's natural width once loaded and visible; 0 before."""
+    """The shown image's own width (the viewer's readout) once drawn and visible; 0 before."""
     return int(
         browser.execute_script(
-            "const f = document.getElementById('figure'), i = document.getElementById('scan');"
-            "return !f.hidden && i.complete ? i.naturalWidth : 0;"
+            "const f = document.getElementById('figure');"
+            "const m = /^Image (\\d+) × (\\d+) px/.exec(document.getElementById('readout').textContent);"
+            "return !f.hidden && m ? Number(m[1]) : 0;"
         )
     )
 
@@ -99,6 +99,7 @@ def test_the_viewer_serves_only_its_own_files_under_a_strict_policy(clinic) -> N
         ("/viewer", "text/html"),
         ("/viewer/viewer.js", "text/javascript"),
         ("/viewer/viewer.css", "text/css"),
+        ("/viewer/scan-canvas.js", "text/javascript"),
     ):
         reply = requests.get(clinic + path, timeout=10)
         assert reply.status_code == 200 and reply.headers["Content-Type"].startswith(kind)
@@ -136,7 +137,7 @@ def test_a_doctor_enrols_the_viewers_key_then_sees_the_image_until_revoked(
     wait.until(_refusal)
     assert "not enrolled you yet" in _refusal(browser) and "not_enrolled" in _refusal(browser)
     assert browser.find_element(By.ID, "doctor-id").get_attribute("value") == DOCTOR
-    browser.save_screenshot(str(REFUSED_SCREENSHOT))
+    screenshot(browser, "viewer-refused-not-enrolled")
 
     # The clinic enrols the key the page showed; the marketplace grants a seat.
     with _sessions(orgs)() as session:
@@ -156,7 +157,7 @@ def test_a_doctor_enrols_the_viewers_key_then_sees_the_image_until_revoked(
     with Image.open(path) as original:
         assert width == original.width
     assert _refusal(browser) == ""
-    browser.save_screenshot(str(SCREENSHOT))
+    screenshot(browser, "viewer-image")
     assert [(a["doctor"], a["result"]) for a in _audit(clinic, case)] == [
         (DOCTOR, "not_enrolled"),
         (DOCTOR, "served"),
@@ -216,3 +217,143 @@ def _stored_private_key_is_unexportable(browser: Any) -> bool:
             """
         )
     )
+
+
+#: Grey values of a 48 x 48 grid over the middle half of the viewer's canvas (inside the fitted
+#: slice), read back from the canvas itself: what the doctor sees, pixel for pixel.
+_SAMPLE_CANVAS = """
+const c = document.getElementById('scan');
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+const out = [];
+for (let j = 0; j < 48; j++) for (let i = 0; i < 48; i++) {
+  const x = Math.floor(c.width * (0.25 + i / 96)), y = Math.floor(c.height * (0.25 + j / 96));
+  out.push(data[(y * c.width + x) * 4]);
+}
+return out;
+"""
+
+
+_LIT_PIXELS = """
+const c = document.getElementById('scan');
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0;
+for (let p = 0; p < data.length; p += 4) if (data[p] > 20) lit++;
+return lit;
+"""
+
+
+def _pixels(browser: Any) -> list[int]:
+    return [int(v) for v in browser.execute_script(_SAMPLE_CANVAS)]
+
+
+def _readout(browser: Any) -> str:
+    return str(browser.find_element("id", "readout").text)
+
+
+def _enrolled_viewer(orgs: Organisations, clinic: str, browser: Any, case_id: str) -> Any:
+    """Enrol the key this browser makes, give it a seat on the case, and open the viewer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{clinic}/viewer")
+    public_key = wait.until(lambda d: d.find_element(By.ID, "public-key").get_attribute("value"))
+    with _sessions(orgs)() as session:
+        store.enrol(
+            session,
+            doctor_id=DOCTOR,
+            name="Dr Viewer",
+            licence="GMC 7000003",
+            public_key=public_key,
+            now=datetime.now(UTC),
+        )
+    reply = post_message(clinic, seat_message(case_id, DOCTOR, key=orgs.market_key))
+    assert reply.status_code == 200, reply.text
+    browser.get(f"{clinic}/viewer?case={case_id}&doctor={DOCTOR}")
+    wait.until(_shown_width)
+    return wait
+
+
+def test_zoom_pan_window_level_invert_and_reset_change_the_drawn_pixels(
+    orgs, clinic, browser, mri_images
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    path = mri_images["yes"][0]
+    case = submit(clinic, path)
+    wait = _enrolled_viewer(orgs, clinic, browser, case["case_id"])
+    with Image.open(path) as original:
+        size = original.size
+    assert _readout(browser).startswith(f"Image {size[0]} × {size[1]} px")  # full resolution
+    assert "window 256, level 128" in _readout(browser)
+    fitted, fitted_lit = _pixels(browser), browser.execute_script(_LIT_PIXELS)
+    assert len(set(fitted)) > 20  # a slice, not a blank canvas
+    body = browser.find_element(By.TAG_NAME, "body")
+
+    # Zoom in twice from the keyboard: the slice grows, the brain covers more of the middle.
+    body.send_keys("+")
+    body.send_keys("+")
+    zoomed = _pixels(browser)
+    changed = sum(a != b for a, b in zip(fitted, zoomed, strict=True))
+    assert changed > len(fitted) // 3
+    assert browser.execute_script(_LIT_PIXELS) > 1.4 * fitted_lit  # 1.25² times the area
+
+    # Pan with the arrow keys on the focused image: the pixels move, the zoom does not.
+    canvas = browser.find_element(By.ID, "scan")
+    before_pan = _readout(browser)
+    canvas.send_keys(Keys.ARROW_LEFT)
+    assert _pixels(browser) != zoomed and _readout(browser) == before_pan
+
+    # Reset: exactly the fitted image again.
+    body.send_keys("r")
+    assert _pixels(browser) == fitted
+
+    # The wheel zooms at the pointer, a drag pans; reset brings the fitted image back.
+    ActionChains(browser).scroll_to_element(canvas).scroll_from_origin(
+        _wheel_origin(canvas), 0, -200
+    ).perform()
+    wait.until(lambda d: _pixels(d) != fitted)  # input events reach the page asynchronously
+    wheeled = _pixels(browser)
+    ActionChains(browser).drag_and_drop_by_offset(canvas, 60, 0).perform()
+    wait.until(lambda d: _pixels(d) != wheeled)
+    browser.find_element(By.ID, "reset").click()
+    assert _pixels(browser) == fitted
+
+    # A narrow window (mid tones) pushes the dark greys to black and the bright to white.
+    Select(browser.find_element(By.ID, "preset")).select_by_value("mid")
+    assert "window 96, level 128" in _readout(browser)
+    contrast = _pixels(browser)
+    assert sum(v in (0, 255) for v in contrast) > sum(v in (0, 255) for v in fitted) + 100
+    # Window/level from the keyboard: Shift+Left narrows the window, Shift+Up raises the level
+    # (fewer greys reach white: a darker picture).
+    canvas.send_keys(Keys.SHIFT + Keys.ARROW_LEFT)
+    assert "window 88, level 128" in _readout(browser)
+    canvas.send_keys(Keys.SHIFT + Keys.ARROW_UP)
+    assert "window 88, level 132" in _readout(browser)
+    assert sum(_pixels(browser)) < sum(contrast)
+
+    # Invert at full range: every drawn pixel is 255 minus what it was (rounding aside).
+    body.send_keys("r")
+    browser.find_element(By.ID, "invert").click()
+    assert browser.find_element(By.ID, "invert").get_attribute("aria-pressed") == "true"
+    inverted = _pixels(browser)
+    assert max(abs(a + b - 255) for a, b in zip(fitted, inverted, strict=True)) <= 2
+    screenshot(browser, "viewer-inverted")
+    body.send_keys("0")
+    assert _pixels(browser) == fitted
+
+    # 1 shows one image pixel per screen pixel.
+    body.send_keys("1")
+    assert "zoom 100 % of actual size" in _readout(browser)
+    body.send_keys("+")
+    screenshot(browser, "viewer-zoomed")
+    assert [m for m in _page_problems(browser) if "favicon" not in m] == []
+
+
+def _wheel_origin(element: Any) -> Any:
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    return ScrollOrigin.from_element(element)
