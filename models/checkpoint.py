@@ -14,9 +14,13 @@ import torch
 from torch import nn
 
 from models.nets import Architecture, build_model
+from models.unfamiliarity import Detector
 
 #: 2: LeNet's first convolution has stride 2 (format-1 LeNet weights would load but mislead).
-FORMAT_VERSION = 2
+#: 3: optional unfamiliarity detector and screening decision threshold (format 2 still loads:
+#: no detector, threshold 0.5).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 
 class CheckpointError(ValueError):
@@ -28,6 +32,10 @@ class Checkpoint:
     architecture: Architecture
     state_dict: dict[str, torch.Tensor]
     temperature: float = 1.0
+    #: the unfamiliarity detector fitted on the training data (None: no flag is computed)
+    detector: Detector | None = None
+    #: screening operating point: "tumor" when the calibrated P(tumor) >= this
+    decision_threshold: float = 0.5
 
     def model(self) -> nn.Module:
         """The torch network in eval mode, weights loaded."""
@@ -37,9 +45,17 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: Path | str, model: nn.Module, arch: Architecture, temperature: float
+    path: Path | str,
+    model: nn.Module,
+    arch: Architecture,
+    temperature: float,
+    *,
+    detector: Detector | None = None,
+    decision_threshold: float = 0.5,
 ) -> str:
     """Write the checkpoint and return the sha256 of the written file."""
+    if not 0.0 < decision_threshold < 1.0:
+        raise ValueError("decision_threshold must be in (0, 1)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -47,6 +63,8 @@ def save_checkpoint(
         "architecture": arch.to_dict(),
         "temperature": float(temperature),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "decision_threshold": float(decision_threshold),
+        "detector": None if detector is None else detector.to_payload(),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -61,13 +79,19 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         raise
     except Exception as exc:  # torch raises several types for foreign or corrupt files
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: not a crypto-doctor checkpoint (format {FORMAT_VERSION})")
-    return Checkpoint(
-        architecture=Architecture(**payload["architecture"]),
-        state_dict=payload["state_dict"],
-        temperature=float(payload["temperature"]),
-    )
+    detector = payload.get("detector")
+    try:
+        return Checkpoint(
+            architecture=Architecture(**payload["architecture"]),
+            state_dict=payload["state_dict"],
+            temperature=float(payload["temperature"]),
+            detector=None if detector is None else Detector.from_payload(detector),
+            decision_threshold=float(payload.get("decision_threshold", 0.5)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint ({exc})") from exc
 
 
 def file_sha256(path: Path | str) -> str:

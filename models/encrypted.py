@@ -40,12 +40,20 @@ Params = OrderedDict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Prediction:
     label: int  # index into models.preprocessing.CLASS_NAMES
-    confidence: float  # calibrated probability of ``label``, in [0.5, 1]
+    #: calibrated probability of ``label``: in [0.5, 1] at the default threshold 0.5; at a
+    #: screening threshold t < 0.5 a "tumor" label can carry a probability in [t, 0.5)
+    confidence: float
+    #: the image is unlike the training data: the confidence is not to be trusted
+    unfamiliar: bool = False
 
     @staticmethod
-    def from_logit_difference(d: float) -> Prediction:
-        label = int(d > 0)
-        return Prediction(label, 1.0 / (1.0 + math.exp(-abs(d))))
+    def from_logit_difference(
+        d: float, threshold: float = 0.5, unfamiliar: bool = False
+    ) -> Prediction:
+        """Label "tumor" when the calibrated P(tumor) = sigmoid(d) reaches ``threshold``."""
+        label = int(d > math.log(threshold / (1.0 - threshold)))
+        p_tumor = 1.0 / (1.0 + math.exp(-d)) if d >= 0 else math.exp(d) / (1.0 + math.exp(d))
+        return Prediction(label, p_tumor if label else 1.0 - p_tumor, unfamiliar)
 
 
 # ---------------------------------------------------------------------------- folding
@@ -163,14 +171,22 @@ def head(arch: Architecture, params: Mapping[str, TensorLike], features: TensorL
     return _linear(features, params, "fc3" if arch.backbone == "lenet" else "fc")
 
 
+def lenet_trunk(
+    arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike
+) -> tuple[TensorLike, TensorLike, TensorLike]:
+    """LeNet's activations after conv1, after conv2 and the penultimate features, in one pass."""
+    act = arch.activation
+    conv1 = _activate(_avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2), act)
+    conv2 = _activate(_avg_pool(_conv(conv1, params, "conv2", padding=2), 2), act)
+    x = _activate(_linear(conv2.flatten(1), params, "fc1"), act)
+    return conv1, conv2, _activate(_linear(x, params, "fc2"), act)
+
+
 def penultimate(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike) -> TensorLike:
     """Features ``(B, D)`` the last layer reads (what the unfamiliarity score measures)."""
     act = arch.activation
     if arch.backbone == "lenet":
-        x = _activate(_avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2), act)
-        x = _activate(_avg_pool(_conv(x, params, "conv2", padding=2), 2), act)
-        x = _activate(_linear(x.flatten(1), params, "fc1"), act)
-        return _activate(_linear(x, params, "fc2"), act)
+        return lenet_trunk(arch, params, x)[-1]
     # resnet18: torchvision's blocks (activation in the branch and after the sum);
     # resnet18-mpc: one activation per block, in the branch only (models.nets.MPCBlock).
     after_sum = arch.backbone == "resnet18"

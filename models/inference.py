@@ -4,7 +4,9 @@ Who holds what in plaintext:
 * party 1 (model owner) — the checkpoint; it announces only the public
   ``ModelCard`` (architecture + checkpoint digest) and secret-shares the folded weights;
 * party 0 (patient side) — the preprocessed images; it secret-shares them and is the only
-  party that learns the revealed output (the scaled logit difference, see ``models.encrypted``).
+  party that learns the revealed output: the scaled logit difference (see
+  ``models.encrypted``) and, when the checkpoint carries an unfamiliarity detector, one bit
+  per image, unfamiliar or not (``models.encrypted_unfamiliarity``).
 
 Both parties must make the same calls in the same order (every MPC operation is a joint
 protocol step); the batch size is public.
@@ -29,6 +31,13 @@ from models.encrypted import (
     share_images,
     share_parameters,
 )
+from models.encrypted_unfamiliarity import (
+    DetectorCard,
+    block_sizes,
+    classify,
+    fold_detector,
+    share_detector,
+)
 from models.nets import Architecture
 
 MODEL_OWNER = 1
@@ -41,6 +50,10 @@ class ModelCard:
 
     architecture: Architecture
     model_sha256: str
+    #: the unfamiliarity detector's public shape (None: the model has none)
+    detector: DetectorCard | None = None
+    #: screening operating point on the calibrated P(tumor) (public, in the provenance too)
+    decision_threshold: float = 0.5
 
 
 class EncryptedClassifier:
@@ -58,15 +71,38 @@ class EncryptedClassifier:
         comm = crypten.communicator.get()
         card = None
         if checkpoint is not None:  # party 1
-            card = {"architecture": checkpoint.architecture.to_dict(), "model_sha256": model_sha256}
+            detector = checkpoint.detector
+            card = {
+                "architecture": checkpoint.architecture.to_dict(),
+                "model_sha256": model_sha256,
+                "detector": None if detector is None else DetectorCard.of(detector).to_dict(),
+                "decision_threshold": checkpoint.decision_threshold,
+            }
         card = comm.broadcast_obj(card, MODEL_OWNER)
-        self.card = ModelCard(Architecture(**card["architecture"]), card["model_sha256"])
-        model_params = None
-        if checkpoint is not None:
-            model_params = fold(checkpoint.model(), checkpoint.architecture, checkpoint.temperature)
-        self.encrypted_model: dict[str, TensorLike] = share_parameters(
-            crypten, self.card.architecture, model_params, rank
+        detector_card = card.get("detector")
+        self.card = ModelCard(
+            Architecture(**card["architecture"]),
+            card["model_sha256"],
+            None if detector_card is None else DetectorCard(**detector_card),
+            float(card.get("decision_threshold", 0.5)),
         )
+        arch = self.card.architecture
+        model = None if checkpoint is None else checkpoint.model()
+        model_params = None
+        if checkpoint is not None and model is not None:
+            model_params = fold(model, checkpoint.architecture, checkpoint.temperature)
+        self.encrypted_model: dict[str, TensorLike] = share_parameters(
+            crypten, arch, model_params, rank
+        )
+        self.encrypted_detector: dict[str, TensorLike] | None = None
+        if self.card.detector is not None:
+            sizes = block_sizes(arch, self.card.detector.features)
+            detector_params = None
+            if checkpoint is not None and checkpoint.detector is not None:
+                detector_params = fold_detector(checkpoint.detector, sizes)
+            self.encrypted_detector = share_detector(
+                crypten, self.card.detector, sizes, detector_params, rank
+            )
 
     @classmethod
     def for_party(
@@ -93,11 +129,40 @@ class EncryptedClassifier:
         plain = revealed.get_plain_text(dst=IMAGE_OWNER)
         return None if plain is None else plain.view(-1)
 
-    def predict(self, images: torch.Tensor | None, batch_size: int) -> list[Prediction] | None:
-        differences = self.logit_differences(images, batch_size)
-        if differences is None:
+    def outputs(
+        self, images: torch.Tensor | None, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Party 0: revealed ``(B,)`` scaled logit differences and ``(B,)`` unfamiliar bits
+        (None without a detector); party 1: None. Exactly these two are opened, to party 0."""
+        if self.encrypted_detector is None or self.card.detector is None:
+            differences = self.logit_differences(images, batch_size)
+            return None if differences is None else (differences, None)
+        image_share = share_images(self.crypten, images, (batch_size, *self.image_shape), self.rank)
+        encrypted_difference, encrypted_flags = classify(
+            self.card.architecture,
+            self.encrypted_model,
+            self.encrypted_detector,
+            self.card.detector.features,
+            image_share,
+        )
+        difference = encrypted_difference.get_plain_text(dst=IMAGE_OWNER)
+        flags = encrypted_flags.get_plain_text(dst=IMAGE_OWNER)
+        if difference is None:
             return None
-        return [Prediction.from_logit_difference(float(d)) for d in differences]
+        return difference.view(-1), flags.view(-1).round()
+
+    def predict(self, images: torch.Tensor | None, batch_size: int) -> list[Prediction] | None:
+        revealed = self.outputs(images, batch_size)
+        if revealed is None:
+            return None
+        differences, flags = revealed
+        threshold = self.card.decision_threshold
+        return [
+            Prediction.from_logit_difference(
+                float(d), threshold, unfamiliar=flags is not None and bool(flags[i] > 0.5)
+            )
+            for i, d in enumerate(differences)
+        ]
 
 
 @dataclass(frozen=True)
@@ -110,10 +175,13 @@ class ForwardCost:
     bytes: float  # bytes this party sent
 
 
-def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> ForwardCost:
+def measure_forward(
+    classifier: EncryptedClassifier, batch: int, reps: int, *, unfamiliarity: bool = False
+) -> ForwardCost:
     """Median seconds, rounds and bytes of ``reps`` encrypted forwards on random images.
 
     Both parties call it (each measures its own side); one warm-up pass is not counted.
+    ``unfamiliarity``: the whole production program (classifier + unfamiliarity bit).
     """
     crypten = classifier.crypten
     comm = crypten.communicator.get()
@@ -121,14 +189,15 @@ def measure_forward(classifier: EncryptedClassifier, batch: int, reps: int) -> F
     images = None
     if classifier.rank == IMAGE_OWNER:
         images = torch.randn(batch, *classifier.image_shape)
-    classifier.logit_differences(images, batch)
+    run = classifier.outputs if unfamiliarity else classifier.logit_differences
+    run(images, batch)
     times: list[float] = []
     rounds: list[float] = []
     sent: list[float] = []
     for _ in range(reps):
         comm.reset_communication_stats()
         started = time.perf_counter()
-        classifier.logit_differences(images, batch)
+        run(images, batch)
         times.append(time.perf_counter() - started)
         stats = comm.get_communication_stats()
         rounds.append(stats["rounds"])

@@ -18,6 +18,10 @@ import torch
 from PIL import Image, ImageOps
 
 DEFAULT_IMAGE_SIZE = 64
+#: Standardised pixels are clipped to +-Z_CLIP: a tiny bright object on black would otherwise
+#: reach z = 30 or more, and the quadratic activations would carry that past CrypTen's
+#: fixed-point range (|x| * |y| < 2^31 for a product) on exactly the unfamiliar images.
+Z_CLIP = 6.0
 #: Class index -> label. Index 1 is the positive ("yes"/tumour) class everywhere.
 CLASS_NAMES: tuple[str, str] = ("no_tumor", "tumor")
 
@@ -42,9 +46,9 @@ class Preprocessing:
         return canvas.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
-        """``1 x S x S`` float32 tensor with zero mean and unit variance."""
+        """``1 x S x S`` float32 tensor with zero mean and unit variance, clipped to ±Z_CLIP."""
         array = np.asarray(self.to_grayscale_square(image), dtype=np.float32) / 255.0
-        array = (array - array.mean()) / (array.std() + 1e-6)
+        array = np.clip((array - array.mean()) / (array.std() + 1e-6), -Z_CLIP, Z_CLIP)
         return torch.from_numpy(array).unsqueeze(0)
 
     def tensor_from_bytes(self, data: bytes) -> torch.Tensor:

@@ -1,0 +1,176 @@
+"""The unfamiliarity test as an MPC program, beside the classifier of ``models.encrypted``.
+
+Same pattern as the classifier: party 1 (the model owner) folds its fitted detector
+(``models.unfamiliarity.Detector``) into plaintext tensors and secret-shares them; both
+parties run :func:`unfamiliar_flags` on the secret-shared activations of the one forward
+pass; the same code runs on torch tensors (the plaintext check) and CrypTen tensors.
+
+What it computes, all on secret shares: per feature block ``k`` the projection
+``f_k @ W_k`` (the whitening split by rows, so no encrypted concatenation is needed), its
+squared distance to each class centre, divided by ``D``, minus the threshold; one
+comparison ``> 0`` per class, and the product of the class bits (unfamiliar = far from
+every class). Only that product is opened, to party 0: one bit per image. The distance,
+the threshold, the features and the detector's tensors stay secret.
+
+Feature sets (``Detector.features``):
+* ``conv`` (LeNet): the activations after conv1 and after conv2, each average-pooled to a
+  2 x 2 grid per channel (6 x 4 + 16 x 4 = 88 values). Early layers keep the spatial layout
+  and stay small even on strange inputs (which matters: squares of large values would
+  leave CrypTen's fixed-point range).
+* ``penultimate``: the features the last layer reads.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from models.encrypted import (
+    Params,
+    TensorLike,
+    _avg_pool,
+    _is_plain,
+    head,
+    lenet_trunk,
+    penultimate,
+)
+from models.nets import Architecture
+from models.unfamiliarity import Detector
+
+FEATURE_SETS = ("conv", "penultimate")
+
+
+@dataclass(frozen=True)
+class DetectorCard:
+    """The public shape of a detector (what party 1 announces beside the architecture)."""
+
+    method: str
+    features: str
+    classes: int
+    dim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def of(detector: Detector) -> DetectorCard:
+        return DetectorCard(detector.method, detector.features, detector.classes, detector.dim)
+
+
+def feature_blocks(
+    arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike, features: str
+) -> tuple[list[TensorLike], TensorLike]:
+    """``(blocks, penultimate)``: the detector's feature blocks ``(B, D_k)`` and the features
+    the classifier head reads, from one forward pass."""
+    if features == "conv":
+        if arch.backbone != "lenet":
+            raise ValueError("the conv feature set exists for lenet only")
+        conv1, conv2, last = lenet_trunk(arch, params, x)
+        blocks = [
+            _avg_pool(conv1, conv1.shape[-1] // 2).flatten(1),
+            _avg_pool(conv2, conv2.shape[-1] // 2).flatten(1),
+        ]
+        return blocks, last
+    if features == "penultimate":
+        last = penultimate(arch, params, x)
+        return [last], last
+    raise ValueError(f"unknown feature set {features!r}; choose from {FEATURE_SETS}")
+
+
+def plain_features(
+    arch: Architecture, params: Params, x: torch.Tensor, features: str
+) -> torch.Tensor:
+    """The detector's features in plaintext ``(B, D)`` (for fitting and checking)."""
+    blocks, _ = feature_blocks(arch, params, x, features)
+    return torch.cat(blocks, 1)
+
+
+def fold_detector(detector: Detector, block_sizes: list[int]) -> Params:
+    """Party 1's plaintext detector tensors, in the order both parties share them."""
+    if sum(block_sizes) != detector.dim:
+        raise ValueError("feature blocks do not add up to the detector's dimension")
+    params: Params = OrderedDict()
+    start = 0
+    for index, size in enumerate(block_sizes):
+        params[f"ood.w{index}"] = detector.whitening[start : start + size].float().contiguous()
+        start += size
+    params["ood.centres"] = (detector.means.double() @ detector.whitening.double()).float()
+    params["ood.threshold"] = torch.tensor([detector.threshold], dtype=torch.float32)
+    return params
+
+
+def detector_shapes(card: DetectorCard, block_sizes: list[int]) -> OrderedDict[str, torch.Size]:
+    shapes: OrderedDict[str, torch.Size] = OrderedDict()
+    for index, size in enumerate(block_sizes):
+        shapes[f"ood.w{index}"] = torch.Size([size, card.dim])
+    shapes["ood.centres"] = torch.Size([card.classes, card.dim])
+    shapes["ood.threshold"] = torch.Size([1])
+    return shapes
+
+
+def block_sizes(arch: Architecture, features: str) -> list[int]:
+    """The sizes of :func:`feature_blocks`, from the public architecture alone."""
+    from models.encrypted import fold
+    from models.nets import build_model
+
+    params = fold(build_model(arch), arch)
+    x = torch.zeros(1, 1, arch.image_size, arch.image_size)
+    blocks, _ = feature_blocks(arch, params, x, features)
+    return [int(b.shape[1]) for b in blocks]
+
+
+def unfamiliarity_margins(
+    detector: Mapping[str, TensorLike], blocks: list[TensorLike]
+) -> TensorLike:
+    """``(B, C)`` distance to each class centre minus the threshold (> 0: far from that class)."""
+    projected = blocks[0].matmul(detector["ood.w0"])
+    for index in range(1, len(blocks)):
+        projected = projected + blocks[index].matmul(detector[f"ood.w{index}"])
+    centres = detector["ood.centres"]
+    dim = centres.shape[1]
+    diff = projected.unsqueeze(1) - centres.unsqueeze(0)  # (B, C, D)
+    return diff.square().sum(2).div(dim) - detector["ood.threshold"]
+
+
+def unfamiliar_flags(detector: Mapping[str, TensorLike], blocks: list[TensorLike]) -> TensorLike:
+    """``(B,)`` 1 = unfamiliar (far from every class centre), 0 = familiar."""
+    margins = unfamiliarity_margins(detector, blocks)
+    bits = (margins > 0).float() if _is_plain(margins) else margins > 0
+    flags = bits[:, 0]
+    for c in range(1, margins.shape[1]):
+        flags = flags * bits[:, c]
+    return flags
+
+
+def classify(
+    arch: Architecture,
+    params: Mapping[str, TensorLike],
+    detector: Mapping[str, TensorLike],
+    features: str,
+    x: TensorLike,
+) -> tuple[TensorLike, TensorLike]:
+    """One pass: ``(scaled logit difference (B, 1), unfamiliar flags (B,))``."""
+    blocks, last = feature_blocks(arch, params, x, features)
+    return head(arch, params, last), unfamiliar_flags(detector, blocks)
+
+
+def share_detector(
+    crypten: ModuleType,
+    card: DetectorCard,
+    sizes: list[int],
+    detector_params: Params | None,
+    rank: int,
+) -> OrderedDict[str, TensorLike]:
+    """Secret-share party 1's folded detector; party 0 passes ``None`` and learns shapes only."""
+    if (rank == 1) != (detector_params is not None):
+        raise ValueError("exactly the model owner (party 1) passes the detector")
+    encrypted_detector: OrderedDict[str, TensorLike] = OrderedDict()
+    for name, shape in detector_shapes(card, sizes).items():
+        plain = torch.empty(shape) if detector_params is None else detector_params[name]
+        encrypted_detector[name] = crypten.cryptensor(plain, src=1)
+    return encrypted_detector
