@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from infra.sqltypes import UTCDateTime
 from marketplace.storage import make_engine
@@ -18,9 +19,15 @@ def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
     return False
 
 
+#: Several party pairs start at once against one PostgreSQL store: one migrates, the others
+#: wait for it (a transaction-scoped advisory lock), then find the schema current.
+MIGRATION_LOCK = 0x63642D636C696E  # "cd-clin"
+
 engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
 try:
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
