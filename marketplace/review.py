@@ -72,10 +72,12 @@ class CaseCard:
 
 @dataclass(frozen=True)
 class ClaimedCase(CaseCard):
-    """A case on the doctor's panel, with their own receipt once they voted."""
+    """A case on the doctor's panel, with their own receipt once they voted, and only then
+    the model's label (so the model does not anchor the doctor's reading)."""
 
     voted: bool
     receipt: str | None
+    model_label: str | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class SettledReview:
     agreed: bool
     reviewers: int | None
     paid: int
+    model_label: str | None
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,7 @@ def my_claims(session: Session, doctor_id: str) -> list[ClaimedCase]:
             **vars(_card(case)),
             voted=vote is not None,
             receipt=vote.commitment if vote is not None else None,
+            model_label=case.model_label if vote is not None else None,
         )
         for case, vote in rows
     ]
@@ -377,6 +381,7 @@ def history(session: Session, doctor_id: str) -> list[SettledReview]:
             agreed=vote.label == case.diagnosis,
             reviewers=case.reviewers,
             paid=paid.get(case.id, 0),
+            model_label=case.model_label,
         )
         for case, vote in rows
     ]

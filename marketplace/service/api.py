@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from infra.web import ApiError, in_session, read_json
-from marketplace import doctors, review
+from marketplace import doctors, review, track_record
 from marketplace.image_links import viewer_url
-from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, utcnow
+from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, WAKEUP, utcnow
 
 routes = web.RouteTableDef()
 _CASE_ID = re.compile(r"[0-9a-f]{32}")
@@ -109,6 +109,17 @@ async def my_history(request: web.Request) -> web.Response:
     return web.json_response({"settled": [as_json(row) for row in settled]})
 
 
+@routes.get("/api/me/track-record")
+async def my_track_record(request: web.Request) -> web.Response:
+    """Reputation and earnings after each settled case, and agreement with the diagnoses."""
+    doctor_id = await current_doctor(request)
+    app = request.app
+    record = await in_session(
+        app[EXECUTOR], app[SESSIONS], track_record.track_record, doctor_id, app[SETTINGS].policy
+    )
+    return web.json_response(as_json(record))
+
+
 @routes.get("/api/pool")
 async def pool(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
@@ -146,6 +157,7 @@ async def claim(request: web.Request) -> web.Response:
         policy=app[SETTINGS].policy,
     )
     app[COURIER].wake()  # the clinic learns of the seat (seat.granted) now, not at the next poll
+    app[WAKEUP].wake()  # doctors' live pages look again now (a panel may be full)
     body = as_json(card) | {"image_url": _image_url(request, case_id, doctor_id)}
     return web.json_response(body, status=201)
 
@@ -198,4 +210,5 @@ async def decision(request: web.Request) -> web.Response:
         policy=app[SETTINGS].policy,
     )
     app[COURIER].wake()  # the vote may have settled the case (case.settled for the clinic)
+    app[WAKEUP].wake()  # live pages look again now: they change only if the case settled
     return web.json_response(as_json(receipt), status=201)

@@ -20,6 +20,7 @@ from marketplace.service.api import routes as api_routes
 from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
 from marketplace.service.csv_stream import routes as csv_routes
 from marketplace.service.errors import STATUS
+from marketplace.service.events import install as install_events
 from marketplace.service.mail import install as install_mail
 from marketplace.service.metrics import install as install_metrics
 from marketplace.service.page import add_page
@@ -90,6 +91,7 @@ def create_app(settings: MarketplaceSettings) -> web.Application:
     install_metrics(app)
     app.add_routes(api_routes)
     app.add_routes(csv_routes)
+    install_events(app)
     add_openapi_route(app, load_spec(OPENAPI_PATH))
     add_page(app, settings)
     return app

@@ -5,6 +5,7 @@ Handlers import this module, never ``app``, so the service's imports run one way
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -21,6 +22,32 @@ SESSIONS = web.AppKey("sessions", sessionmaker)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 #: Delivers the outbox to the clinic; ``wake()`` it after a commit that posted a message.
 COURIER = web.AppKey("courier", Courier)
+
+
+class Wakeup:
+    """Wakes every open ``/api/events`` stream to look again now (after a claim or a vote).
+
+    A wake only shortens a stream's wait: it still sends nothing unless the doctor's view
+    changed, so the moment of someone else's vote cannot be read from it.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+#: Wake the doctors' event streams (``marketplace.service.events``) after a commit.
+WAKEUP = web.AppKey("events_wakeup", Wakeup)
 
 
 def utcnow() -> datetime:

@@ -70,6 +70,12 @@ class MarketplaceSettings:
     courier_max_backoff_s: float = field(
         default=30.0, metadata=flag("longest wait between retries while the clinic is down")
     )
+    events_poll_s: float = field(
+        default=2.0, metadata=flag("seconds between looks at a doctor's view for /api/events")
+    )
+    events_keepalive_s: float = field(
+        default=15.0, metadata=flag("seconds between keep-alive comments on /api/events")
+    )
     metrics_interval_s: float = field(
         default=5.0, metadata=flag("seconds between reads of the database gauges of /metrics")
     )
@@ -94,6 +100,8 @@ class MarketplaceSettings:
             raise ValueError("courier_poll_s and courier_max_backoff_s must be positive")
         if min(self.escalation_interval_s, self.metrics_interval_s) <= 0:
             raise ValueError("intervals must be positive")
+        if min(self.events_poll_s, self.events_keepalive_s) <= 0:
+            raise ValueError("events_poll_s and events_keepalive_s must be positive")
         if self.csv_poll_interval_s <= 0 or self.db_workers <= 0:
             raise ValueError("csv_poll_interval_s and db_workers must be positive")
 

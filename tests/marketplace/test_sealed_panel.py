@@ -8,8 +8,11 @@ panel to 5 votes needed). After every step, a snapshot of every answer a doctor 
 doctor who never claims and from each of the seven seat-holders, and of every message the
 clinic receives from the marketplace (its outbox: the patient's status at the clinic follows
 these alone), is the same for all four cases once case and doctor ids and the clock times of
-claims and votes are named by role. A seat-holder's own ``voted`` flag and receipt are the one
-difference, and are checked to be their own. Then each case settles.
+claims and votes are named by role. A seat-holder's own ``voted`` flag and receipt (and the
+model's label, shown once they voted) are the one difference, and are checked to be their own.
+The doctors' event stream (``GET /api/events``) is in the snapshot twice: the first batch a
+new stream sends each role after every step, and every event that streams held open all along
+(by the outsider and two seat-holders) received up to settlement. Then each case settles.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from marketplace import doctors, intake, review
 from marketplace.domain.policy import MarketPolicy
 from marketplace.service import MarketplaceSettings, create_app
 from marketplace.storage.models import Case
+from tests.marketplace.events import EventLog, first_batch
 from tests.marketplace.flows import case_opened, to_clinic
 from tests.marketplace.servers import Api, serve
 
@@ -39,6 +43,15 @@ SEATED = [f"seat{i}" for i in range(7)]
 ROLES = ["outsider", *SEATED]
 #: Clock times that differ between the cases only because requests run one after another.
 CLOCK_FIELDS = {"granted_at", "cast_at"}
+#: Roles whose event stream stays open from the opening to settlement.
+STREAMING = ["outsider", "seat0", "seat2"]
+#: The stream's events and the REST answers they carry.
+STREAMED = {
+    "me": "/api/me",
+    "pool": "/api/pool",
+    "claims": "/api/claims",
+    "history": "/api/me/history",
+}
 
 
 @pytest.fixture
@@ -49,6 +62,7 @@ def api(db_url) -> Iterator[Api]:
         clinic_public_key=public_key(generate_key()),
         patient_base_url="http://127.0.0.1:9",  # no clinic: messages stay in the outbox
         escalation_interval_s=3600,  # the test escalates, at chosen times
+        events_poll_s=0.5,
         policy=POLICY,
     )
     with serve(create_app(settings)) as url:
@@ -73,6 +87,53 @@ class Scenario:
             self.names[doctor_id] = role
         self.receipts: dict[str, str] = {}
         self.claim_answers: dict[str, Any] = {}
+        self.logs: dict[str, EventLog] = {}
+
+    def open_streams(self, api: Api) -> None:
+        self.logs = {role: EventLog(api.url, self.tokens[role]) for role in STREAMING}
+
+    def close_streams(self) -> None:
+        for log in self.logs.values():
+            log.close()
+
+    def streams_caught_up(self, api: Api) -> None:
+        """Wait until every open stream's latest events are the REST answers of now."""
+        for role, log in self.logs.items():
+            answers = {
+                name: api("GET", path, self.tokens[role]).json() for name, path in STREAMED.items()
+            }
+            log.wait_for(lambda log, want=answers: all(log.latest(n) == a for n, a in want.items()))
+
+    def streamed(self) -> dict[str, Any]:
+        """What each open stream received about this case, named by role: each event's
+        successive states (a change to the doctor's own vote flag, receipt or model label is
+        their own)."""
+        seen: dict[str, Any] = {}
+        for role, log in self.logs.items():
+            # Per event, the states it went through (how two events interleave is timing).
+            shown: dict[str, list[Any]] = {}
+            for name, data in list(log.events):
+                if name == ":":
+                    continue
+                if name in ("pool", "claims"):
+                    data = {"cases": self.own_view(role, self.mine(data["cases"]))}
+                states = shown.setdefault(name, [])
+                data = self.norm(data)
+                if not states or states[-1] != data:  # only what changed about this case
+                    states.append(data)
+            seen[role] = shown
+        return seen
+
+    def own_view(self, role: str, cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Cards without the role's own vote flag, receipt and model label, checked to be
+        theirs: the model's label is shown only once they voted."""
+        cards = [dict(card) for card in cards]
+        for card in cards:
+            if "voted" in card:
+                card.pop("voted")
+                card.pop("receipt")
+                card.pop("model_label")
+        return cards
 
     def norm(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -101,6 +162,7 @@ class Scenario:
 
     def snapshot(self, api: Api, session) -> dict[str, Any]:
         """Everything each role can get about this case, and what the clinic was told."""
+        self.streams_caught_up(api)
         seen: dict[str, Any] = {}
         for role in ROLES:
             token = self.tokens[role]
@@ -108,6 +170,10 @@ class Scenario:
             for card in claims:  # the one thing that differs: your own vote, shown to you
                 assert card.pop("voted") is (role in self.receipts)
                 assert card.pop("receipt") == self.receipts.get(role)
+                assert (card.pop("model_label") is not None) is (role in self.receipts)
+            streamed = first_batch(api.url, token)
+            assert set(streamed) == set(STREAMED)
+            assert streamed["claims"]["cases"] == api("GET", "/api/claims", token).json()["cases"]
             link = api("GET", f"/api/cases/{self.case_id}/image-link", token)
             disclosure = api("GET", f"/api/cases/{self.case_id}/disclosure", token)
             seen[role] = {
@@ -117,9 +183,22 @@ class Scenario:
                 "history": api("GET", "/api/me/history", token).json(),
                 "image-link": (link.status_code, link.json()),
                 "disclosure": (disclosure.status_code, disclosure.json()),
+                "events, first batch": {
+                    "me": streamed["me"],
+                    "pool": self.mine(streamed["pool"]["cases"]),
+                    "claims": self.own_view(role, self.mine(streamed["claims"]["cases"])),
+                    "history": streamed["history"],
+                },
             }
         told = [m for m in to_clinic(session) if m["case_id"] == self.case_id]
-        return self.norm({"answers": seen, "claim answers": self.claim_answers, "clinic": told})
+        return self.norm(
+            {
+                "answers": seen,
+                "claim answers": self.claim_answers,
+                "clinic": told,
+                "held streams": self.streamed(),
+            }
+        )
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -140,6 +219,8 @@ def test_no_answer_or_message_depends_on_the_votes_before_settlement(api, sessio
     opened = datetime.now(UTC).replace(microsecond=0)
     cases = {name: Scenario(session, votes, opened) for name, votes in VOTES.items()}
     vote_answers: list[dict[str, Any]] = []
+    for case in cases.values():
+        case.open_streams(api)
 
     def same_for_every_case(step: str) -> None:
         snapshots = {name: case.snapshot(api, session) for name, case in cases.items()}
@@ -202,3 +283,13 @@ def test_no_answer_or_message_depends_on_the_votes_before_settlement(api, sessio
         "two votes": 5,  # 2-1 after the third vote: widened, settled by the fourth and fifth
         "three disagreeing votes": 5,
     }
+
+    # Settlement is what reaches the held streams: seat0 voted on every case, and its stream's
+    # history now shows each one.
+    def settled_in_history(case: Scenario) -> bool:
+        history = case.logs["seat0"].latest("history") or {"settled": []}
+        return any(row["case_id"] == case.case_id for row in history["settled"])
+
+    for case in cases.values():
+        case.logs["seat0"].wait_for(lambda log, c=case: settled_in_history(c))
+        case.close_streams()
