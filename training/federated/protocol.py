@@ -1,0 +1,87 @@
+"""What the model owner and the hospitals say to each other: run settings and record keys.
+
+Shared by ``client_app`` and ``server_app`` (federation venv) and by the CLI that builds the
+run configuration (either venv); no Flower import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from models.nets import Architecture, default_architecture
+from training.federated.aggregate import STRATEGIES
+
+#: message types beyond Flower's ``train`` / ``evaluate``
+DESCRIBE = "query.describe"
+CALIBRATE = "evaluate.calibrate"
+#: node-config keys a hospital's SuperNode is started with
+NODE_DATA_DIR = "data-dir"
+NODE_SIMULATE = "simulate"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The model owner's choices for one federated run (Flower's ``run_config``)."""
+
+    backbone: str = "lenet"
+    image_size: int = 64
+    rounds: int = 10
+    strategy: str = "fedavg"
+    secagg: bool = False
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    calibration_fraction: float = 0.2
+    #: fewer valid updates than this in a round ends the run with an error
+    min_hospitals: int = 2
+    #: how long a round waits for replies before going on without the missing ones
+    round_timeout_s: float = 300.0
+    #: the model owner's side: where the outputs go, its eval folder, its hospital registry
+    out: str = "models/federated-lenet.pth"
+    eval_dir: str = ""
+    registry: str = ""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
+        if self.secagg and self.strategy != "fedavg":
+            raise ValueError(
+                "SecAgg+ shows the model owner only the masked sum of the updates, so only "
+                "FedAvg can aggregate it; FedMedian needs each hospital's update"
+            )
+        if self.rounds < 1 or self.local_epochs < 1 or self.min_hospitals < 1:
+            raise ValueError("rounds, local_epochs and min_hospitals must be at least 1")
+        if self.secagg and self.min_hospitals < 2:
+            raise ValueError("SecAgg+ needs at least 2 hospitals per round")
+        self.architecture()  # validates backbone / image size
+
+    def architecture(self) -> Architecture:
+        base = default_architecture(self.backbone)
+        return Architecture(self.backbone, self.image_size, base.activation)
+
+    def to_flower(self) -> dict[str, Any]:
+        """Flower run-config values (TOML scalars; dashes as Flower writes keys)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def from_flower(values: dict[str, Any]) -> RunConfig:
+        known = {f.name: f.type for f in fields(RunConfig)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name in known:
+                kwargs[name] = value
+        cfg = RunConfig(**kwargs)
+        # TOML gives ints for whole floats and vice versa: coerce to the declared types.
+        return RunConfig(
+            **{
+                f.name: type(getattr(RunConfig(), f.name))(getattr(cfg, f.name))
+                for f in fields(RunConfig)
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
