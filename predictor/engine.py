@@ -74,7 +74,6 @@ class PatientSideEngine:
         self.on_recorded = on_recorded
         self.on_exit = on_exit
         self.jobs = jobs
-        self._queued_at: dict[str, float] = {}
         self._ready = threading.Event()
         self._batches = 0
         self._images = 0
@@ -85,7 +84,6 @@ class PatientSideEngine:
 
     def submit(self, case_id: str) -> None:
         """Make a stored case claimable (by this pair or any other) and wake this worker."""
-        self._queued_at[case_id] = time.monotonic()
         self.jobs.submit(case_id)
 
     def pending(self) -> int:
@@ -164,11 +162,11 @@ class PatientSideEngine:
         if ready:
             self._infer(comm, classifier, ready, images)
         self.jobs.done(claimed)
-        finished = time.monotonic()
-        for case_id in batch:
-            queued_at = self._queued_at.pop(case_id, None)
-            if queued_at is not None and case_id in ready:
-                self.metrics.prediction_latency.observe(finished - queued_at)
+        finished = datetime.now(UTC)
+        for case in claimed:
+            if case.case_id in ready:
+                seconds = (finished - case.submitted_at).total_seconds()
+                self.metrics.prediction_latency.observe(seconds)
         self.on_recorded(batch)
 
     def _infer(

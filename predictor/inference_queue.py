@@ -1,10 +1,10 @@
 """What the patient side needs from inference: a queue of case ids, and the batching under it.
 
 The patient API depends only on :class:`InferenceQueue`; the MPC engine
-(:class:`predictor.engine.PatientSideEngine`) implements it over :class:`BatchQueue`, an
-in-memory, de-duplicating queue whose cases are also rows in the database (so a restart
-re-queues them). A queue kept in the database itself, shared by several party pairs, fits the
-same protocol.
+(:class:`predictor.engine.PatientSideEngine`) implements it over
+:class:`predictor.lease_queue.LeasedCaseQueue`, the queue kept in the clinic's store and shared
+by every party pair. :class:`BatchQueue` is the same batching in memory, for a single process
+that needs no store-backed queue (the plaintext queue of the patient API's tests).
 """
 
 from __future__ import annotations

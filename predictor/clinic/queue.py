@@ -40,6 +40,7 @@ class ClaimedCase:
     case_id: str
     #: How many times a worker has taken this case, this time included.
     attempts: int
+    submitted_at: datetime
 
 
 def check_worker(worker: str) -> str:
@@ -55,7 +56,7 @@ def claim(
 ) -> list[ClaimedCase]:
     """Lease up to ``limit`` claimable cases to ``worker``, oldest first."""
     claimable = (
-        select(PatientCase.id)
+        select(PatientCase.id, PatientCase.submitted_at)
         .where(
             PatientCase.status == _QUEUED,
             or_(PatientCase.lease_expires_at.is_(None), PatientCase.lease_expires_at < now),
@@ -64,7 +65,8 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = list(session.scalars(claimable))
+    found = {case_id: submitted_at for case_id, submitted_at in session.execute(claimable)}
+    ids = list(found)
     if not ids:
         return []
     rows = session.execute(
@@ -79,7 +81,7 @@ def claim(
         .execution_options(synchronize_session=False)
     )
     attempts = {case_id: count for case_id, count in rows}
-    return [ClaimedCase(case_id, attempts[case_id]) for case_id in ids]
+    return [ClaimedCase(case_id, attempts[case_id], found[case_id]) for case_id in ids]
 
 
 @unit_of_work

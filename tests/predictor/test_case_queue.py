@@ -7,8 +7,12 @@ dead worker's lease expires and another takes the case, a case is recorded (and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -19,9 +23,11 @@ from predictor.clinic import cases
 from predictor.clinic import queue as store
 from predictor.clinic.models import ClinicOutbox, PatientCase
 from predictor.clinic.store import migrate_clinic
+from predictor.lease_queue import LeasedCaseQueue
 from predictor.settings import parse_predictor_settings
 from tests.marketplace.conftest import empty_db_url  # noqa: F401  (registers the fixture)
 
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 LEASE_S = 30.0
 
@@ -149,3 +155,56 @@ def test_more_than_one_pair_needs_postgresql(capsys) -> None:
     assert (settings.pairs, settings.processes_per_pair) == (4, 2)
     worker = parse_predictor_settings(["--rank", "0", "--pair-id", "1", "--pair-process", "2"], pg)
     assert (worker.worker_id, worker.serves_patients) == ("pair1.2", False)
+
+
+def _lease_queue(sessions, worker: str, lease_s: float) -> LeasedCaseQueue:
+    return LeasedCaseQueue(sessions, worker, lease_s=lease_s, poll_s=0.05)
+
+
+def _eventually(check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_worker_renews_its_lease_while_it_computes_and_a_dead_one_does_not(sessions) -> None:
+    lease_s = 0.6
+    busy, other = (
+        _lease_queue(sessions, "pair0.0", lease_s),
+        _lease_queue(sessions, "pair1.0", lease_s),
+    )
+    ids = _cases(sessions, 3, release=False)
+    for case_id in ids:
+        busy.submit(case_id)  # releases the upload hold
+    busy.start()
+    other.start()
+    try:
+        batch = busy.next_batch(8, 0.0, 1.0)
+        assert batch is not None and [c.case_id for c in batch] == ids
+        # Three lease periods later the renewing worker still holds every case.
+        started = time.monotonic()
+        while time.monotonic() - started < 3 * lease_s:
+            assert other.next_batch(8, 0.0, 0.1) == []
+        # It stops renewing (as a dead pair does): the other pair gets the cases.
+        busy.done(batch)
+        taken = _eventually(lambda: other.next_batch(8, 0.0, 0.1))
+        assert [(c.case_id, c.attempts) for c in taken] == [(case_id, 2) for case_id in ids]
+        assert _eventually(lambda: other.pending() == 3 or None, 5)
+    finally:
+        busy.close()
+        other.close()
+    assert busy.next_batch(8, 0.0, 1.0) is None  # closed
+
+
+def test_two_pairs_on_sqlite_are_refused_at_start(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "predictor", "--pairs", "2", "--no-ocean",
+         "--clinic-db-url", f"sqlite:///{tmp_path / 'clinic.sqlite3'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "needs PostgreSQL" in result.stderr
+    assert not (tmp_path / "clinic.sqlite3").exists()  # nothing started, nothing stored
