@@ -41,8 +41,10 @@ def validate(msg: CaseOpened, now: datetime) -> None:
     confidence = msg.confidence
     if isinstance(confidence, bool) or not isinstance(confidence, int | float):
         raise InvalidInput("confidence must be a number")
-    if math.isnan(confidence) or not 0.5 <= confidence <= 1.0:
-        raise InvalidInput("confidence must be in [0.5, 1]")
+    if math.isnan(confidence) or not 0.0 <= confidence <= 1.0:
+        raise InvalidInput("confidence must be in [0, 1]")
+    if confidence < 0.5 and msg.model_label != "tumor":
+        raise InvalidInput("only a screening-positive tumor label may carry confidence < 0.5")
     if not msg.backbone or len(msg.backbone) > 64:
         raise InvalidInput("backbone must be a short non-empty name")
     if not _SHA256_HEX.fullmatch(msg.model_sha256):
@@ -56,12 +58,15 @@ def open_case(
 ) -> bool:
     """Put a predicted case in the pool: price its bounty, fund its escrow, set the deadline.
 
+    An unfamiliar case (the model's confidence is not trusted) is priced at the ceiling, the
+    top bounty tier.
+
     Idempotent by case id: if the case exists already (a redelivery, or a second message about
     it), nothing changes and the answer is False. The review window starts ``now``, when the
     case reaches the market (a message delayed by an outage still gets its full window).
     """
     validate(msg, now)
-    bounty = price_bounty(float(msg.confidence), policy.pricing)
+    bounty = price_bounty(float(msg.confidence), policy.pricing, unfamiliar=msg.unfamiliar)
     row = {
         "id": msg.case_id,
         "status": CaseStatus.OPEN,
@@ -71,6 +76,7 @@ def open_case(
         "confidence": float(msg.confidence),
         "backbone": msg.backbone,
         "model_sha256": msg.model_sha256,
+        "unfamiliar": msg.unfamiliar,
         "bounty": bounty,
         "min_tier": policy.reputation.tiers.case_tier(bounty),
         "reviewers_needed": policy.panel.panel_size,

@@ -45,11 +45,22 @@ def _number(body: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise MessageError(f"{name} must be true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class CaseOpened:
     """Clinic → marketplace: a predicted case needs review; what pricing and research need.
 
     No patient data: the case id is a random handle, the rest is the model's output.
+    ``confidence`` is the calibrated probability of ``model_label`` (below 0.5 for a
+    screening-positive "tumor" the model finds less likely than not); ``unfamiliar`` is the
+    one bit the MPC program opens about the image being unlike the training data (absent in
+    messages from clinics before issue 18: read as False).
     """
 
     TYPE: ClassVar[str] = "case.opened"
@@ -60,6 +71,7 @@ class CaseOpened:
     confidence: float
     backbone: str
     model_sha256: str
+    unfamiliar: bool = False
 
     def body(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,6 +89,7 @@ class CaseOpened:
             confidence=_number(body, "confidence"),
             backbone=_text(body, "backbone"),
             model_sha256=_text(body, "model_sha256"),
+            unfamiliar=_flag(body, "unfamiliar"),
         )
 
 

@@ -28,6 +28,7 @@ def _record(row: ResearchRow) -> ResearchRecord:
         diagnosis=row.diagnosis,
         reviewers=row.reviewers,
         agreement=row.agreement,
+        unfamiliar=bool(row.unfamiliar),
     )
 
 

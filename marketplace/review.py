@@ -68,6 +68,8 @@ class CaseCard:
     submitted_at: datetime
     review_deadline: datetime | None
     escalation_level: int
+    #: the model found the image unlike its training data: its confidence is not trusted
+    unfamiliar: bool
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class SettledReview:
 
     case_id: str
     settled_at: datetime | None
+    unfamiliar: bool
     your_label: str
     your_receipt: str
     diagnosis: str | None
@@ -153,7 +156,12 @@ def _claim(session: Session, case_id: str, doctor_id: str) -> Claim | None:
 
 def _card(case: Case) -> CaseCard:
     return CaseCard(
-        case.id, case.bounty, case.submitted_at, case.review_deadline, case.escalation_level
+        case.id,
+        case.bounty,
+        case.submitted_at,
+        case.review_deadline,
+        case.escalation_level,
+        bool(case.unfamiliar),
     )
 
 
@@ -375,6 +383,7 @@ def history(session: Session, doctor_id: str) -> list[SettledReview]:
         SettledReview(
             case_id=case.id,
             settled_at=case.settled_at,
+            unfamiliar=bool(case.unfamiliar),
             your_label=vote.label,
             your_receipt=vote.commitment,
             diagnosis=case.diagnosis,

@@ -78,7 +78,12 @@ def _settle(
     if postings:
         ledger.post(session, kind="payout", postings=postings, now=now, case_id=case.id)
 
-    difficulty = uncertainty(case.confidence if case.confidence is not None else 1.0)
+    # An unfamiliar case is as hard as a coin flip, whatever its (untrusted) confidence.
+    difficulty = (
+        1.0
+        if case.unfamiliar
+        else uncertainty(case.confidence if case.confidence is not None else 1.0)
+    )
     rule = policy.reputation.rule
     for vote, doc in votes:
         agreed = vote.label == outcome.label
@@ -96,6 +101,7 @@ def _settle(
         diagnosis=outcome.label,
         reviewers=len(votes),
         agreement=outcome.agreement,
+        unfamiliar=bool(case.unfamiliar),
     )
     row = ResearchRow(
         day=record.day,
@@ -105,6 +111,7 @@ def _settle(
         diagnosis=record.diagnosis,
         reviewers=record.reviewers,
         agreement=record.agreement,
+        unfamiliar=record.unfamiliar,
     )
     session.add(row)
     session.flush()

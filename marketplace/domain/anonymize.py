@@ -1,8 +1,10 @@
 """Anonymization of settled cases into research rows (no image, patient or doctor identifier).
 
 Only coarse fields survive: the settlement *day*, the model backbone and label,
-the confidence in 0.1-wide buckets, the final diagnosis, the panel size and the
-fraction of reviewers who agreed with it.
+the confidence in 0.1-wide buckets, the final diagnosis, the panel size, the
+fraction of reviewers who agreed with it, and whether the model found the image
+unfamiliar (``yes``/``no``). The flag is rare, so it says something about the patient's
+scan: it is a quasi-identifier, and the k-anonymous release groups on it by default.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ CSV_COLUMNS = (
     "diagnosis",
     "reviewers",
     "agreement",
+    "unfamiliar",
 )
 
 
@@ -45,6 +48,7 @@ class ResearchRecord:
     diagnosis: str
     reviewers: int
     agreement: float
+    unfamiliar: bool = False
 
     def as_csv_values(self) -> list[str]:
         return [
@@ -55,6 +59,7 @@ class ResearchRecord:
             self.diagnosis,
             str(self.reviewers),
             f"{self.agreement:.2f}",
+            "yes" if self.unfamiliar else "no",
         ]
 
 
@@ -67,6 +72,7 @@ def anonymize(
     diagnosis: str,
     reviewers: int,
     agreement: float,
+    unfamiliar: bool = False,
 ) -> ResearchRecord:
     """Reduce a settled case to its research record (day in UTC, bucketed confidence)."""
     if settled_at.tzinfo is None:
@@ -81,6 +87,7 @@ def anonymize(
         diagnosis=diagnosis,
         reviewers=reviewers,
         agreement=round(agreement, 2),
+        unfamiliar=unfamiliar,
     )
 
 

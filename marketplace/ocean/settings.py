@@ -22,7 +22,9 @@ from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 # Ocean's own local setup (barge) uses this mnemonic; it only ever holds play money.
 DEV_MNEMONIC = "taxi music thumb unique chat sand crew more leg another off lamp"
 DEV_CHAIN_ID = 8996
-DEFAULT_QUASI_IDENTIFIERS = ("day", "backbone", "reviewers")
+#: ``unfamiliar``: the model's flag for images unlike its training data is rare, so it is a
+#: quasi-identifier too (issue 18).
+DEFAULT_QUASI_IDENTIFIERS = ("day", "backbone", "reviewers", "unfamiliar")
 ONE_TOKEN = 10**18  # datatokens and OCEAN have 18 decimals; amounts are integers of wei
 
 

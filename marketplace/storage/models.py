@@ -11,6 +11,7 @@ from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Date,
     Float,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
@@ -84,6 +86,8 @@ class ResearchRow(Base):
     diagnosis: Mapped[str] = mapped_column(String(16))
     reviewers: Mapped[int] = mapped_column(Integer)
     agreement: Mapped[float] = mapped_column(Float)
+    # The model found the image unlike its training data (a quasi-identifier: see anonymize).
+    unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Set when the k-anonymous release (the Ocean publisher) put the row out; only then may
     # anyone outside the marketplace see it. Strictly increasing from one release to the next.
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
@@ -108,6 +112,8 @@ class Case(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     backbone: Mapped[str | None] = mapped_column(String(64))
     model_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The unfamiliarity bit opened with the prediction: the confidence is not trusted.
+    unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Review market state.
     bounty: Mapped[int | None] = mapped_column(BigInteger)
     min_tier: Mapped[int] = mapped_column(Integer, default=0)

@@ -136,7 +136,7 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
     assert all(r["reviewers"] == "3" for r in rows)
     assert set(rows[0]) == {
         "day", "backbone", "model_label", "confidence_bucket", "diagnosis", "reviewers",
-        "agreement",
+        "agreement", "unfamiliar",
     }  # fmt: skip
     assert not any(case_id in csv_text for case_id in case_ids)
 

@@ -21,7 +21,7 @@ from marketplace.domain.consensus import (
     verify_receipt,
 )
 from marketplace.domain.limits import RateLimit, check_rate, may_open_claim
-from marketplace.domain.policy import MarketPolicy
+from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.domain.pricing import PricingPolicy, escalated_bounty, price_bounty
 from marketplace.domain.reputation import BetaReliability, ReputationRule, Tiers
 from marketplace.domain.seats import seats_open
@@ -62,10 +62,31 @@ def test_bounty_curve_defaults() -> None:
     assert price_bounty(0.5, PricingPolicy(base=1000, steepness=10, ceiling=6000)) == 6000
 
 
-@pytest.mark.parametrize("bad", [0.49, 1.01, float("nan"), -1.0])
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), -1.0])
 def test_bounty_rejects_out_of_range_confidence(bad) -> None:
     with pytest.raises(ValueError):
         price_bounty(bad)
+    with pytest.raises(ValueError):
+        price_bounty(bad, unfamiliar=True)
+
+
+@given(pricing_policies(), st.floats(0.0, 0.5))
+def test_screening_positive_below_half_is_priced_as_a_coin_flip(policy, c) -> None:
+    # At a screening threshold t < 0.5 a "tumor" label can carry P(tumor) in [t, 0.5).
+    assert price_bounty(c, policy) == price_bounty(0.5, policy)
+
+
+@given(pricing_policies(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_unfamiliar_case_gets_the_ceiling_whatever_its_confidence(policy, c, other) -> None:
+    assert price_bounty(c, policy, unfamiliar=True) == policy.ceiling
+    assert price_bounty(c, policy, unfamiliar=True) >= price_bounty(other, policy)
+
+
+def test_unfamiliar_case_lands_in_the_top_bounty_tier() -> None:
+    tiers = DEFAULT_POLICY.reputation.tiers
+    top = len(tiers.bounty_thresholds) - 1
+    assert tiers.case_tier(price_bounty(0.99, DEFAULT_POLICY.pricing, unfamiliar=True)) == top
+    assert tiers.case_tier(price_bounty(0.99, DEFAULT_POLICY.pricing)) < top
 
 
 @given(st.integers(1, 100_000), st.integers(0, 300), st.integers(1, 200_000))
@@ -266,7 +287,19 @@ def test_anonymize_keeps_only_public_coarse_fields() -> None:
         "no_tumor",
         "5",
         "0.80",
+        "no",
     ]
+    flagged = anonymize(
+        settled_at=settled,
+        backbone="lenet",
+        model_label="tumor",
+        confidence=0.4,  # a screening-positive label below 0.5
+        diagnosis="tumor",
+        reviewers=3,
+        agreement=1.0,
+        unfamiliar=True,
+    )
+    assert flagged.as_csv_values()[3] == "0.4-0.5" and flagged.as_csv_values()[-1] == "yes"
     with pytest.raises(ValueError):
         anonymize(
             settled_at=settled.replace(tzinfo=None),
@@ -289,7 +322,7 @@ def test_utc_is_used() -> None:
             diagnosis="tumor",
             reviewers=3,
             agreement=2 / 3,
-        ).as_csv_values()[-1]
+        ).as_csv_values()[6]
         == "0.67"
     )
 

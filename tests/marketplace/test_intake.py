@@ -13,7 +13,7 @@ from marketplace.domain.policy import DEFAULT_POLICY
 from marketplace.domain.pricing import price_bounty
 from marketplace.domain.status import CaseStatus
 from marketplace.errors import InvalidInput
-from marketplace.messages import CaseOpened
+from marketplace.messages import CaseOpened, MessageError
 from marketplace.storage.models import Case
 from tests.marketplace.flows import case_opened, to_clinic
 from tests.marketplace.helpers import MODEL_SHA, T0
@@ -61,6 +61,34 @@ def test_a_second_case_opened_for_the_same_case_changes_nothing(session) -> None
     assert sum(ledger.all_balances(session).values()) == 0
 
 
+def test_an_unfamiliar_case_is_priced_at_the_top_tier_whatever_its_confidence(session) -> None:
+    message = replace(case_opened(confidence=0.99), unfamiliar=True)
+    assert CaseOpened.parse(message.body()) == message
+    assert intake.open_case_now(session, message, now=T0) is True
+    case = session.get(Case, message.case_id)
+    tiers = DEFAULT_POLICY.reputation.tiers
+    assert case.unfamiliar is True and case.bounty == DEFAULT_POLICY.pricing.ceiling
+    assert case.min_tier == len(tiers.bounty_thresholds) - 1
+    assert case.bounty > price_bounty(0.99)
+    assert ledger.balance(session, escrow_account(message.case_id)) == case.bounty
+
+
+def test_a_screening_positive_below_half_is_priced_as_a_coin_flip(session) -> None:
+    """At the screening threshold a "tumor" label can carry P(tumor) < 0.5."""
+    message = case_opened(confidence=0.35, label="tumor")
+    assert intake.open_case_now(session, message, now=T0) is True
+    case = session.get(Case, message.case_id)
+    assert case.bounty == price_bounty(0.5) and case.unfamiliar is False
+
+
+def test_a_message_without_the_flag_is_familiar_and_a_bad_flag_is_refused() -> None:
+    body = case_opened().body()
+    del body["unfamiliar"]
+    assert CaseOpened.parse(body).unfamiliar is False
+    with pytest.raises(MessageError):
+        CaseOpened.parse(case_opened().body() | {"unfamiliar": "yes"})
+
+
 def test_the_body_on_the_wire_opens_the_same_case(session) -> None:
     message = case_opened(confidence=0.8)
     parsed = CaseOpened.parse(message.body())
@@ -73,7 +101,8 @@ def test_the_body_on_the_wire_opens_the_same_case(session) -> None:
     "change",
     [
         {"model_label": "maybe"},
-        {"confidence": 0.3},
+        {"confidence": 0.3, "model_label": "no_tumor"},
+        {"confidence": -0.1},
         {"confidence": 1.5},
         {"confidence": float("nan")},
         {"confidence": True},

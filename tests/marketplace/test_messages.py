@@ -149,9 +149,9 @@ def test_messages_not_from_the_clinic_are_refused_and_change_nothing(
 
 
 def test_a_bad_case_from_the_clinic_is_not_applied_so_it_is_retried(market, session) -> None:
-    """A body the market refuses (confidence below 0.5) is rolled back whole: no inbox row,
+    """A body the market refuses (confidence above 1) is rolled back whole: no inbox row,
     so the clinic's courier keeps it at the head of its outbox, visible, not lost."""
-    raw = sealed_case_opened(replace(case_opened(), confidence=0.3), CLINIC_KEY)
+    raw = sealed_case_opened(replace(case_opened(), confidence=1.5), CLINIC_KEY)
     r = _post(market, raw)
     assert (r.status_code, r.json()["error"]) == (500, "handler_failed")
     assert _count(session, Case) == 0 and _count(session, Inbox) == 0

@@ -230,6 +230,7 @@ def test_research_rows_publish_cycle(session) -> None:
             "diagnosis",
             "reviewers",
             "agreement",
+            "unfamiliar",
         }
     ] * 2
     assert rows[0] | {"row_id": 0} == {
@@ -241,6 +242,7 @@ def test_research_rows_publish_cycle(session) -> None:
         "diagnosis": "no_tumor",
         "reviewers": "3",
         "agreement": "1.00",
+        "unfamiliar": "no",
     }
     research.mark_published(session, [rows[0]["row_id"]], ref="0xabc", now=T1)
     assert [r["row_id"] for r in research.unpublished_rows(session, limit=10)] == [

@@ -28,6 +28,7 @@ def test_public_row_drops_row_id_and_formats_dates() -> None:
         "diagnosis": "tumor",
         "reviewers": 3,
         "agreement": 0.5,
+        "unfamiliar": "no",
     }
     out = public_row(raw)
     assert list(out) == list(COLUMNS) and out["day"] == "2026-11-25" and "row_id" not in out
@@ -37,22 +38,26 @@ def test_public_row_drops_row_id_and_formats_dates() -> None:
 
 
 def test_published_bytes_are_pinned() -> None:
-    """The bytes (and so the on-chain digests) of files published before stay the same."""
+    """The bytes (and so the on-chain digests) of files published stay the same.
+
+    Schema 2 (issue 18) added the ``unfamiliar`` column; files published under schema 1 had
+    seven columns and keep their own digests on chain.
+    """
     rows = [
-        ["2026-11-20", "resnet18", "tumor", "0.8-0.9", "tumor", "3", "0.67"],
-        ["2026-11-21", "lenet", "no_tumor", "0.9-1.0", "no_tumor", "3", "1.00"],
-        ["2026-11-21", 'a "quoted", field', "x", "y", "z", "1", "0.50"],
+        ["2026-11-20", "resnet18", "tumor", "0.8-0.9", "tumor", "3", "0.67", "no"],
+        ["2026-11-21", "lenet", "no_tumor", "0.9-1.0", "no_tumor", "3", "1.00", "yes"],
+        ["2026-11-21", 'a "quoted", field', "x", "y", "z", "1", "0.50", "no"],
     ]
     data = render_csv(rows)
     assert data == (
-        b"day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement\n"
-        b"2026-11-20,resnet18,tumor,0.8-0.9,tumor,3,0.67\n"
-        b"2026-11-21,lenet,no_tumor,0.9-1.0,no_tumor,3,1.00\n"
-        b'2026-11-21,"a ""quoted"", field",x,y,z,1,0.50\n'
+        b"day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement,unfamiliar\n"
+        b"2026-11-20,resnet18,tumor,0.8-0.9,tumor,3,0.67,no\n"
+        b"2026-11-21,lenet,no_tumor,0.9-1.0,no_tumor,3,1.00,yes\n"
+        b'2026-11-21,"a ""quoted"", field",x,y,z,1,0.50,no\n'
     )
-    assert digest(data) == "a232435017e41451608cb1647d9cdba66d3592ca18fefcc816311545cf981b99"
+    assert digest(data) == "5e9fe318865adb8d305ed6e0eddaef0cb29b15dac5bf58bd3e15c1b9d9b8a91f"
     assert digest(render_csv([])) == (
-        "35fcc7a53e58595eaf44b36fe8e3260a4f458e2a6cb7b8f3a032f820dff65bf9"
+        "ae0d3b0350f5ff7d3b4f159da566f9f3dac82eb71995a15865c83a12ced234ee"
     )
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketplace.ocean.kanon import group_counts, is_k_anonymous, split_releasable
+from marketplace.ocean.settings import DEFAULT_QUASI_IDENTIFIERS
 
 QIS = ("day", "backbone", "reviewers")
 
@@ -35,6 +36,15 @@ def test_groups_differ_by_any_quasi_identifier() -> None:
     rows = [row(1), row(2, backbone="resnet18"), row(3, reviewers=5)]
     assert split_releasable(rows, 2, QIS).release == []
     assert split_releasable(rows, 1, QIS).hold == []
+
+
+def test_the_unfamiliar_flag_is_a_quasi_identifier_by_default() -> None:
+    """One flagged scan among familiar ones of the same day must not go out alone."""
+    rows = [row(i) | {"unfamiliar": "no"} for i in range(4)] + [row(9) | {"unfamiliar": "yes"}]
+    out = split_releasable(rows, 3, DEFAULT_QUASI_IDENTIFIERS)
+    assert [r["row_id"] for r in out.release] == [0, 1, 2, 3]
+    assert [r["row_id"] for r in out.hold] == [9]
+    assert "unfamiliar" in DEFAULT_QUASI_IDENTIFIERS
 
 
 rows_strategy = st.lists(
