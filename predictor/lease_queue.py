@@ -117,6 +117,9 @@ class LeasedCaseQueue:
 
     def _claim(self, limit: int) -> list[ClaimedCase]:
         with self.sessions() as session:
+            # Look before taking the write lock (SQLite's one writer; PostgreSQL's row locks).
+            if not store.any_claimable(session, now=self.clock()):
+                return []
             claimed = store.claim(
                 session, self.worker, limit=limit, now=self.clock(), lease_s=self.lease_s
             )

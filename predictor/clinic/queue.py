@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from marketplace.domain.status import CaseStatus
@@ -50,6 +50,19 @@ def check_worker(worker: str) -> str:
     return worker
 
 
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        PatientCase.status == _QUEUED,
+        or_(PatientCase.lease_expires_at.is_(None), PatientCase.lease_expires_at < now),
+    )
+
+
+@read_only
+def any_claimable(session: Session, *, now: datetime) -> bool:
+    """Whether :func:`claim` would find a case: a read, so idle workers poll without locking."""
+    return session.scalar(select(PatientCase.id).where(_claimable(now)).limit(1)) is not None
+
+
 @unit_of_work
 def claim(
     session: Session, worker: str, *, limit: int, now: datetime, lease_s: float
@@ -57,10 +70,7 @@ def claim(
     """Lease up to ``limit`` claimable cases to ``worker``, oldest first."""
     claimable = (
         select(PatientCase.id, PatientCase.submitted_at)
-        .where(
-            PatientCase.status == _QUEUED,
-            or_(PatientCase.lease_expires_at.is_(None), PatientCase.lease_expires_at < now),
-        )
+        .where(_claimable(now))
         .order_by(PatientCase.submitted_at, PatientCase.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
