@@ -194,6 +194,7 @@ class PatientSideEngine:
                     model_sha256=self._card.sha256,
                     now=now,
                     worker=self.jobs.worker,
+                    unfamiliar=prediction.unfamiliar,
                 )
         self._batches += 1
         self._images += len(ready)

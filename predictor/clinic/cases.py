@@ -32,11 +32,21 @@ from predictor.clinic.queue import UPLOAD_HOLD, UPLOAD_OWNER
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
+#: What the patient reads when the model flagged their image as unlike its training data.
+UNFAMILIAR_NOTE = (
+    "The model is not sure about this kind of image: it looks unlike the brain MRI slices "
+    "it was trained on (another scanner, sequence, orientation, or not a brain MRI), so its "
+    "answer and confidence should not be relied on. Doctors will look at it carefully."
+)
+
+
 @dataclass(frozen=True)
 class ModelPrediction:
     label: str
     confidence: float
     backbone: str
+    #: the encrypted program's one bit: the image is unlike the training data
+    unfamiliar: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class PatientView:
                 "label": self.prediction.label,
                 "confidence": self.prediction.confidence,
                 "backbone": self.prediction.backbone,
+                "unfamiliar": self.prediction.unfamiliar,
             },
             "diagnosis": None
             if self.diagnosis is None
@@ -79,6 +90,10 @@ class PatientView:
                 "agreement": self.diagnosis.agreement,
             },
         }
+        unfamiliar = self.prediction is not None and self.prediction.unfamiliar
+        view["unfamiliar"] = unfamiliar
+        if unfamiliar:
+            view["unfamiliar_note"] = UNFAMILIAR_NOTE
         if self.status is CaseStatus.FAILED:
             view["failure_reason"] = self.failure_reason
         return view
@@ -124,6 +139,7 @@ def record_prediction(
     model_sha256: str,
     now: datetime,
     worker: str | None = None,
+    unfamiliar: bool = False,
 ) -> bool:
     """Record a queued case's opened prediction and send it to the marketplace for review.
 
@@ -131,13 +147,21 @@ def record_prediction(
     ``case.opened`` message (in the same transaction); later calls return False. So when two
     party pairs computed the same case (a lease expired), only the first result counts;
     ``worker`` (the pair's process that computed it) is kept as ``predicted_by``.
+
+    ``confidence`` is the calibrated probability of ``label``; at a screening threshold
+    below 0.5 a "tumor" label may carry less than 0.5. ``unfamiliar`` is the MPC program's
+    bit: the image is unlike the training data.
     """
     if label not in LABELS:
         raise InvalidInput(f"label must be one of {LABELS}")
     if not isinstance(confidence, int | float) or math.isnan(confidence):
         raise InvalidInput("confidence must be a number")
-    if not (0.5 <= confidence <= 1.0):
-        raise InvalidInput("confidence must be in [0.5, 1]")
+    if not (0.0 <= confidence <= 1.0):
+        raise InvalidInput("confidence must be in [0, 1]")
+    if confidence < 0.5 and label != "tumor":
+        raise InvalidInput("only a screening-positive tumor label may carry confidence < 0.5")
+    if not isinstance(unfamiliar, bool):
+        raise InvalidInput("unfamiliar must be true or false")
     if not backbone or len(backbone) > 64:
         raise InvalidInput("backbone must be a short non-empty name")
     if not _SHA256_HEX.fullmatch(model_sha256 or ""):
@@ -155,6 +179,7 @@ def record_prediction(
     case.backbone = backbone
     case.model_sha256 = model_sha256
     case.predicted_by = worker
+    case.unfamiliar = unfamiliar
     case.lease_owner = case.lease_expires_at = None
     opened = CaseOpened(
         case_id=case_id,
@@ -164,6 +189,7 @@ def record_prediction(
         confidence=float(confidence),
         backbone=backbone,
         model_sha256=model_sha256,
+        unfamiliar=unfamiliar,
     )
     mailbox.post(
         session,
@@ -249,7 +275,9 @@ def patient_view(session: Session, case_id: str, patient_token_hash: str) -> Pat
     status = case.case_status
     prediction = None
     if case.model_label is not None and case.confidence is not None:
-        prediction = ModelPrediction(case.model_label, case.confidence, case.backbone or "")
+        prediction = ModelPrediction(
+            case.model_label, case.confidence, case.backbone or "", bool(case.unfamiliar)
+        )
     diagnosis = None
     if status is CaseStatus.SETTLED and case.settled_at is not None and case.diagnosis:
         diagnosis = Diagnosis(

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from infra.mailbox import InboxMixin, OutboxMixin
@@ -52,6 +63,8 @@ class PatientCase(ClinicBase):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     predicted_by: Mapped[str | None] = mapped_column(String(64))
+    # The MPC program's one bit: the image is unlike the model's training data.
+    unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def case_status(self) -> CaseStatus:
