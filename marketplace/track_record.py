@@ -24,10 +24,12 @@ MAX_POINTS = 200
 
 @dataclass(frozen=True)
 class TrackRecord:
-    """Reputation before the first point, one point per settled case (oldest first), and the
-    doctor's agreement with the final diagnosis over all their settled cases."""
+    """Reputation and credits earned before the first point, one point per settled case
+    (oldest first), and the doctor's agreement with the final diagnosis over all their
+    settled cases."""
 
     start_reputation: int
+    earned_before: int
     points: tuple[TrackPoint, ...]
     settled: int
     agreed: int
@@ -84,4 +86,4 @@ def track_record(
         for row in reversed(rows)
     ]
     start, points = track(votes, doctor.reputation, earned_before, policy.reputation.rule)
-    return TrackRecord(start, tuple(points), total, agreed)
+    return TrackRecord(start, earned_before, tuple(points), total, agreed)

@@ -15,7 +15,9 @@ def add_page(app: web.Application, settings: MarketplaceSettings) -> None:
     """``GET /`` (with a strict CSP: this origin only) and ``/static/``.
 
     The page shows no image: it links to the clinic's viewer, which opens in its own tab on the
-    clinic's origin (the doctor's key lives there), so nothing here loads from the clinic.
+    clinic's origin (the doctor's key lives there), so nothing here loads from the clinic. It
+    stays live through ``GET /api/events`` (same origin, read with a streamed ``fetch``) and
+    draws the doctor's track record as inline SVG with its own ``chart.js``.
     """
     csp = (
         "default-src 'self'; img-src 'self'; "

@@ -20,6 +20,7 @@ from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import price_bounty
 from marketplace.service import MarketplaceSettings, create_app
 from marketplace.storage import make_engine, make_sessionmaker, migrate
+from tests.artifacts import screenshot
 from tests.marketplace.flows import open_case
 from tests.marketplace.helpers import T0
 from tests.marketplace.servers import serve
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 MARKET_KEY = generate_key()
-SCREENSHOT = Path("/tmp/crypto-doctor-doctor-page.png")
 
 
 @contextmanager
@@ -130,10 +130,14 @@ def test_doctor_signs_in_claims_opens_the_viewer_link_and_decides(browser, tmp_p
         card.find_element(By.CSS_SELECTOR, "input[value=tumor]").click()
         card.find_element(By.TAG_NAME, "textarea").send_keys("enhancing lesion, left")
         card.find_element(By.CSS_SELECTOR, "form button").click()
+        # A vote is final: the page asks first.
+        dialog = wait.until(ec.visibility_of_element_located((By.ID, "confirm")))
+        assert "tumour" in dialog.text
+        dialog.find_element(By.ID, "confirm-submit").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Receipt"))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history-body tr"))
         history = browser.find_element(By.ID, "history-body").text
-        assert first[:8] in history and "tumor" in history
+        assert first[:8] in history and "tumour" in history
         # Check every disclosed receipt in the browser (Web Crypto SHA-256).
         browser.find_element(By.CSS_SELECTOR, "#history-body tr button").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "history-body"), "receipts valid"))
@@ -142,12 +146,12 @@ def test_doctor_signs_in_claims_opens_the_viewer_link_and_decides(browser, tmp_p
             in browser.find_element(By.ID, "history-body").text
         )
         balance = browser.find_element(By.ID, "me-balance").text
-        assert balance == f"{price_bounty(0.7)} credits"  # the one-seat panel's whole escrow
+        assert balance == f"{price_bounty(0.7):,} credits"  # the one-seat panel's whole escrow
 
         # Claim the second case too, so the screenshot shows a case under review.
         browser.find_element(By.CSS_SELECTOR, "#pool-body tr button").click()
         wait.until(lambda d: _viewer_link(d, second)[1])
-        browser.save_screenshot(str(SCREENSHOT))
+        screenshot(browser, "doctor-page-under-review")
     profile = doctors.doctor_profile(session, doctor_id)
     assert profile.balance == price_bounty(0.7) and profile.reputation > 150
     session.close()

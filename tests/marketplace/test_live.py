@@ -101,7 +101,7 @@ def test_the_track_record_follows_reputation_and_earnings_case_by_case(api, sess
         earned += price_bounty(confidence)
         expected.append((case_id, reputation, earned))
     record = api("GET", "/api/me/track-record", token).json()
-    assert record["start_reputation"] == 150
+    assert record["start_reputation"] == 150 and record["earned_before"] == 0
     assert record["settled"] == 3 and record["agreed"] == 3
     assert [(p["case_id"], p["reputation"], p["earned"]) for p in record["points"]] == expected
     me = api("GET", "/api/me", token).json()
