@@ -8,7 +8,8 @@ The project never uses CrypTen's ONNX path (``crypten.nn.from_pytorch``) nor
 ``crypten.load``: encrypted networks are built from the torch weights directly
 (``models.encrypted``), which sidesteps CrypTen's ONNX-exporter and pickle breakages. The
 patches below are the failure met on the path the project does use (with a test in
-``tests/models/test_crypten_compat.py`` that fails without it) and one measured slowness.
+``tests/models/test_crypten_compat.py`` that fails without it) and two measured slownesses
+(config reads; the transport of the two parties' rounds, :func:`use_peer_link`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from models.peer_link import PeerLink
 
 
 def _alias_onnx_registration() -> None:
@@ -110,3 +113,115 @@ def load_crypten() -> types.ModuleType:
 
     _fast_config_reads()
     return crypten
+
+
+def use_peer_link(communicator: Any, link: PeerLink) -> None:
+    """Slowness: on gloo, one CrypTen round costs about 2 RTT between hosts (measured by
+    ``scripts/bench_multihost.py --probe``), and a batched reveal is one all-reduce per tensor.
+
+    Route the two parties' collectives through ``link`` (``models.peer_link``): an all-reduce
+    is one concurrent exchange of all its tensors, a reduce, broadcast, gather or scatter one
+    message one way. CrypTen's own statistics wrapper still counts every call, so rounds and
+    bytes read as before. The dealer's (TTP) group and the set-up messages stay on gloo.
+    """
+    import pickle
+    import types
+
+    import torch
+    from crypten.common import serial
+    from crypten.communicator.communicator import _logging
+    from torch.distributed import ReduceOp
+
+    rank = communicator.get_rank()
+    if communicator.get_world_size() != 2 or rank not in (0, 1):
+        raise ValueError("the peer link joins exactly two parties")
+    main_group = communicator.main_group
+    peer = 1 - rank
+    original = {
+        name: getattr(communicator, name) for name in ("broadcast", "broadcast_obj", "barrier")
+    }
+
+    def combine(op: Any) -> Any:
+        if op == ReduceOp.SUM:
+            return torch.add
+        if op == ReduceOp.BXOR:
+            return torch.bitwise_xor
+        raise ValueError(f"the peer link reduces with SUM or BXOR, not {op}")
+
+    def all_reduce(self: Any, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        mine = list(input) if batched else [input]
+        theirs = link.exchange(mine)
+        result = [combine(op)(a, b) for a, b in zip(mine, theirs, strict=True)]
+        return result if batched else result[0]
+
+    def reduce(
+        self: Any, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False
+    ) -> Any:
+        mine = list(input) if batched else [input]
+        if rank != dst:
+            link.send(mine)
+            return None
+        result = [combine(op)(a, b) for a, b in zip(mine, link.recv(mine), strict=True)]
+        return result if batched else result[0]
+
+    def broadcast(self: Any, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
+        if group is not None and group is not main_group:  # the dealer's groups
+            return original["broadcast"](input, src, group=group, batched=batched)
+        tensors = list(input) if batched else [input]
+        if rank == src:
+            link.send(tensors)
+        else:
+            for tensor, received in zip(tensors, link.recv(tensors), strict=True):
+                tensor.copy_(received)
+        return input
+
+    def gather(self: Any, tensor: Any, dst: int) -> Any:
+        if rank != dst:
+            link.send([tensor])
+            return [None]
+        result = [tensor.clone(), tensor.clone()]
+        result[peer] = link.recv([tensor])[0]
+        return result
+
+    def scatter(
+        self: Any, scatter_list: Any, src: int, size: Any = None, device: Any = None
+    ) -> Any:
+        if rank == src:
+            link.send([scatter_list[peer]])
+            return scatter_list[rank]
+        shape = size if size is not None else scatter_list[rank].size()
+        return link.recv([torch.empty(shape, dtype=torch.long)])[0]
+
+    def broadcast_obj(self: Any, obj: Any, src: int, group: Any = None) -> Any:
+        if group is not None and group is not main_group:
+            return original["broadcast_obj"](obj, src, group=group)
+        if rank == src:
+            link.send_bytes(pickle.dumps(obj))
+            return obj
+        return serial.restricted_loads(link.recv_bytes())
+
+    def barrier(self: Any) -> None:
+        link.exchange([torch.zeros(1, dtype=torch.uint8)])
+
+    for function in (all_reduce, reduce, broadcast, gather, scatter, broadcast_obj, barrier):
+        setattr(communicator, function.__name__, types.MethodType(_logging(function), communicator))
+    communicator.peer_link = link
+    _close_link_at_shutdown()
+
+
+def _close_link_at_shutdown() -> None:
+    """``crypten.uninit()`` also closes the peer link of the communicator it shuts down."""
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+    if getattr(DistributedCommunicator, "_crypto_doctor_closes_link", False):
+        return
+    shutdown = DistributedCommunicator.shutdown.__func__
+
+    def close_then_shutdown(cls: Any) -> None:
+        link = getattr(cls.instance, "peer_link", None)
+        if link is not None:
+            link.close()
+        shutdown(cls)
+
+    DistributedCommunicator.shutdown = classmethod(close_then_shutdown)
+    DistributedCommunicator._crypto_doctor_closes_link = True

@@ -27,7 +27,8 @@ from types import ModuleType
 from typing import Any
 
 from infra.net import free_port
-from models.crypten_compat import load_crypten
+from models.crypten_compat import load_crypten, use_peer_link
+from models.peer_link import DEFAULT_BUFFER_BYTES, TOKEN_BYTES, PeerLink
 
 PROVIDERS = ("TFP", "TTP")
 DEALER_RANK = 2
@@ -46,6 +47,11 @@ class PartyConfig:
     #: Network interface gloo binds and announces (the tunnel's between hosts, e.g. ``wg0``);
     #: None: whatever the host name resolves to.
     interface: str | None = None
+    #: True: the parties' rounds go over their direct link (``models.peer_link``: one
+    #: concurrent exchange per round); False: over gloo, as CrypTen ships (for comparison).
+    peer_link: bool = True
+    #: Socket buffers of the peer link, each way: at least bandwidth x RTT (0: kernel autotuning).
+    link_buffer_bytes: int = DEFAULT_BUFFER_BYTES
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -80,7 +86,30 @@ def init_party(config: PartyConfig) -> ModuleType:
         os.environ["GLOO_SOCKET_IFNAME"] = config.interface
     crypten.cfg.mpc.provider = config.provider
     crypten.init()
+    if config.peer_link and config.rank != DEALER_RANK:
+        open_peer_link(crypten, config)
     return crypten
+
+
+def open_peer_link(crypten: ModuleType, config: PartyConfig) -> None:
+    """Connect the two parties directly and route CrypTen's rounds over that link.
+
+    Party 0 listens on its master address and hands party 1 the port and a one-time token
+    over the MPC channel CrypTen has just set up; party 1 connects and presents the token.
+    """
+    import secrets
+
+    comm = crypten.communicator.get()
+    if config.rank == 0:
+        listener = PeerLink.listen(config.master_addr, config.link_buffer_bytes)
+        token = secrets.token_bytes(TOKEN_BYTES)
+        comm.broadcast_obj((listener.getsockname()[1], token), 0)
+        link = PeerLink.accept(listener, token)
+    else:
+        port, token = comm.broadcast_obj(None, 0)
+        link = PeerLink.connect(config.master_addr, port, token, config.link_buffer_bytes)
+    log.info("peer link up (socket buffers send/receive %d/%d bytes)", *link.buffer_bytes)
+    use_peer_link(comm, link)
 
 
 def run_dealer(config: PartyConfig) -> None:
@@ -117,6 +146,7 @@ def run_parties(
     provider: str = "TFP",
     num_threads: int = 1,
     timeout_s: float = 1800.0,
+    peer_link: bool = True,
 ) -> list[Any]:
     """Run ``fn(rank, *args)`` in two freshly spawned party processes; return both results.
 
@@ -131,7 +161,9 @@ def run_parties(
         ctx.Process(
             target=_party_main,
             args=(
-                PartyConfig(rank, port, provider=provider, num_threads=num_threads),
+                PartyConfig(
+                    rank, port, provider=provider, num_threads=num_threads, peer_link=peer_link
+                ),
                 fn,
                 args,
                 results,
