@@ -21,6 +21,7 @@ from marketplace.domain.pricing import price_bounty
 from marketplace.service import MarketplaceSettings, create_app
 from marketplace.storage import make_engine, make_sessionmaker, migrate
 from marketplace.storage.models import Vote
+from tests.accessibility import axe_violations
 from tests.artifacts import screenshot
 from tests.marketplace.flows import open_case
 from tests.marketplace.servers import Api, serve
@@ -28,8 +29,6 @@ from tests.marketplace.test_browser import chromium
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[2]
-AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 #: Three seats; three votes with two agreeing settle (no posterior rule: the test knows when).
 POLICY = MarketPolicy(
     panel=PanelRule(panel_size=3, quorum=2, widen_step=2, max_panel=3, use_reliability=False)
@@ -108,21 +107,6 @@ def _keys(browser: Any, *keys: str) -> None:
     for key in keys:
         chain.send_keys(key)
     chain.perform()
-
-
-def _axe(browser: Any) -> list[dict[str, Any]]:
-    """Serious and critical axe-core violations of the page as it is now."""
-    if not AXE.exists():
-        pytest.skip(f"axe-core not installed ({AXE}): run scripts/setup")
-    browser.execute_script(AXE.read_text())
-    result = browser.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']})"
-        ".then((r) => done(r.violations.map((v) => ({id: v.id, impact: v.impact,"
-        " nodes: v.nodes.map((n) => n.target.join(' '))}))))"
-        ".catch((e) => done([{id: 'axe-error', impact: 'critical', nodes: [String(e)]}]));"
-    )
-    return [v for v in result if v["impact"] in ("serious", "critical")]
 
 
 def _fits(browser: Any) -> bool:
@@ -257,7 +241,7 @@ def test_no_serious_accessibility_violations_on_desktop_phone_and_at_200_percent
     with serve(create_app(market.settings)) as url:
         api = Api(url)
         browser.get(url + "/")
-        assert _axe(browser) == [], "sign-in page"
+        assert axe_violations(browser) == [], "sign-in page"
         screenshot(browser, "doctor-page-sign-in")
         # A settled case in the history (so the charts show), one case on the panel.
         for t in (token, *others):
@@ -272,12 +256,12 @@ def test_no_serious_accessibility_violations_on_desktop_phone_and_at_200_percent
                 By.CSS_SELECTOR, "#claimed-list .viewer-link, #claimed-list .viewer-wait"
             )
         )
-        assert _axe(browser) == [], "workspace"
+        assert axe_violations(browser) == [], "workspace"
         screenshot(browser, "doctor-page-desktop")
         card = f'#claimed-list article[data-case-id="{open_cases[0]}"]'
         browser.find_element(By.CSS_SELECTOR, f"{card} input[value=no_tumor]").click()
         browser.find_element(By.CSS_SELECTOR, f"{card} form button").click()
-        assert _axe(browser) == [], "confirmation dialog"
+        assert axe_violations(browser) == [], "confirmation dialog"
         browser.find_element(By.CSS_SELECTOR, "#confirm button.secondary").click()
 
         for name, (width, height, scale, mobile) in {
@@ -297,7 +281,7 @@ def test_no_serious_accessibility_violations_on_desktop_phone_and_at_200_percent
                     )
                 )
                 assert box["width"] > 0 and box["right"] <= width + 1, (name, box)
-            assert _axe(browser) == [], name
+            assert axe_violations(browser) == [], name
             screenshot(browser, f"doctor-page-{name}")
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         assert _same_page(browser)

@@ -22,6 +22,7 @@ from predictor.access import store
 from predictor.access.protocol import load_public_key
 from predictor.clinic.store import clinic_sessions
 from predictor.viewer import CSP, add_viewer_routes
+from tests.accessibility import axe_violations
 from tests.artifacts import screenshot
 from tests.marketplace.servers import serve
 from tests.marketplace.test_browser import chromium
@@ -350,6 +351,19 @@ def test_zoom_pan_window_level_invert_and_reset_change_the_drawn_pixels(
     assert "zoom 100 % of actual size" in _readout(browser)
     body.send_keys("+")
     screenshot(browser, "viewer-zoomed")
+    assert axe_violations(browser) == []  # serious or critical ones
+
+    # On a phone (390 px wide) the tools wrap and the slice still fits its box.
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True},
+    )
+    body.send_keys("r")
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1;"
+    )
+    assert _readout(browser).startswith(f"Image {size[0]} × {size[1]} px")
+    screenshot(browser, "viewer-phone-390px")
     assert [m for m in _page_problems(browser) if "favicon" not in m] == []
 
 
