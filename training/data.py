@@ -133,3 +133,52 @@ def augment(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 4)
     return torch.stack(
         [padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(shifts.tolist())]
     )
+
+
+#: Augmentation profiles: ``basic`` (flips and shifts, the first seed model's) and ``robust``.
+AUGMENTATIONS = ("basic", "robust")
+
+
+def _smooth_fields(n: int, size: int, grid: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` random smooth fields ``N x 1 x S x S`` in about [-1, 1] (bicubic from a coarse grid)."""
+    coarse = torch.rand(n, 1, grid, grid, generator=generator) * 2 - 1
+    return torch.nn.functional.interpolate(
+        coarse, size=(size, size), mode="bicubic", align_corners=True
+    )
+
+
+def augment_robust(
+    batch: torch.Tensor, generator: torch.Generator, max_shift: int = 4
+) -> torch.Tensor:
+    """Scanner-difference augmentations of a standardised ``N x 1 x S x S`` batch.
+
+    Flips and shifts (as :func:`augment`), then small rotations (±10°) and scaling
+    (0.9-1.1), then on the image's [0, 1] range: gamma 0.7-1.4 (contrast), a smooth
+    multiplicative bias field up to exp(±0.35), Gaussian noise with sigma up to 0.06; then
+    re-standardised per image, as :mod:`models.preprocessing` does at inference.
+    """
+    batch = augment(batch, generator, max_shift)
+    n, size = len(batch), batch.shape[-1]
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * torch.pi / 18
+    scale = 0.9 + torch.rand(n, generator=generator) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)],
+        1,
+    )
+    low = batch.amin(dim=(1, 2, 3), keepdim=True)
+    grid = torch.nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+    batch = torch.nn.functional.grid_sample(
+        batch - low, grid, padding_mode="zeros", align_corners=False
+    )
+    span = batch.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    unit = (batch / span).clamp(0, 1)
+    gamma = 0.7 + torch.rand(n, 1, 1, 1, generator=generator) * 0.7
+    unit = unit.pow(gamma)
+    bias = torch.rand(n, 1, 1, 1, generator=generator) * 0.35
+    unit = unit * torch.exp(bias * _smooth_fields(n, size, 4, generator))
+    sigma = torch.rand(n, 1, 1, 1, generator=generator) * 0.06
+    unit = unit + sigma * torch.randn(batch.shape, generator=generator)
+    mean = unit.mean(dim=(1, 2, 3), keepdim=True)
+    std = unit.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    return (unit - mean) / (std + 1e-6)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.data import augment
+from training.data import augment, augment_robust
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class LoopConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True
+    #: ``basic`` (flips, shifts) or ``robust`` (+ rotation, scale, contrast, bias field, noise)
+    augmentation: str = "robust"
     seed: int = 0
     progress: bool = True
     grad_clip: float = 5.0
@@ -111,7 +113,8 @@ def train(
         for batch in bar:
             x, y = images[batch], labels[batch]
             if config.augment:
-                x = augment(x, generator)
+                robust = config.augmentation == "robust"
+                x = augment_robust(x, generator) if robust else augment(x, generator)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad()

@@ -22,14 +22,24 @@ from training.calibration import fit_temperature
 from training.data import ImageFolder, fingerprint, stratified_split
 from training.loop import History, LoopConfig, predict_logits, train
 from training.metrics import ClassificationReport, classification_report
+from training.ood import fit_unfamiliarity, unfamiliarity_record
 from training.plots import plot_curves, plot_reliability
 from training.provenance import OutputPaths, build_provenance, data_record, output_paths
+from training.screening import bootstrap, choose_threshold, intervals_to_dict, screening_figures
 from training.settings import TrainSettings
 
 if TYPE_CHECKING:  # imported when needed: the two-party check is optional
     from training.encrypted_validation import EncryptedValidation
 
 log = logging.getLogger(__name__)
+#: What the model is not: copied into every provenance record (and so into its passport).
+LIMITS = (
+    "trained and evaluated on generated data only (training.synthetic: MNI152 template "
+    "anatomy, synthetic lesions), never on patients' scans; figures on real scans are unknown",
+    "axial brain-MRI slices only: other orientations, sequences and body parts are outside "
+    "its training and are meant to be flagged unfamiliar, not diagnosed",
+    "a second-opinion screen, not a diagnosis: every case goes to a panel of doctors",
+)
 ENCRYPTED_KEYS = (
     "images",
     "plaintext_accuracy",
@@ -60,6 +70,8 @@ class TrainingRun:
     training_seconds: float
     total_seconds: float
     encrypted_validation: EncryptedValidation | None = None
+    #: operating point, eval figures with bootstrap intervals, unfamiliarity detector
+    screening: dict[str, Any] | None = None
 
     def metrics_record(self) -> dict[str, Any]:
         """The ``<stem>.metrics.json`` payload."""
@@ -88,6 +100,8 @@ class TrainingRun:
             },
             "settings": self.settings.to_dict(),
         }
+        if self.screening is not None:
+            record["screening"] = self.screening
         if self.encrypted_validation is not None:
             record["encrypted_validation"] = self.encrypted_validation.to_dict()
         return record
@@ -106,6 +120,12 @@ class TrainingRun:
             "best_epoch": self.history.best_epoch,
             "epochs": len(self.history.epochs),
         }
+        if self.screening is not None:
+            out["operating_point"] = self.screening["operating_point"]
+            out["eval_at_operating_point"] = self.screening["eval"]
+            if "unfamiliarity" in self.screening:
+                out["unfamiliarity"] = self.screening["unfamiliarity"]
+        out["limits"] = LIMITS
         if self.encrypted_validation is not None:
             enc = self.encrypted_validation.to_dict()
             out["encrypted_validation"] = {k: enc[k] for k in ENCRYPTED_KEYS}
@@ -137,6 +157,7 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         lr=settings.lr,
         weight_decay=settings.weight_decay,
         augment=settings.augment,
+        augmentation=settings.augmentation,
         seed=settings.seed,
         progress=settings.progress,
     )
@@ -159,7 +180,32 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
     eval_logits = predict_logits(model, eval_set.images).numpy()
     eval_labels = eval_set.labels.numpy()
 
-    sha = save_checkpoint(paths.checkpoint, model, arch, temperature)
+    calib_labels_t = train_set.labels[calib_idx]
+    detector = None
+    if settings.unfamiliarity != "none":
+        detector = fit_unfamiliarity(
+            model, arch, temperature, settings,
+            (train_set.images[keep], train_set.labels[keep]), train_set.images[calib_idx],
+        )  # fmt: skip
+    calib_p = _p_tumor(calib_logits, temperature)
+    eval_p = _p_tumor(eval_logits, temperature)
+    threshold = 0.5
+    if settings.screening_sensitivity > 0:
+        threshold = choose_threshold(
+            calib_p, calib_labels_t.numpy(), settings.screening_sensitivity
+        )
+    screening = screening_record(
+        settings, threshold, (calib_p, calib_labels), (eval_p, eval_labels)
+    )
+    if detector is not None:
+        screening["unfamiliarity"] = unfamiliarity_record(
+            detector, model, arch, temperature, train_set.images[calib_idx], eval_set.images
+        )
+
+    sha = save_checkpoint(
+        paths.checkpoint, model, arch, temperature,
+        detector=detector, decision_threshold=threshold,
+    )  # fmt: skip
     title = f"{arch.backbone} ({arch.activation}, {arch.image_size} px)"
     plot_curves(history.epochs, history.best_epoch, paths.curves, title)
     plot_reliability(eval_logits, eval_labels, temperature, paths.reliability, f"{title}: eval")
@@ -189,6 +235,7 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         eval_count=len(eval_set),
         training_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
+        screening=screening,
     )
 
     def write_records(run: TrainingRun) -> None:
@@ -264,3 +311,39 @@ def _finite(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def _p_tumor(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated P(tumor) from two-column logits."""
+    d = (logits[:, 1] - logits[:, 0]) / temperature
+    return np.asarray(1.0 / (1.0 + np.exp(-d)), dtype=np.float64)
+
+
+def screening_record(
+    settings: TrainSettings,
+    threshold: float,
+    calibration: tuple[np.ndarray, np.ndarray],
+    evaluation: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """The operating point, chosen on calibration, and eval figures with bootstrap intervals."""
+    target = settings.screening_sensitivity
+    return {
+        "operating_point": {
+            "decision_threshold": threshold,
+            "rule": "label tumor when calibrated P(tumor) >= decision_threshold",
+            "chosen_on": "calibration split" if target > 0 else "default (0.5)",
+            "target": f"sensitivity >= {target:.2f} on the calibration split"
+            if target > 0
+            else "none",
+        },
+        "calibration": screening_figures(*calibration, threshold),
+        "eval": intervals_to_dict(
+            bootstrap(
+                *evaluation, threshold, resamples=settings.bootstrap_resamples, seed=settings.seed
+            )
+        )
+        if settings.bootstrap_resamples
+        else screening_figures(*evaluation, threshold),
+        "eval_at_threshold_0.5": screening_figures(*evaluation, 0.5),
+        "bootstrap": {"resamples": settings.bootstrap_resamples, "level": 0.95, "stratified": True},
+    }

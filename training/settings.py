@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from infra.settings import ENV_PREFIX, flag, parse_settings
+from models.encrypted_unfamiliarity import FEATURE_SETS
 from models.nets import ACTIVATIONS, BACKBONES, Architecture, default_architecture
+from models.unfamiliarity import METHODS as DETECTORS
+from training.data import AUGMENTATIONS
 
 ENV_TRAIN_DIR = ENV_PREFIX + "TRAIN_DIR"
 ENV_EVAL_DIR = ENV_PREFIX + "EVAL_DIR"
@@ -57,7 +60,13 @@ class TrainSettings:
         metadata=flag("share of the training folder held out to fit the temperature, in [0, 0.9)"),
     )
     augment: bool = field(
-        default=True, metadata=flag("True/False: random flips/shifts while training", valued=True)
+        default=True, metadata=flag("True/False: augment while training", valued=True)
+    )
+    augmentation: str = field(
+        default="robust",
+        metadata=flag(
+            "basic (flips, shifts) or robust (+ rotation, scale, contrast, bias field, noise)"
+        ),
     )
     train_limit: int | None = field(
         default=None, metadata=flag("use at most N training images (0 = all)")
@@ -75,6 +84,27 @@ class TrainSettings:
     progress: bool = field(
         default=True, metadata=flag("True/False: tqdm progress bars", valued=True)
     )
+    unfamiliarity: str = field(
+        default="pooled_mahalanobis",
+        metadata=flag(f"unfamiliarity detector: {', '.join(DETECTORS)} or none"),
+    )
+    unfamiliarity_features: str = field(
+        default="conv", metadata=flag(f"what the detector reads: {', '.join(FEATURE_SETS)}")
+    )
+    unfamiliar_flag_rate: float = field(
+        default=0.05,
+        metadata=flag("share of the calibration split the detector's threshold flags, in (0, 0.5)"),
+    )
+    screening_sensitivity: float = field(
+        default=0.90,
+        metadata=flag(
+            "operating point: sensitivity the decision threshold reaches on the calibration "
+            "split (0 = threshold 0.5)"
+        ),
+    )
+    bootstrap_resamples: int = field(
+        default=1000, metadata=flag("bootstrap resamples for the eval figures' 95% intervals")
+    )
 
     def __post_init__(self) -> None:
         if self.source_dir_train is None or self.source_dir_eval is None:
@@ -91,6 +121,20 @@ class TrainSettings:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
                 )
+        if self.unfamiliarity not in (*DETECTORS, "none"):
+            raise ValueError(f"--unfamiliarity must be one of {DETECTORS} or none")
+        if self.unfamiliarity_features not in FEATURE_SETS:
+            raise ValueError(f"--unfamiliarity-features must be one of {FEATURE_SETS}")
+        if self.unfamiliarity_features == "conv" and self.backbone != "lenet":
+            object.__setattr__(self, "unfamiliarity_features", "penultimate")
+        if not 0.0 < self.unfamiliar_flag_rate < 0.5:
+            raise ValueError("--unfamiliar-flag-rate must be in (0, 0.5)")
+        if not 0.0 <= self.screening_sensitivity < 1.0:
+            raise ValueError("--screening-sensitivity must be in [0, 1)")
+        if self.bootstrap_resamples < 0:
+            raise ValueError("--bootstrap-resamples must be >= 0")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"--augmentation must be one of {AUGMENTATIONS}")
         if not 0.0 <= self.calibration_fraction < 0.9:
             raise ValueError("--calibration-fraction must be in [0, 0.9)")
         for name in ("train_limit", "eval_limit", "encrypted_limit"):
