@@ -145,12 +145,20 @@ def calibration_stats(
     """NLL sums over a temperature grid, and ECE bins at ``chosen`` (if given)."""
     model = from_arrays(arch, arrays)
     logits = predict_logits(model, site.calib_images).double().numpy()
-    labels = site.calib_labels.numpy()
+    return stats_from_logits(logits, site.calib_labels.numpy(), temperatures, chosen)
+
+
+def stats_from_logits(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    temperatures: Sequence[float],
+    chosen: float | None = None,
+) -> CalibrationStats:
+    """The sums a hospital sends for its calibration split's ``logits`` and ``labels``."""
     nll_sums = [_nll_sum(logits, labels, t) for t in temperatures]
     bins: list[tuple[int, float, int]] = []
     if chosen is not None and len(labels):
-        probs = softmax(logits, chosen)
-        for b in reliability_bins(probs, labels, ECE_BINS):
+        for b in reliability_bins(softmax(logits, chosen), labels, ECE_BINS):
             conf_sum = b.confidence * b.count if b.count else 0.0
             correct = round(b.accuracy * b.count) if b.count else 0
             bins.append((b.count, conf_sum, correct))
