@@ -18,7 +18,7 @@ Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged in float and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class Update:
     hospital: str
     arrays: Arrays
     examples: int
+    #: what the hospital reported about its local training (loss, seconds)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def check_update(reference: Sequence[np.ndarray], update: Update) -> str | None:

@@ -127,6 +127,7 @@ class Federation:
                 update.arrays if reason is None else [],
                 examples=update.examples,
                 rejected=reason or "",
+                **{f"metric_{k}": v for k, v in update.metrics.items()},
             )
             self.update_hashes[f"round-{number:03d}/{update.hospital}.npz"] = digest
             if reason is None:
@@ -158,7 +159,7 @@ class Federation:
             {
                 "round": number,
                 "strategy": self.run.strategy,
-                "hospitals": {u.hospital: {"examples": u.examples} for u in accepted},
+                "hospitals": {u.hospital: {"examples": u.examples, **u.metrics} for u in accepted},
                 "rejected": rejected,
                 "dropped_out": [self.hospital(n).pseudonym for n in missing],
                 "seconds": round(seconds, 3),

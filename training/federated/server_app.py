@@ -202,7 +202,8 @@ def _plain_rounds(grid: CountingGrid, federation: Federation, run: RunConfig) ->
                 missing[node] = f"malformed reply: {exc}"
                 continue
             node_of[name] = node
-            replies.append(Update(name, arrays, int(fitres.num_examples)))
+            metrics = {k: float(v) for k, v in fitres.metrics.items() if isinstance(v, int | float)}
+            replies.append(Update(name, arrays, int(fitres.num_examples), metrics))
         for node in set(active) - answered:
             missing[node] = f"no reply within {run.round_timeout_s:g} s"
         federation.close_round(
