@@ -17,7 +17,7 @@ from infra.openapi import add_openapi_route, load_spec
 from infra.web import error_middleware, in_session, run_blocking, secure_headers
 from marketplace import review
 from marketplace.service.api import routes as api_routes
-from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, utcnow
+from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, WAKEUP, utcnow
 from marketplace.service.csv_stream import routes as csv_routes
 from marketplace.service.errors import STATUS
 from marketplace.service.events import install as install_events
@@ -65,6 +65,7 @@ async def _escalation(app: web.Application) -> AsyncIterator[None]:
                 )
                 if escalated:
                     log.info("escalated %d overdue case(s)", len(escalated))
+                    app[WAKEUP].wake()  # doctors' live pages show the raised bounties now
             except Exception:
                 log.exception("escalation pass failed; retrying next interval")
 

@@ -33,10 +33,16 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def wake(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+
+    def close(self) -> None:
+        """The server is stopping: every stream ends now instead of holding the shutdown."""
+        self.closed = True
+        self.wake()
 
     async def wait(self, timeout: float) -> None:
         event = self._event

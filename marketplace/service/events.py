@@ -68,7 +68,13 @@ def sse(event: str, data: Any) -> bytes:
 
 
 def install(app: web.Application) -> None:
+    """Mount ``GET /api/events``; open streams end when the server shuts down."""
     app[WAKEUP] = Wakeup()
+
+    async def close_streams(app: web.Application) -> None:
+        app[WAKEUP].close()
+
+    app.on_shutdown.append(close_streams)
     app.add_routes(routes)
 
 
@@ -111,7 +117,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await response.write(b"".join(chunks))
             wait_s = min(settings.events_poll_s, max(0.0, next_keepalive - time.monotonic()))
             await app[WAKEUP].wait(wait_s)
-            if request.transport is None or request.transport.is_closing():
+            if app[WAKEUP].closed or request.transport is None or request.transport.is_closing():
                 break
             current = await view()
     except ConnectionResetError:

@@ -54,6 +54,8 @@ class EventLog:
 
     def __init__(self, url: str, token: str) -> None:
         self.events: list[tuple[str, Any]] = []
+        #: True once the server ended the stream properly (its last chunk, not a reset).
+        self.ended_cleanly = False
         self._reply = requests.get(
             f"{url}/api/events",
             headers={"Authorization": f"Bearer {token}"},
@@ -68,6 +70,7 @@ class EventLog:
         try:
             for name, data in parse_events(self._reply.iter_lines()):
                 self.events.append((name, data))
+            self.ended_cleanly = True
         except (requests.RequestException, AttributeError, ValueError):
             pass  # closed by close()
 
@@ -86,3 +89,8 @@ class EventLog:
     def close(self) -> None:
         self._reply.close()
         self._thread.join(5)
+
+    def join(self, timeout: float = 30.0) -> bool:
+        """Wait for the stream to end by itself; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()

@@ -82,6 +82,18 @@ def test_the_stream_sends_the_view_then_what_changes(api, session) -> None:
         log.close()
 
 
+def test_a_stopping_server_ends_open_streams_properly(db_url, session) -> None:
+    """Open streams end at shutdown (their last chunk sent) instead of holding it up."""
+    _, token = doctors.create_doctor(
+        session, display_name="Dr Bye", specialty="neuroradiology", now=T0
+    )
+    settings = MarketplaceSettings(db_url=db_url, signing_key=generate_key(), policy=SOLO)
+    with serve(create_app(settings)) as url:
+        log = EventLog(url, token)
+        log.wait_for(lambda log: ("ready", {}) in log.events)
+    assert log.join() and log.ended_cleanly
+
+
 def test_the_track_record_follows_reputation_and_earnings_case_by_case(api, session) -> None:
     doctor_id, token = doctors.create_doctor(
         session, display_name="Dr Track", specialty="neuroradiology", reputation=150, now=T0
