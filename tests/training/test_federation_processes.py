@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from training.federated.contribution import measure
 from training.federated.local import LocalFederation, LocalHospital
 from training.federated.outputs import FederatedPaths, load_arrays
 from training.federated.processes import FEDERATION_VENV
@@ -200,3 +201,8 @@ def test_secagg_shows_the_model_owner_only_the_sum(tmp_path: Path) -> None:
     assert metrics["rounds"][0]["strategy"] == "fedavg+secagg"
     assert sorted(metrics["rounds"][0]["hospitals"]) == ["s0", "s1", "s2"]
     assert not FederatedPaths.for_checkpoint(Path(run.out)).updates.exists()
+    # contribution cannot be measured without revealing updates: refused, paid by data size
+    record = measure(Path(run.out))
+    assert record["method"] == "data-size (SecAgg+)" and "coalition sums" in record["refused"]
+    assert all(h["shapley"] is None for h in record["hospitals"].values())
+    assert sum(h["share"] for h in record["hospitals"].values()) == pytest.approx(1.0)

@@ -1,7 +1,8 @@
 """``python -m training.federated COMMAND``: the hospital federation's command line.
 
 Model owner: ``certificates``, ``serve`` (the SuperLink), ``register`` (a hospital's key),
-``run`` (a federated training run). Hospital: ``keygen``, ``node`` (its SuperNode).
+``run`` (a federated training run), ``contribution`` (each hospital's Data Shapley
+value and payment share for a federated checkpoint). Hospital: ``keygen``, ``node`` (its SuperNode).
 Everything on one machine: ``local``. ``python -m training.federated COMMAND --help``
 lists each command's flags, each with its ``CRYPTO_DOCTOR_*`` variable.
 """
@@ -29,6 +30,7 @@ from training.federated.processes import (
 )
 from training.federated.settings import (
     CertificatesSettings,
+    ContributionSettings,
     KeySettings,
     LocalSettings,
     NodeSettings,
@@ -140,6 +142,26 @@ def local(argv: Sequence[str]) -> int:
     return 0
 
 
+def contribution(argv: Sequence[str]) -> int:
+    from training.federated.contribution import ContributionError, measure
+
+    s = parse_settings(ContributionSettings, argv, prog="training.federated contribution")
+    try:
+        record = measure(s.checkpoint, permutations=s.permutations, seed=s.seed)
+    except ContributionError as exc:
+        log.error("%s", exc)
+        return 1
+    if "refused" in record:
+        log.warning("%s", record["refused"])
+    print(f"{record['method']}; model version {record['model_version'][:16]}")
+    print(f"{'hospital':<16} {'share':>7} {'Shapley':>9} {'loss-delta':>10} {'images':>7}")
+    for name, h in sorted(record["hospitals"].items(), key=lambda kv: -kv[1]["share"]):
+        shapley = "-" if h["shapley"] is None else f"{h['shapley']:+.4f}"
+        tokens = "-" if h["loss_delta_tokens"] is None else f"{h['loss_delta_tokens']:+.4f}"
+        print(f"{name:<16} {h['share']:>7.3f} {shapley:>9} {tokens:>10} {h['data_size']:>7}")
+    return 0
+
+
 def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
@@ -152,6 +174,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "keygen": keygen,
     "node": node,
     "local": local,
+    "contribution": contribution,
 }
 
 

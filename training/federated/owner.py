@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +77,10 @@ class Federation:
         self.hospitals: dict[int, Hospital] = {}
         self.rounds: list[dict[str, Any]] = []
         self.update_hashes: dict[str, str] = {}
+        shutil.rmtree(self.paths.updates, ignore_errors=True)  # an earlier run's archive
+        if not run.secagg:  # the starting point of every coalition's replay (contribution)
+            digest = save_arrays(self.paths.updates / "round-000" / "global.npz", self.arrays)
+            self.update_hashes["round-000/global.npz"] = digest
         self.started = time.perf_counter()
         self.temperature = 1.0
         self.calibration: dict[str, Any] = {}

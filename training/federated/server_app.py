@@ -66,6 +66,9 @@ class CountingGrid(Grid):
         self.inner = inner
         self.sent: dict[int, int] = {}
         self.received: dict[int, int] = {}
+        #: message id -> the node it went to: an error reply about a node (e.g. "Node
+        #: Unavailable") comes from the SuperLink, so its source is not that node
+        self.destination: dict[str, int] = {}
 
     def reset(self) -> None:
         self.sent, self.received = {}, {}
@@ -97,11 +100,17 @@ class CountingGrid(Grid):
             dst = m.metadata.dst_node_id
             self.sent[dst] = self.sent.get(dst, 0) + _bytes(m.content)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        for m in messages:  # pushed: the ids are set now
+            self.destination[m.metadata.message_id] = m.metadata.dst_node_id
         for r in replies:
             if not r.has_error():
-                src = r.metadata.src_node_id
+                src = self.node_of(r)
                 self.received[src] = self.received.get(src, 0) + _bytes(r.content)
         return replies
+
+    def node_of(self, reply: Message) -> int:
+        """The hospital a reply is about."""
+        return self.destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 def _bytes(content: RecordDict) -> int:
@@ -157,11 +166,11 @@ def _wait_for_hospitals(grid: Grid, registry: dict[int, str], run: RunConfig) ->
         time.sleep(1.0)
 
 
-def _describe(grid: Grid, federation: Federation, nodes: list[int], run: RunConfig) -> None:
+def _describe(grid: CountingGrid, federation: Federation, nodes: list[int], run: RunConfig) -> None:
     messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in nodes]
     answered = set()
     for reply in grid.send_and_receive(messages, timeout=run.round_timeout_s):
-        node = reply.metadata.src_node_id
+        node = grid.node_of(reply)
         answered.add(node)
         if reply.has_error():
             federation.described(node, {"error": reply.error.reason})
@@ -189,7 +198,7 @@ def _plain_rounds(grid: CountingGrid, federation: Federation, run: RunConfig) ->
         replies, missing, node_of = [], {}, {}
         answered = set()
         for reply in grid.send_and_receive(messages, timeout=run.round_timeout_s):
-            node = reply.metadata.src_node_id
+            node = grid.node_of(reply)
             answered.add(node)
             name = federation.hospital(node).pseudonym
             if reply.has_error():
@@ -306,7 +315,7 @@ def _secagg_rounds(
     workflow(grid, legacy)
 
 
-def _calibrate(grid: Grid, federation: Federation, run: RunConfig) -> None:
+def _calibrate(grid: CountingGrid, federation: Federation, run: RunConfig) -> None:
     temperatures = temperature_grid()
     first = _calibration_round(grid, federation, run, {"temperatures": temperatures})
     temperature, pooled_nll = pooled_temperature(temperatures, list(first.values()))
@@ -322,28 +331,37 @@ def _calibrate(grid: Grid, federation: Federation, run: RunConfig) -> None:
 
 
 def _calibration_round(
-    grid: Grid, federation: Federation, run: RunConfig, config: dict[str, Any]
+    grid: CountingGrid, federation: Federation, run: RunConfig, config: dict[str, Any]
 ) -> dict[str, CalibrationStats]:
-    content = RecordDict(
-        {
-            "model": ArrayRecord([np.asarray(a) for a in federation.arrays]),
-            "config": ConfigRecord(config),
-        }
-    )
     messages = [
-        Message(content, dst_node_id=node, message_type=CALIBRATE) for node in federation.active()
+        Message(
+            RecordDict(
+                {
+                    "model": ArrayRecord([np.asarray(a) for a in federation.arrays]),
+                    "config": ConfigRecord(config),
+                }
+            ),
+            dst_node_id=node,
+            message_type=CALIBRATE,
+        )
+        for node in federation.active()
     ]
     out: dict[str, CalibrationStats] = {}
     for reply in grid.send_and_receive(messages, timeout=run.round_timeout_s):
+        name = federation.hospital(grid.node_of(reply)).pseudonym
         if reply.has_error():
+            log.warning("calibration: no answer from %s: %s", name, reply.error.reason)
+            continue
+        if "calibration" not in reply.content:
+            log.warning(
+                "calibration: %s answered without statistics (%s)", name, list(reply.content)
+            )
             continue
         record = reply.content["calibration"]
         flat = [float(v) for v in record["bins"]]
         bins = [(int(flat[i]), flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
-        out[federation.hospital(reply.metadata.src_node_id).pseudonym] = CalibrationStats(
-            int(record["count"]),
-            [float(v) for v in record["nll-sums"]],
-            bins,
+        out[name] = CalibrationStats(
+            int(record["count"]), [float(v) for v in record["nll-sums"]], bins
         )
     return out
 

@@ -88,3 +88,14 @@ class LocalSettings:
     eval_images: int = field(default=2000, metadata=flag("the model owner's eval set size"))
     data_seed: int = field(default=7, metadata=flag("generator seed"))
     config: RunConfig = field(default_factory=RunConfig, metadata=nested(""))
+
+
+@dataclass(frozen=True)
+class ContributionSettings:
+    checkpoint: Path = field(
+        default=Path("models/federated-lenet.pth"), metadata=flag("a federated checkpoint")
+    )
+    permutations: int = field(
+        default=200, metadata=flag("Monte Carlo permutations (used above 6 hospitals)")
+    )
+    seed: int = field(default=0, metadata=flag("Monte Carlo seed"))
