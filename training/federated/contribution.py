@@ -1,0 +1,256 @@
+"""What each hospital's data added to a federated model: Data Shapley and loss-delta tokens.
+
+Utility is the model owner's held-out eval AUC. A coalition's model is rebuilt, not retrained,
+from the per-round updates the federation kept (GTG-Shapley, arXiv 2109.02053): start from the
+run's initial model and, each round, apply the example-weighted mean of the coalition's
+members' accepted changes from that round. The empty coalition keeps the initial model.
+
+* n ≤ ``EXACT_LIMIT`` hospitals: exact Shapley over all 2^n coalitions.
+* more: Monte Carlo over random permutations, with the standard error of each value.
+* loss-delta tokens (the seed system's rule): per round, the drop in eval loss when the
+  hospital's change alone is applied to that round's global model; summed over rounds.
+
+Payment shares floor negative Shapley values at 0 and renormalise (all ≤ 0: shares by data
+size); rankings and statements use the raw values. Under SecAgg+ no hospital's update was
+ever seen, so no contribution can be measured (the difference of two coalition sums would be
+one hospital's update): :func:`measure` refuses and pays by claimed data size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import file_sha256
+from models.nets import Architecture
+from models.preprocessing import Preprocessing
+from training.data import ImageFolder
+from training.federated.aggregate import Update, fedavg
+from training.federated.hospital import from_arrays
+from training.federated.outputs import FederatedPaths, load_arrays, write_json
+from training.loop import predict_logits
+from training.metrics import roc_auc
+
+EXACT_LIMIT = 6
+SCHEMA = "crypto-doctor/contribution/1"
+
+
+class ContributionError(ValueError):
+    """Contribution cannot be measured for this run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    initial: list[np.ndarray]
+    #: per round: hospital -> its accepted change and example count
+    rounds: list[dict[str, Update]]
+    #: the round aggregates the federation actually applied
+    aggregates: list[list[np.ndarray]]
+
+    @property
+    def hospitals(self) -> list[str]:
+        return sorted({name for r in self.rounds for name in r})
+
+
+def load_archive(updates_dir: Path) -> Archive:
+    """Read ``<stem>.updates/`` as written by the federation (accepted updates only)."""
+    initial_path = updates_dir / "round-000" / "global.npz"
+    if not initial_path.is_file():
+        raise ContributionError(f"{updates_dir}: no per-round updates (run without SecAgg+)")
+    initial, _ = load_arrays(initial_path)
+    rounds: list[dict[str, Update]] = []
+    aggregates: list[list[np.ndarray]] = []
+    for folder in sorted(updates_dir.glob("round-[0-9][0-9][0-9]")):
+        if folder.name == "round-000":
+            continue
+        updates: dict[str, Update] = {}
+        for path in sorted(folder.glob("*.npz")):
+            if path.stem == "aggregate":
+                continue
+            arrays, meta = load_arrays(path)
+            if meta.get("rejected"):
+                continue
+            updates[path.stem] = Update(path.stem, arrays, int(meta["examples"]))
+        rounds.append(updates)
+        aggregates.append(load_arrays(folder / "aggregate.npz")[0])
+    return Archive(initial, rounds, aggregates)
+
+
+def _plus(base: Sequence[np.ndarray], change: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [(b + c).astype(b.dtype) for b, c in zip(base, change, strict=True)]
+
+
+def coalition_arrays(archive: Archive, coalition: frozenset[str]) -> list[np.ndarray]:
+    """The model the coalition's updates alone would have built (FedAvg replay)."""
+    arrays = [np.array(a) for a in archive.initial]
+    for updates in archive.rounds:
+        members = [u for name, u in updates.items() if name in coalition]
+        if members:
+            arrays = _plus(arrays, fedavg(members))
+    return arrays
+
+
+class Utility:
+    """Eval AUC of rebuilt models, cached per coalition."""
+
+    def __init__(
+        self, arch: Architecture, archive: Archive, images: torch.Tensor, labels: np.ndarray
+    ) -> None:
+        self.arch, self.archive, self.images, self.labels = arch, archive, images, labels
+        self.cache: dict[frozenset[str], float] = {}
+
+    def scores(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        logits = predict_logits(from_arrays(self.arch, arrays), self.images).double().numpy()
+        return logits[:, 1] - logits[:, 0]
+
+    def loss(self, arrays: Sequence[np.ndarray]) -> float:
+        logits = predict_logits(from_arrays(self.arch, arrays), self.images)
+        return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(self.labels)))
+
+    def __call__(self, coalition: frozenset[str]) -> float:
+        if coalition not in self.cache:
+            arrays = coalition_arrays(self.archive, coalition)
+            self.cache[coalition] = roc_auc(self.scores(arrays), self.labels)
+        return self.cache[coalition]
+
+
+def exact_shapley(
+    players: Sequence[str], utility: Callable[[frozenset[str]], float]
+) -> dict[str, float]:
+    n = len(players)
+    values = dict.fromkeys(players, 0.0)
+    for player in players:
+        others = [p for p in players if p != player]
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for subset in itertools.combinations(others, size):
+                s = frozenset(subset)
+                values[player] += weight * (utility(s | {player}) - utility(s))
+    return values
+
+
+def monte_carlo_shapley(
+    players: Sequence[str], utility: Callable[[frozenset[str]], float], permutations: int, seed: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean marginal contribution over random orders, and its standard error."""
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {p: [] for p in players}
+    for _ in range(permutations):
+        order = list(players)
+        rng.shuffle(order)
+        coalition: frozenset[str] = frozenset()
+        before = utility(coalition)
+        for player in order:
+            coalition = coalition | {player}
+            after = utility(coalition)
+            samples[player].append(after - before)
+            before = after
+    means = {p: float(np.mean(v)) for p, v in samples.items()}
+    errors = {
+        p: float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+        for p, v in samples.items()
+    }
+    return means, errors
+
+
+def loss_delta_tokens(archive: Archive, utility: Utility) -> dict[str, float]:
+    """Per hospital: the eval-loss drop its change alone gave each round's global model, summed."""
+    tokens = dict.fromkeys(archive.hospitals, 0.0)
+    current = [np.array(a) for a in archive.initial]
+    for updates, aggregate in zip(archive.rounds, archive.aggregates, strict=True):
+        before = utility.loss(current)
+        for name, update in updates.items():
+            tokens[name] += before - utility.loss(_plus(current, update.arrays))
+        current = _plus(current, aggregate)
+    return tokens
+
+
+def payment_shares(values: dict[str, float], sizes: dict[str, int]) -> dict[str, float]:
+    """Floor at 0 and renormalise; if nothing is positive, shares by data size."""
+    floored = {k: max(0.0, v) for k, v in values.items()}
+    total = sum(floored.values())
+    if total <= 0:
+        size_total = sum(sizes.values()) or 1
+        return {k: sizes.get(k, 0) / size_total for k in values}
+    return {k: v / total for k, v in floored.items()}
+
+
+def measure(checkpoint: Path, *, permutations: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Measure every hospital's contribution to ``checkpoint``; write ``<stem>.contribution.json``."""
+    paths = FederatedPaths.for_checkpoint(checkpoint)
+    provenance: dict[str, Any] = json.loads(paths.outputs.provenance.read_text())
+    if provenance.get("training", {}).get("type") != "federated":
+        raise ContributionError(f"{checkpoint} was not trained by the federation")
+    sizes = {
+        h["pseudonym"]: int(h.get("claimed_data", {}).get("size", 0) or 0)
+        for h in provenance["hospitals"]
+        if h["status"] == "included"
+    }
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "model_version": file_sha256(checkpoint),
+        "checkpoint": str(checkpoint),
+    }
+    if provenance["training"].get("secure_aggregation"):
+        total = sum(sizes.values()) or 1
+        record |= {
+            "method": "data-size (SecAgg+)",
+            "utility": None,
+            "refused": "SecAgg+ hid every hospital's update; measuring contribution would need "
+            "coalition sums, whose differences reveal single updates. Paid by claimed data size.",
+            "hospitals": {
+                name: {"share": size / total, "shapley": None, "shapley_se": None,
+                       "loss_delta_tokens": None, "data_size": size}
+                for name, size in sizes.items()
+            },
+        }  # fmt: skip
+        write_json(_path(checkpoint), record)
+        return record
+    archive = load_archive(paths.updates)
+    arch = Architecture(**provenance["architecture"])
+    eval_set = ImageFolder(Path(provenance["eval_data"]["dir"]), Preprocessing(arch.image_size))
+    utility = Utility(arch, archive, eval_set.images, eval_set.labels.numpy())
+    players = sorted(set(sizes) | set(archive.hospitals))
+    if len(players) <= EXACT_LIMIT:
+        values = exact_shapley(players, utility)
+        errors: dict[str, float | None] = dict.fromkeys(players)
+        method = f"exact-shapley ({2 ** len(players)} coalitions)"
+    else:
+        mc, se = monte_carlo_shapley(players, utility, permutations, seed)
+        values, errors = mc, dict(se)
+        method = f"monte-carlo-shapley ({permutations} permutations)"
+    tokens = loss_delta_tokens(archive, utility)
+    shares = payment_shares(values, sizes)
+    record |= {
+        "method": method,
+        "utility": "eval AUC of the model rebuilt from the coalition's stored per-round updates "
+        f"(FedAvg replay), on {len(eval_set)} images of {provenance['eval_data']['dir']}",
+        "utility_all": utility(frozenset(players)),
+        "utility_none": utility(frozenset()),
+        "hospitals": {
+            name: {
+                "share": shares[name],
+                "shapley": values[name],
+                "shapley_se": errors[name],
+                "loss_delta_tokens": tokens.get(name, 0.0),
+                "data_size": sizes.get(name, 0),
+            }
+            for name in players
+        },
+    }
+    write_json(_path(checkpoint), record)
+    return record
+
+
+def _path(checkpoint: Path) -> Path:
+    stem = Path(checkpoint).with_suffix("")
+    return stem.with_name(stem.name + ".contribution.json")
