@@ -135,8 +135,9 @@ def augment(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 4)
     )
 
 
-#: Augmentation profiles: ``basic`` (flips and shifts, the first seed model's) and ``robust``.
-AUGMENTATIONS = ("basic", "robust")
+#: Augmentation profiles: ``basic`` (flips and shifts, the first seed model's), ``robust``
+#: (scanner differences at full strength) and ``mild`` (half the ranges, half the images).
+AUGMENTATIONS = ("basic", "mild", "robust")
 
 
 def _smooth_fields(n: int, size: int, grid: int, generator: torch.Generator) -> torch.Tensor:
@@ -148,7 +149,7 @@ def _smooth_fields(n: int, size: int, grid: int, generator: torch.Generator) -> 
 
 
 def augment_robust(
-    batch: torch.Tensor, generator: torch.Generator, max_shift: int = 4
+    batch: torch.Tensor, generator: torch.Generator, max_shift: int = 4, strength: float = 1.0
 ) -> torch.Tensor:
     """Scanner-difference augmentations of a standardised ``N x 1 x S x S`` batch.
 
@@ -156,11 +157,15 @@ def augment_robust(
     (0.9-1.1), then on the image's [0, 1] range: gamma 0.7-1.4 (contrast), a smooth
     multiplicative bias field up to exp(±0.35), Gaussian noise with sigma up to 0.06; then
     re-standardised per image, as :mod:`models.preprocessing` does at inference.
+    ``strength`` < 1 scales every range down and leaves ``1 - strength`` of the images with
+    flips and shifts only.
     """
     batch = augment(batch, generator, max_shift)
+    plain = batch
     n, size = len(batch), batch.shape[-1]
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * torch.pi / 18
-    scale = 0.9 + torch.rand(n, generator=generator) * 0.2
+    k = strength
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * torch.pi / 18 * k
+    scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * 0.1 * k
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)],
@@ -173,12 +178,16 @@ def augment_robust(
     )
     span = batch.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     unit = (batch / span).clamp(0, 1)
-    gamma = 0.7 + torch.rand(n, 1, 1, 1, generator=generator) * 0.7
+    gamma = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 0.7 - 0.3) * k  # 0.7-1.4 at k=1
     unit = unit.pow(gamma)
-    bias = torch.rand(n, 1, 1, 1, generator=generator) * 0.35
+    bias = torch.rand(n, 1, 1, 1, generator=generator) * 0.35 * k
     unit = unit * torch.exp(bias * _smooth_fields(n, size, 4, generator))
-    sigma = torch.rand(n, 1, 1, 1, generator=generator) * 0.06
+    sigma = torch.rand(n, 1, 1, 1, generator=generator) * 0.06 * k
     unit = unit + sigma * torch.randn(batch.shape, generator=generator)
     mean = unit.mean(dim=(1, 2, 3), keepdim=True)
     std = unit.std(dim=(1, 2, 3), keepdim=True, correction=0)
-    return (unit - mean) / (std + 1e-6)
+    out = (unit - mean) / (std + 1e-6)
+    if strength >= 1.0:
+        return out
+    keep = torch.rand(n, generator=generator) >= strength
+    return torch.where(keep[:, None, None, None], plain, out)

@@ -35,6 +35,10 @@ class EncryptedValidation:
     argmax_agreement_pct: float
     max_abs_logit_difference_error: float
     seconds_per_image: float  # median over batches, party 0's clock
+    #: the unfamiliarity bit (None when the checkpoint carries no detector): share of images
+    #: whose encrypted bit equals the plaintext detector's, and share flagged
+    unfamiliar_agreement_pct: float | None = None
+    unfamiliar_flagged_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +46,7 @@ class EncryptedValidation:
 
 def _party(
     rank: int, checkpoint_path: str, eval_dir: str, limit: int | None, batch_size: int
-) -> tuple[torch.Tensor, list[float]] | None:
+) -> tuple[torch.Tensor, torch.Tensor | None, list[float]] | None:
     from models.crypten_compat import load_crypten
 
     crypten = load_crypten()
@@ -54,18 +58,21 @@ def _party(
         images = ImageFolder(Path(eval_dir), Preprocessing(size), limit=limit).images
     count = comm.broadcast_obj(None if images is None else len(images), IMAGE_OWNER)
     differences: list[torch.Tensor] = []
+    flags: list[torch.Tensor] = []
     seconds: list[float] = []
     for start in range(0, count, batch_size):
         n = min(batch_size, count - start)
         batch = None if images is None else images[start : start + n]
         began = time.perf_counter()
-        revealed = classifier.logit_differences(batch, n)
+        revealed = classifier.outputs(batch, n)
         seconds.append((time.perf_counter() - began) / n)
         if revealed is not None:
-            differences.append(revealed)
+            differences.append(revealed[0])
+            if revealed[1] is not None:
+                flags.append(revealed[1])
     if rank == MODEL_OWNER:
         return None
-    return torch.cat(differences), seconds
+    return torch.cat(differences), torch.cat(flags) if flags else None, seconds
 
 
 def validate_encrypted(
@@ -77,7 +84,7 @@ def validate_encrypted(
     provider: str = "TFP",
 ) -> EncryptedValidation:
     """Plaintext vs encrypted accuracy, argmax agreement, logit error and speed on ``eval_dir``."""
-    encrypted, seconds = run_parties(
+    encrypted, encrypted_flags, seconds = run_parties(
         _party, str(checkpoint_path), str(eval_dir), limit, batch_size, provider=provider
     )[IMAGE_OWNER]
     checkpoint = load_checkpoint(checkpoint_path)
@@ -89,6 +96,18 @@ def validate_encrypted(
     plain = logits[:, 1] - logits[:, 0]  # unscaled logit difference
     encrypted_unscaled = encrypted * checkpoint.temperature
     plain_label, encrypted_label = (plain > 0).long(), (encrypted_unscaled > 0).long()
+    agreement = flagged = None
+    if checkpoint.detector is not None and encrypted_flags is not None:
+        from models.encrypted import fold
+        from models.encrypted_unfamiliarity import plain_features
+
+        arch = checkpoint.architecture
+        params = fold(checkpoint.model(), arch, checkpoint.temperature)
+        with torch.no_grad():
+            features = plain_features(arch, params, data.images, checkpoint.detector.features)
+        plain_flags = checkpoint.detector.flags(features)
+        agreement = 100.0 * float((plain_flags == (encrypted_flags > 0.5)).float().mean())
+        flagged = 100.0 * float((encrypted_flags > 0.5).float().mean())
     return EncryptedValidation(
         images=len(data),
         backbone=checkpoint.architecture.backbone,
@@ -99,6 +118,8 @@ def validate_encrypted(
         argmax_agreement_pct=100.0 * float((plain_label == encrypted_label).float().mean()),
         max_abs_logit_difference_error=float((encrypted_unscaled - plain).abs().max()),
         seconds_per_image=statistics.median(seconds),
+        unfamiliar_agreement_pct=agreement,
+        unfamiliar_flagged_pct=flagged,
     )
 
 

@@ -113,8 +113,11 @@ def train(
         for batch in bar:
             x, y = images[batch], labels[batch]
             if config.augment:
-                robust = config.augmentation == "robust"
-                x = augment_robust(x, generator) if robust else augment(x, generator)
+                if config.augmentation == "basic":
+                    x = augment(x, generator)
+                else:
+                    strength = 1.0 if config.augmentation == "robust" else 0.5
+                    x = augment_robust(x, generator, strength=strength)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad()

@@ -47,6 +47,7 @@ ENCRYPTED_KEYS = (
     "argmax_agreement_pct",
     "max_abs_logit_difference_error",
     "seconds_per_image",
+    "unfamiliar_agreement_pct",
 )
 
 

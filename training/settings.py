@@ -65,7 +65,8 @@ class TrainSettings:
     augmentation: str = field(
         default="robust",
         metadata=flag(
-            "basic (flips, shifts) or robust (+ rotation, scale, contrast, bias field, noise)"
+            "basic (flips, shifts), robust (+ rotation, scale, contrast, bias field, noise) "
+            "or mild (robust at half strength on half the images)"
         ),
     )
     train_limit: int | None = field(

@@ -170,6 +170,7 @@ def test_cli_validate_encrypted_merges_two_party_figures(tiny_root: Path, tmp_pa
     assert encrypted["images"] == 4
     assert encrypted["argmax_agreement_pct"] >= 75.0
     assert encrypted["max_abs_logit_difference_error"] < 0.5
+    assert encrypted["unfamiliar_agreement_pct"] >= 75.0  # the detector's bit, encrypted
     passport = json.loads((out.parent / "lenet.provenance.json").read_text())
     assert passport["metrics"]["encrypted_validation"]["images"] == 4
     assert "argmax_agreement_pct" in result.stderr
