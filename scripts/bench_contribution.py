@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--permutations", type=int, default=50)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-contribution")
+    parser.add_argument(
+        "--eval-dir", type=Path, default=None,
+        help="an existing generated eval folder (default: generate one in the workdir)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             generate_site(
                 data / name, site_profile(index), count=args.images_per_hospital, seed=900 + index
             )
-    eval_dir = data / "eval"
+    eval_dir = args.eval_dir or data / "eval"
     if not (eval_dir / "dataset.json").is_file():
         generate_eval(eval_dir, count=args.eval_images, seed=999)
     hospitals = [
