@@ -20,6 +20,8 @@ ALLOWED = {
     "marketplace.storage": ("marketplace.storage", "marketplace.domain", "infra"),
     "marketplace": ("marketplace", "infra"),
     "models": ("models", "infra"),
+    # Passports: the model owner's statements on the chain the Ocean side runs (issue 15).
+    "models.passport": ("models", "marketplace.ocean", "infra"),
     "training": ("training", "models", "infra"),
     "predictor": ("predictor", "marketplace", "models", "infra"),
 }

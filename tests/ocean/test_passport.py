@@ -1,0 +1,274 @@
+"""Model passports on the real local chain (ganache + Ocean's contracts from the fixtures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.net import free_port
+from marketplace.ocean.chain import ChainUnavailable
+from marketplace.ocean.passport import (
+    DocumentMismatch,
+    PassportChain,
+    PassportNotFound,
+    WriteRefused,
+    canonical,
+)
+from marketplace.ocean.settings import account, dev_key
+from models.checkpoint import file_sha256
+from models.passport import entry as passport_entry
+from models.passport.registry import (
+    PassportSettings,
+    Unattested,
+    history,
+    mint,
+    show,
+    verify_checkpoint,
+)
+from tests.ocean.conftest import Chain
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT / "models" / "lenet.pth"
+SEED_PROVENANCE = ROOT / "models" / "lenet.provenance.json"
+
+
+@pytest.fixture
+def passports(chain: Chain, tmp_path: Path) -> PassportSettings:
+    return PassportSettings(
+        rpc_url=chain.node.url, address_file=chain.address_file, documents_dir=tmp_path / "docs"
+    )
+
+
+def checkpoint_copy(folder: Path, name: str, flip_byte_at: int | None = None) -> tuple[Path, dict]:
+    """A copy of the seed checkpoint (one byte changed when asked) and its provenance record."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.pth"
+    shutil.copyfile(SEED, path)
+    if flip_byte_at is not None:
+        data = bytearray(path.read_bytes())
+        data[flip_byte_at] ^= 0x01
+        path.write_bytes(bytes(data))
+    provenance = json.loads(SEED_PROVENANCE.read_text())
+    provenance["checkpoint_sha256"] = file_sha256(path)
+    (folder / f"{name}.provenance.json").write_text(json.dumps(provenance))
+    return path, provenance
+
+
+def lineage_name() -> str:
+    return "test-" + uuid.uuid4().hex[:8]
+
+
+def test_mint_then_show_every_field(passports: PassportSettings, tmp_path: Path) -> None:
+    checkpoint, provenance = checkpoint_copy(tmp_path, "model")
+    name = lineage_name()
+    result = mint(
+        passports.chain(),
+        passports.documents(),
+        passports.wallet(),
+        checkpoint,
+        provenance,
+        lineage=name,
+    )
+    assert result.minted and result.attestation.version == 1
+    assert [g.step for g in result.gas] == ["mint passport NFT", "write passport entry v1"]
+
+    lineage, views = show(passports.chain(), passports.documents(), result.attestation.passport_id)
+    assert lineage.name == name and lineage.creator == passports.owner
+    assert len(views) == 1 and views[0].problem is None
+    full = views[0].full
+    assert full is not None
+    assert set(passport_entry.FIELDS) <= set(full)
+    assert full["schema"] == 1 and full["version"] == 1 and full["parent"] is None
+    assert full["checkpoint_sha256"] == file_sha256(checkpoint)
+    assert full["architecture"]["backbone"] == "lenet"
+    assert full["training"]["type"] == "central"
+    assert {d["role"] for d in full["datasets"]} == {"train", "eval"}
+    assert all(len(d["sha256"]) == 64 and d["size"] > 0 for d in full["datasets"])
+    assert set(full["metrics"]) >= {"auc", "sensitivity", "specificity", "ece"}
+    assert any("generated data" in limit for limit in full["limits"])
+    assert full["date"] == provenance["trained_at_utc"]
+    # the on-chain entry names its document by hash; the document holds the provenance
+    document = json.loads(passports.documents().get(views[0].entry["document"]["sha256"]))
+    assert document["provenance"]["checkpoint_sha256"] == full["checkpoint_sha256"]
+
+
+def test_minting_the_same_checkpoint_twice_writes_nothing(
+    passports: PassportSettings, tmp_path: Path
+) -> None:
+    checkpoint, provenance = checkpoint_copy(tmp_path, "model")
+    name = lineage_name()
+    args = (passports.chain(), passports.documents(), passports.wallet(), checkpoint, provenance)
+    first = mint(*args, lineage=name)
+    again = mint(*args, lineage=name)
+    assert not again.minted and again.gas == ()
+    assert again.attestation == first.attestation
+    chain = passports.chain()
+    assert [lin.name for lin in chain.lineages(passports.owner)].count(name) == 1
+    assert len(chain.entries(first.attestation.passport_id)) == 1
+
+
+def test_history_lists_every_version_in_order(passports: PassportSettings, tmp_path: Path) -> None:
+    name = lineage_name()
+    shas = []
+    for index in range(3):
+        checkpoint, provenance = checkpoint_copy(tmp_path / str(index), "model", 200 + index)
+        result = mint(
+            passports.chain(),
+            passports.documents(),
+            passports.wallet(),
+            checkpoint,
+            provenance,
+            lineage=name,
+        )
+        assert result.attestation.version == index + 1
+        shas.append(file_sha256(checkpoint))
+    lineage, changes = history(passports.chain(), result.attestation.passport_id)
+    assert [c.version for c in changes] == [1, 2, 3]
+    assert [c.value["checkpoint_sha256"] for c in changes if c.value] == shas
+    assert [(c.block, c.log_index) for c in changes] == sorted(
+        (c.block, c.log_index) for c in changes
+    )
+    _, views = show(passports.chain(), passports.documents(), lineage.passport_id)
+    assert [v.entry["parent"] for v in views] == [
+        None,
+        {"version": 1, "checkpoint_sha256": shas[0]},
+        {"version": 2, "checkpoint_sha256": shas[1]},
+    ]
+
+
+def test_a_non_owner_write_reverts(passports: PassportSettings, tmp_path: Path) -> None:
+    checkpoint, provenance = checkpoint_copy(tmp_path, "model")
+    result = mint(
+        passports.chain(),
+        passports.documents(),
+        passports.wallet(),
+        checkpoint,
+        provenance,
+        lineage=lineage_name(),
+    )
+    passport_id = result.attestation.passport_id
+    chain = passports.chain()
+    before = chain.entry(passport_id, 1)
+    forged: dict[str, Any] = dict(before or {}) | {"checkpoint_sha256": "0" * 64}
+    intruder = account(dev_key(1))
+    with pytest.raises(WriteRefused, match="only the passport's owner"):
+        chain.write_entry(passport_id, 1, forged, intruder)
+    with pytest.raises(WriteRefused):
+        chain.write_entry(passport_id, 2, forged, intruder)
+    assert chain.entry(passport_id, 1) == before
+    assert chain.entry(passport_id, 2) is None
+    assert [c.version for c in chain.history(passport_id)] == [1]
+
+
+def test_a_tampered_document_is_detected(passports: PassportSettings, tmp_path: Path) -> None:
+    checkpoint, provenance = checkpoint_copy(tmp_path, "model")
+    result = mint(
+        passports.chain(),
+        passports.documents(),
+        passports.wallet(),
+        checkpoint,
+        provenance,
+        lineage=lineage_name(),
+    )
+    entry = passports.chain().entry(result.attestation.passport_id, 1)
+    assert entry is not None
+    path = passports.documents().path(entry["document"]["sha256"])
+    document = json.loads(path.read_text())
+    document["entry"]["metrics"]["auc"] = 0.99  # a better figure than the one minted
+    path.write_bytes(canonical(document))
+    with pytest.raises(DocumentMismatch, match="changed after minting"):
+        passports.documents().get(entry["document"]["sha256"])
+    with pytest.raises(passport_entry.EntryError, match="does not match the hash on chain"):
+        show(passports.chain(), passports.documents(), result.attestation.passport_id)
+    # the same bytes handed over under their own hash: the chain's hash still refuses them
+    with pytest.raises(passport_entry.EntryError, match="not the document that was minted"):
+        passport_entry.expand(entry, canonical(document))
+
+
+def test_verify_finds_the_file_and_refuses_one_changed_byte(
+    passports: PassportSettings, tmp_path: Path
+) -> None:
+    checkpoint, provenance = checkpoint_copy(tmp_path, "model", 300)
+    result = mint(
+        passports.chain(),
+        passports.documents(),
+        passports.wallet(),
+        checkpoint,
+        provenance,
+        lineage=lineage_name(),
+    )
+    assert verify_checkpoint(passports, checkpoint) == result.attestation
+    data = bytearray(checkpoint.read_bytes())
+    data[-10] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(Unattested, match="matches no version"):
+        verify_checkpoint(passports, checkpoint)
+
+
+def test_unknown_passport_and_chain_down_are_clear_errors(
+    passports: PassportSettings, tmp_path: Path
+) -> None:
+    with pytest.raises(PassportNotFound, match="no model passport"):
+        show(passports.chain(), passports.documents(), "0x" + "12" * 20)
+    with pytest.raises(PassportNotFound, match="not a passport id"):
+        passports.chain().lineage("not-an-address")
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ChainUnavailable):
+        PassportChain(down, passports.address_file)
+    checkpoint, _ = checkpoint_copy(tmp_path, "model")
+    settings = PassportSettings(rpc_url=down, address_file=passports.address_file)
+    with pytest.raises(Unattested, match="unreachable"):
+        verify_checkpoint(settings, checkpoint)
+
+
+@pytest.mark.slow  # seven fresh interpreters
+def test_the_cli_mints_shows_verifies_and_lists_history(
+    passports: PassportSettings, tmp_path: Path
+) -> None:
+    checkpoint, _ = checkpoint_copy(tmp_path, "cli-" + uuid.uuid4().hex[:6], 400)
+    flags = [
+        "--rpc-url", passports.rpc_url,
+        "--address-file", str(passports.address_file),
+        "--documents-dir", str(passports.documents_dir),
+    ]  # fmt: skip
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "models.passport", *args, *flags],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+    minted = cli("mint", str(checkpoint))
+    assert minted.returncode == 0, minted.stderr
+    record = json.loads(minted.stdout)
+    assert record["minted"] is True and record["version"] == 1
+    assert all(g["gas_used"] > 0 for g in record["gas"])
+    again = cli("mint", str(checkpoint))
+    assert json.loads(again.stdout)["minted"] is False
+    shown = cli("show", record["passport_id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "(checked)" in shown.stdout and checkpoint.stem in shown.stdout
+    assert cli("verify", str(checkpoint)).returncode == 0
+    assert "v1 checkpoint" in cli("history", str(checkpoint)).stdout
+    missing = cli("show", "0x" + "34" * 20)
+    assert missing.returncode == 1 and "no model passport" in missing.stderr
+    data = bytearray(checkpoint.read_bytes())
+    data[-1] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    refused = cli("verify", str(checkpoint))
+    assert refused.returncode == 1 and refused.stdout.startswith("NOT ATTESTED")
+
+
+def test_both_modules_hash_the_same_bytes() -> None:
+    value = {"b": [1, 2.5, None], "a": "é"}
+    assert passport_entry.canonical(value) == canonical(value)
