@@ -102,18 +102,24 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def benchmark_checkpoint(models_dir: Path, backbone: str, workdir: Path) -> tuple[Path, str]:
-    """``models_dir/<backbone>.pth`` if trained, else freshly initialised weights in ``workdir``.
+def benchmark_checkpoint(
+    models_dir: Path, backbone: str, workdir: Path, image_size: int | None = None
+) -> tuple[Path, str]:
+    """``models_dir/<backbone>.pth`` if trained (at ``image_size``, when given), else freshly
+    initialised weights in ``workdir``.
 
     For timing runs: encrypted latency does not depend on the weights' values. The second
     item says which one was used, for the benchmark's table.
     """
     trained = Path(models_dir) / f"{backbone}.pth"
     if trained.exists():
-        return trained, "trained"
-    from models.nets import default_architecture
+        size = load_checkpoint(trained).architecture.image_size
+        if image_size is None or size == image_size:
+            return trained, "trained"
+    from models.nets import Architecture, default_architecture
 
-    arch = default_architecture(backbone)
-    path = Path(workdir) / f"{backbone}-random.pth"
+    base = default_architecture(backbone)
+    arch = Architecture(backbone, image_size or base.image_size, base.activation)
+    path = Path(workdir) / f"{backbone}-{arch.image_size}-random.pth"
     save_checkpoint(path, build_model(arch).eval(), arch, 1.0)
     return path, "random init"

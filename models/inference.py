@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -54,6 +55,9 @@ class ModelCard:
     detector: DetectorCard | None = None
     #: screening operating point on the calibrated P(tumor) (public, in the provenance too)
     decision_threshold: float = 0.5
+    #: which version this is, as party 1 checked it against its passport on chain before
+    #: serving: ``{"model_version", "passport_id", "attested"}`` (None: not announced)
+    passport: dict[str, Any] | None = None
 
 
 class EncryptedClassifier:
@@ -63,6 +67,7 @@ class EncryptedClassifier:
         rank: int,
         checkpoint: Checkpoint | None = None,
         model_sha256: str = "",
+        passport: dict[str, Any] | None = None,
     ) -> None:
         if (rank == MODEL_OWNER) != (checkpoint is not None):
             raise ValueError("exactly the model owner (party 1) passes the checkpoint")
@@ -77,6 +82,7 @@ class EncryptedClassifier:
                 "model_sha256": model_sha256,
                 "detector": None if detector is None else DetectorCard.of(detector).to_dict(),
                 "decision_threshold": checkpoint.decision_threshold,
+                "passport": passport,
             }
         card = comm.broadcast_obj(card, MODEL_OWNER)
         detector_card = card.get("detector")
@@ -85,6 +91,7 @@ class EncryptedClassifier:
             card["model_sha256"],
             None if detector_card is None else DetectorCard(**detector_card),
             float(card.get("decision_threshold", 0.5)),
+            card.get("passport"),
         )
         arch = self.card.architecture
         model = None if checkpoint is None else checkpoint.model()
@@ -172,7 +179,9 @@ class ForwardCost:
     seconds: float
     all_seconds: tuple[float, ...]  # every timed repeat, rounded to 0.1 ms
     rounds: float  # communication rounds
-    bytes: float  # bytes this party sent
+    bytes: float  # bytes this party sent, as CrypTen counts them (an all-reduce counts twice)
+    #: bytes this party put on the peer link (payload and framing); None over gloo
+    wire_bytes: float | None = None
 
 
 def measure_forward(
@@ -191,20 +200,26 @@ def measure_forward(
         images = torch.randn(batch, *classifier.image_shape)
     run = classifier.outputs if unfamiliarity else classifier.logit_differences
     run(images, batch)
+    link = getattr(comm, "peer_link", None)  # models.crypten_compat.use_peer_link
     times: list[float] = []
     rounds: list[float] = []
     sent: list[float] = []
+    wire: list[float] = []
     for _ in range(reps):
         comm.reset_communication_stats()
+        on_wire = link.bytes_sent if link is not None else 0
         started = time.perf_counter()
         run(images, batch)
         times.append(time.perf_counter() - started)
         stats = comm.get_communication_stats()
         rounds.append(stats["rounds"])
         sent.append(stats["bytes"])
+        if link is not None:
+            wire.append(link.bytes_sent - on_wire)
     return ForwardCost(
         seconds=statistics.median(times),
         all_seconds=tuple(round(t, 4) for t in times),
         rounds=statistics.median(rounds),
         bytes=statistics.median(sent),
+        wire_bytes=statistics.median(wire) if wire else None,
     )

@@ -77,6 +77,7 @@ class PeerLink:
         self._outbox = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="peer-link-send", daemon=True)
         self._sender.start()
+        self.bytes_sent = 0  # payload and framing, since the link opened
         self.buffer_bytes = (
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
@@ -186,6 +187,7 @@ class PeerLink:
 
     def send_bytes(self, data: bytes) -> None:
         future: Future[None] = Future()
+        self.bytes_sent += _HEADER + len(data)
         self._outbox.put(([len(data).to_bytes(_HEADER, "little") + data], future))
         future.result()
 
@@ -202,6 +204,7 @@ class PeerLink:
         parts: list[memoryview | bytes]
         parts = [b"".join([header, *views])] if total < _SMALL else [header, *views]
         future: Future[None] = Future()
+        self.bytes_sent += _HEADER + total
         self._outbox.put((parts, future))
         return future
 

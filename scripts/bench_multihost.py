@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,37 +53,85 @@ PORT = 29611  # plain veth runs count up from here
 TUNNEL_PORT = 29811  # tunnel runs count up from here; mpc_tunnel fences these off the veth
 TUNNEL_PORTS = "29800-29999"
 LINKS = ("veth", "wireguard")
+TRANSPORTS = ("link", "gloo")
+PROBE = "probe"  # the round-trip probe instead of a model
+PROBE_ROUNDS = 20
+LOOPBACK = "loopback"  # both parties on 127.0.0.1, outside the namespaces: the compute baseline
 
 
-def party(rank: int, checkpoint: str, reps: int, master_addr: str, port: int) -> ForwardCost:
-    """One party of the benchmark (run inside its namespace): warm-up, then ``reps`` images."""
+def party(
+    rank: int, checkpoint: str, reps: int, master_addr: str, port: int, transport: str
+) -> ForwardCost:
+    """One party of the benchmark (run inside its namespace): warm-up, then ``reps`` images;
+    checkpoint ``probe``: ``PROBE_ROUNDS`` one-element all-reduces instead of an image."""
     from models.inference import EncryptedClassifier, measure_forward
     from models.mpc import PartyConfig, init_party
 
-    crypten = init_party(PartyConfig(rank=rank, master_port=port, master_addr=master_addr))
+    config = PartyConfig(
+        rank=rank, master_port=port, master_addr=master_addr, peer_link=transport == "link"
+    )
+    crypten = init_party(config)
     try:
+        if checkpoint == PROBE:
+            return probe_rounds(crypten, reps)
         # Party 1 (model owner) reads the checkpoint; party 0 (image owner) never does.
         return measure_forward(EncryptedClassifier.for_party(crypten, rank, checkpoint), 1, reps)
     finally:
         crypten.uninit()
 
 
+def probe_rounds(crypten: ModuleType, reps: int) -> ForwardCost:
+    """``PROBE_ROUNDS`` back-to-back rounds of the smallest kind (a one-element all-reduce, as
+    in every Beaver multiplication): what one round costs on the transport, without compute."""
+    import statistics
+    import time
+
+    import torch
+
+    from models.inference import ForwardCost
+
+    comm = crypten.communicator.get()
+    crypten.cfg.communicator.verbose = True
+    one = torch.ones(1, dtype=torch.long)
+    comm.all_reduce(one)  # warm-up
+    times, rounds = [], []
+    for _ in range(reps):
+        comm.reset_communication_stats()
+        started = time.perf_counter()
+        for _ in range(PROBE_ROUNDS):
+            comm.all_reduce(one)
+        times.append(time.perf_counter() - started)
+        rounds.append(comm.get_communication_stats()["rounds"])
+    return ForwardCost(
+        statistics.median(times), tuple(round(t, 4) for t in times), statistics.median(rounds), 0
+    )
+
+
 def measure(
-    hosts: TwoHosts, link: str, checkpoint: Path, reps: int, port: int, timeout: float
+    hosts: TwoHosts,
+    link: str,
+    checkpoint: Path | str,
+    reps: int,
+    port: int,
+    timeout: float,
+    transport: str = "link",
+    loopback: bool = False,
 ) -> dict:
-    """Both parties, each in its namespace, over ``link``; party 0's figures."""
+    """Both parties, each in its namespace, over ``link`` (``loopback``: both on 127.0.0.1
+    outside the namespaces); party 0's figures, plus party 1's bytes on the wire."""
     tunnel = link == "wireguard"
-    master_addr = TUNNEL_ADDR[0] if tunnel else ADDR[0]
+    master_addr = "127.0.0.1" if loopback else TUNNEL_ADDR[0] if tunnel else ADDR[0]
     procs = []
     for rank in (0, 1):
         # gloo's pairwise connections use the address of this interface (without it, that of
         # the hostname): over the tunnel it must name the tunnel, or shares bypass it
-        ifname = hosts.wg[rank] if tunnel else hosts.dev[rank]
+        ifname = "lo" if loopback else hosts.wg[rank] if tunnel else hosts.dev[rank]
         env = {**os.environ, "GLOO_SOCKET_IFNAME": ifname, "PYTHONUNBUFFERED": "1"}
+        netns = [] if loopback else ["ip", "netns", "exec", hosts.ns[rank]]
         argv = [
-            "ip", "netns", "exec", hosts.ns[rank], sys.executable, __file__,
+            *netns, sys.executable, __file__,
             "--party", str(rank), "--checkpoint", str(checkpoint), "--reps", str(reps),
-            "--master-addr", master_addr, "--master-port", str(port),
+            "--master-addr", master_addr, "--master-port", str(port), "--transport", transport,
         ]  # fmt: skip
         procs.append(
             subprocess.Popen(
@@ -101,29 +150,67 @@ def measure(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return outs[0]  # party 0's clock: from sharing the image to holding the answer
+    # party 0's clock: from sharing the image to holding the answer
+    return {**outs[0], "peer_wire_bytes": outs[1]["wire_bytes"]}
 
 
-def _rtt(rtt: float | None) -> str:
-    return "veth" if rtt is None else f"{rtt:g}"
+def _rtt(rtt: float | str | None) -> str:
+    return "veth" if rtt is None else rtt if isinstance(rtt, str) else f"{rtt:g}"
 
 
 def _link(link: str) -> str:
     return "WireGuard" if link == "wireguard" else "plain"
 
 
+def _same(row: dict, other: dict, *keys: str) -> bool:
+    return all(row.get(k) == other.get(k) for k in keys)
+
+
 def _overhead(row: dict, rows: list[dict]) -> str:
-    """The tunnel's cost against the plain row of the same model and RTT."""
+    """The tunnel's cost against the plain row of the same model, transport and RTT."""
     if row.get("link", "veth") != "wireguard":
         return ""
     for plain in rows:
-        same = plain["backbone"] == row["backbone"] and plain["rtt_ms"] == row["rtt_ms"]
-        if same and plain.get("link", "veth") == "veth":
+        if _same(row, plain, "model", "rtt_ms", "transport") and plain["link"] == "veth":
             return f"{(row['seconds'] / plain['seconds'] - 1) * 100:+.0f}%"
     return ""
 
 
-def markdown(rows: list[dict], machine: str, mode: str, tunnel: str, when: str) -> str:
+def _wire_bytes(row: dict, rows: list[dict]) -> float:
+    """Bytes the busier direction carries per image: measured on the peer link; a gloo row
+    moves the same payload, so it borrows the link row of its model."""
+    for r in [row, *rows]:
+        if r["model"] == row["model"] and r.get("wire_bytes") is not None:
+            return max(r["wire_bytes"], r.get("peer_wire_bytes") or 0)
+    return row["bytes"] / 2  # CrypTen counts an all-reduce twice
+
+
+def derived(row: dict, rows: list[dict]) -> dict:
+    """Per-round figures and the issue's bound, for rows with a delay line (RTT set >= 1 ms).
+
+    ``per_round``: s/img / (rounds x RTT); ``beyond``: (s/img - loopback s/img of the same
+    model and transport) / (rounds x RTT), what a round costs beyond compute, in RTTs;
+    ``bound``: loopback + 1.5 x rounds x RTT + bytes / bandwidth.
+    """
+    base = next(
+        (r for r in rows if _same(row, r, "model", "transport") and r["rtt_ms"] == LOOPBACK),
+        None,
+    )
+    out: dict = {}
+    rtt = row["rtt_ms"]
+    if not isinstance(rtt, float | int) or rtt < 1 or not row["rounds"]:
+        return out
+    rtt_s = row["ping_ms"] / 1000
+    out["per_round"] = row["seconds"] / (row["rounds"] * rtt_s)
+    if base is not None:
+        out["beyond"] = (row["seconds"] - base["seconds"]) / (row["rounds"] * rtt_s)
+        if row.get("bandwidth_mbit") and row["model"] != PROBE:
+            transfer = _wire_bytes(row, rows) * 8 / (row["bandwidth_mbit"] * 1e6)
+            out["bound"] = base["seconds"] + 1.5 * row["rounds"] * rtt_s + transfer
+    return out
+
+
+def markdown(rows: list[dict], machine: str, mode: str, tunnel: str, when: str, load: str) -> str:
     links = (
         f" 'WireGuard' = the MPC link inside a WireGuard tunnel ({tunnel}) over the same veth, "
         "set up by scripts/mpc_tunnel; 'vs plain' = its time against the plain row of the "
@@ -131,41 +218,95 @@ def markdown(rows: list[dict], machine: str, mode: str, tunnel: str, when: str) 
         if tunnel
         else ""
     )
+    bandwidth = {r.get("bandwidth_mbit") for r in rows if isinstance(r["rtt_ms"], float | int)}
+    limit = ", ".join(f"{b:g} Mbit/s" for b in bandwidth if b) or "not limited"
     lines = [
-        f"Machine: {machine}. Measured in one run started {when}. Two parties in two network namespaces joined by "
-        f"a veth pair; latency added by {mode} (RTT/2 each way); 'veth' = no delay mechanism "
-        "at all. 1 torch thread per party, TFP triples, batch 1, median of repeats, party 0's "
-        f"clock. Measured RTT: 1-byte TCP echo between the namespaces, over the link.{links}",
+        f"Machine: {machine}. Measured in one run started {when}; load average {load}. Two "
+        "parties in two network namespaces joined by a veth pair; latency added by "
+        f"{mode} (RTT/2 each way), bandwidth of the delay line {limit} each way; 'veth' = no "
+        "delay mechanism at all; 'loopback' = both parties on 127.0.0.1 outside the "
+        "namespaces (the compute baseline). 1 torch thread per party, TFP triples, batch 1, "
+        "median of repeats, party 0's clock, random-init weights unless 'trained' (the time "
+        "does not depend on them). Transport 'link' = the parties' direct link "
+        "(models/peer_link.py), 'gloo' = CrypTen's torch.distributed collectives as shipped. "
+        "Measured RTT: 1-byte TCP echo between the namespaces; delay line Mbit/s: 64 MiB "
+        "bulk transfer through it, same setting. 'RTT/round' = s/img / (rounds x RTT); "
+        "'beyond compute' = (s/img - loopback s/img, same model and transport) / (rounds x "
+        "RTT); 'bound' = loopback s/img + 1.5 x rounds x RTT + wire MB / bandwidth. 'probe' "
+        f"= {PROBE_ROUNDS} back-to-back one-element all-reduces (no compute): the cost of one "
+        f"round on the transport.{links}",
         "",
-        "| model | weights | link | RTT set (ms) | measured RTT (ms) | s/img encrypted | "
-        "vs plain | rounds | MB/img |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | transport | link | RTT set (ms) | measured RTT (ms) | delay line Mbit/s | "
+        "s/img encrypted | vs plain | rounds | MB/img (CrypTen count) | wire MB/img | "
+        "RTT/round | beyond compute (RTT/round) | bound s/img | within bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['backbone']} | {r['weights']} | {_link(r.get('link', 'veth'))} | "
-            f"{_rtt(r['rtt_ms'])} | {r['ping_ms']:.2f} | {r['seconds']:.3f} | "
-            f"{_overhead(r, rows)} | {r['rounds']:.0f} | {r['bytes'] / 1e6:.2f} |"
-        )
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    ordered = sorted(  # by model, then transport, then RTT as measured
+        enumerate(rows), key=lambda ir: (models.index(ir[1]["model"]), ir[1]["transport"], ir[0])
+    )
+    for _, r in ordered:
+        d = derived(r, rows)
+        wire = r.get("wire_bytes")
+        cells = [
+            r["model"], r["transport"], _link(r.get("link", "veth")), _rtt(r["rtt_ms"]),
+            f"{r['ping_ms']:.2f}",
+            f"{r['throughput_mbit']:.0f}" if r.get("throughput_mbit") else "",
+            f"{r['seconds']:.3f}", _overhead(r, rows), f"{r['rounds']:.0f}",
+            f"{r['bytes'] / 1e6:.2f}", "" if wire is None else f"{wire / 1e6:.2f}",
+            f"{d['per_round']:.2f}" if "per_round" in d else "",
+            f"{d['beyond']:.2f}" if "beyond" in d else "",
+            f"{d['bound']:.2f}" if "bound" in d else "",
+            ("yes" if r["seconds"] <= d["bound"] else "no") if "bound" in d else "",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def parse_models(spec: str, transports: list[str]) -> list[tuple[str, int | None, list[str]]]:
+    """``lenet,resnet18@128:link,probe`` -> [(backbone, image size or None for its default,
+    transports)]; ``:link`` or ``:gloo`` narrows one model to one transport."""
+    out: list[tuple[str, int | None, list[str]]] = []
+    for item in spec.split(","):
+        model, _, only = item.partition(":")
+        name, _, size = model.partition("@")
+        if only and only not in TRANSPORTS:
+            raise ValueError(f"unknown transport {only!r} in {item!r}; choose from {TRANSPORTS}")
+        out.append((name, int(size) if size else None, [only] if only else transports))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt-ms", default="0,10,50")
-    parser.add_argument("--backbones", default="lenet,resnet18")
+    parser.add_argument(
+        "--backbones",
+        default="probe,lenet,resnet18,resnet18-mpc,resnet18@128,resnet18-mpc@128",
+        help="models, each BACKBONE[@IMAGE_SIZE][:TRANSPORT], or 'probe' (the round-trip probe)",
+    )
     parser.add_argument("--links", default="veth", help="veth, wireguard or both (comma)")
-    parser.add_argument("--reps", type=int, default=5, help="LeNet repeats (ResNet18: 2)")
+    parser.add_argument("--transports", default="link,gloo", help="link, gloo or both (comma)")
+    parser.add_argument(
+        "--bandwidth-mbit", type=float, default=500.0, help="delay line limit each way (0: none)"
+    )
+    parser.add_argument("--reps", type=int, default=5, help="LeNet repeats (ResNets: 2)")
+    parser.add_argument(
+        "--skip-veth", action="store_true", help="no row without the delay line (saves time)"
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
-    parser.add_argument("--timeout-s", type=float, default=300, help="per measurement")
+    parser.add_argument("--timeout-s", type=float, default=600, help="per measurement")
     # internal: one party, started by the script itself inside a namespace
     parser.add_argument("--party", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--master-addr", default=ADDR[0], help=argparse.SUPPRESS)
     parser.add_argument("--master-port", type=int, default=PORT, help=argparse.SUPPRESS)
+    parser.add_argument("--transport", default="link", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.party is not None:
-        cost = party(args.party, args.checkpoint, args.reps, args.master_addr, args.master_port)
+        cost = party(
+            args.party, args.checkpoint, args.reps, args.master_addr, args.master_port,
+            args.transport,
+        )  # fmt: skip
         print(json.dumps(dataclasses.asdict(cost)), flush=True)
         return 0
 
@@ -175,11 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     links = args.links.split(",")
     if unknown := set(links) - set(LINKS):
         parser.error(f"unknown link {sorted(unknown)}; choose from {LINKS}")
+    transports = args.transports.split(",")
+    if unknown := set(transports) - set(TRANSPORTS):
+        parser.error(f"unknown transport {sorted(unknown)}; choose from {TRANSPORTS}")
     if "wireguard" in links and (why := tunnel_available()):
         print(f"[bench_multihost] cannot build the WireGuard tunnel: {why}", file=sys.stderr)
         return 2
-    rtts: list[float | None] = [float(x) for x in args.rtt_ms.split(",")]
-    backbones = args.backbones.split(",")
+    rtts: list[float | str | None] = [float(x) for x in args.rtt_ms.split(",")]
+    try:
+        models = parse_models(args.backbones, transports)
+    except ValueError as exc:
+        parser.error(str(exc))
+    bandwidth = args.bandwidth_mbit or None
     hosts = TwoHosts()
     rows: list[dict] = []
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally below always removes the namespaces.
@@ -187,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: sys.exit(1))
     workdir = Path(tempfile.mkdtemp(prefix="crypto-doctor-multihost-"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    loads: list[float] = []
     try:
         hosts.open()
         print(f"[bench_multihost] namespaces {hosts.ns}, veth {hosts.dev}; latency by "
@@ -194,32 +343,52 @@ def main(argv: list[str] | None = None) -> int:
         if "wireguard" in links:
             hosts.open_tunnel(workdir / "keys", TUNNEL_PORTS)
             print(f"[bench_multihost] WireGuard {hosts.wg} by {hosts.tunnel}", flush=True)
-        if hosts.mode != "tc netem":
-            rtts = [None, *rtts]  # also the plain veth, to show what the delay line itself costs
+        # the compute baseline first, then the plain veth (what the delay line itself costs)
+        rtts = [LOOPBACK, *([] if args.skip_veth else [None]), *rtts]
         ports = {"veth": PORT, "wireguard": TUNNEL_PORT}
         from models.checkpoint import benchmark_checkpoint
 
-        for backbone in backbones:
-            checkpoint, weights = benchmark_checkpoint(ROOT / "models", backbone, workdir)
-            reps = args.reps if backbone == "lenet" else max(1, min(args.reps, 2))
-            for rtt in rtts:
-                hosts.set_rtt(rtt)
-                for link in links:  # side by side, so both see the same machine load
-                    ping = hosts.ping_ms(TUNNEL_ADDR[1] if link == "wireguard" else ADDR[1])
-                    ports[link] += 1
-                    result = measure(hosts, link, checkpoint, reps, ports[link], args.timeout_s)
-                    row = {"backbone": backbone, "weights": weights, "link": link,
-                           "rtt_ms": rtt, "ping_ms": ping, "reps": reps,
-                           "latency_by": "none" if rtt is None else hosts.mode,
-                           **result}  # fmt: skip
-                    rows.append(row)
-                    print(
-                        f"[bench_multihost] {backbone:>8} {_link(link):>9} RTT {_rtt(rtt):>6} "
-                        f"ms (measured {ping:6.2f}): "
-                        f"{result['seconds']:.3f} s/img, {result['rounds']:.0f} rounds, "
-                        f"{result['bytes'] / 1e6:.2f} MB",
-                        flush=True,
-                    )
+        checkpoints: dict[tuple[str, int | None], tuple[str, str, int, list[str]]] = {}
+        for backbone, size, only in models:
+            if backbone == PROBE:
+                checkpoints[(backbone, size)] = (PROBE, "", 0, only)
+                continue
+            path, weights = benchmark_checkpoint(ROOT / "models", backbone, workdir, size)
+            from models.checkpoint import load_checkpoint
+
+            actual = load_checkpoint(path).architecture.image_size
+            checkpoints[(backbone, size)] = (str(path), weights, actual, only)
+        for rtt in rtts:
+            limited = bandwidth if isinstance(rtt, float) else None
+            hosts.set_rtt(rtt if isinstance(rtt, float) else None, limited)
+            loads.append(os.getloadavg()[0])
+            for link in links if rtt != LOOPBACK else ["veth"]:
+                peer = TUNNEL_ADDR[1] if link == "wireguard" else ADDR[1]
+                ping = 0.0 if rtt == LOOPBACK else hosts.ping_ms(peer)
+                throughput = None if rtt == LOOPBACK else hosts.throughput_mbit(peer)
+                for (backbone, _), (checkpoint, weights, actual, only) in checkpoints.items():
+                    name = backbone if backbone == PROBE else f"{backbone} {actual}²"
+                    reps = args.reps if backbone in ("lenet", PROBE) else max(1, min(args.reps, 2))
+                    for transport in only:
+                        ports[link] += 1
+                        result = measure(
+                            hosts, link, checkpoint, reps, ports[link], args.timeout_s,
+                            transport, loopback=rtt == LOOPBACK,
+                        )  # fmt: skip
+                        row = {"model": name, "backbone": backbone, "image_size": actual,
+                               "weights": weights, "link": link, "transport": transport,
+                               "rtt_ms": rtt, "ping_ms": ping, "throughput_mbit": throughput,
+                               "bandwidth_mbit": limited, "reps": reps,
+                               "latency_by": hosts.mode if isinstance(rtt, float) else "none",
+                               **result}  # fmt: skip
+                        rows.append(row)
+                        print(
+                            f"[bench_multihost] {name:>18} {transport:>4} {_link(link):>9} RTT "
+                            f"{_rtt(rtt):>8} ms (measured {ping:6.2f}): "
+                            f"{result['seconds']:.3f} s/img, {result['rounds']:.0f} rounds, "
+                            f"{result['bytes'] / 1e6:.2f} MB",
+                            flush=True,
+                        )
     finally:
         hosts.close()
         shutil.rmtree(workdir, ignore_errors=True)  # holds the tunnel's private keys
@@ -227,11 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, {os.cpu_count()} cores (shared with other work), "
         f"Python {platform.python_version()}"
     )
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine, "measured": when, "latency_by": hosts.mode,
+              "load_average": load, "bandwidth_mbit": bandwidth,
               "tunnel": hosts.tunnel or None, "rows": rows}  # fmt: skip
     (args.out_dir / "multihost.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(rows, machine, hosts.mode, hosts.tunnel, when)
+    table = markdown(rows, machine, hosts.mode, hosts.tunnel, when, load)
     (args.out_dir / "multihost.md").write_text(table)
     print(table)
     return 0

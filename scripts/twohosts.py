@@ -54,14 +54,18 @@ class TwoHosts:
     (kernels built without CONFIG_NET_SCH_NETEM, like this project's CI VM) a userspace
     delay line: in each namespace an nftables rule redirects TCP to the peer (its veth or its
     tunnel address) into a small proxy that forwards every chunk RTT/2 after it arrived (order
-    kept, bandwidth not limited). Each connection crosses exactly one proxy, so a round trip
-    costs one RTT. Through the tunnel, the delay line sits before encryption; netem delays
+    kept; with a bandwidth, each chunk first waits for the chunks before it to leave at that
+    rate, as on a link of that speed). Each connection crosses exactly one proxy, so a round
+    trip costs one RTT. The proxy ends the party's TCP connection on the same host, so the
+    party's own TCP window never limits it; :meth:`throughput_mbit` measures what the delay
+    line itself carries. Through the tunnel, the delay line sits before encryption; netem delays
     the encrypted UDP itself.
     """
 
     MARK = 0x77  # the proxies' own onward connections carry this mark and are not redirected
     PROXY_PORT = 7700
     ECHO_PORT = 7701
+    SINK_PORT = 7702
 
     def __init__(self) -> None:
         tag = f"{os.getpid() % 100000}"
@@ -96,6 +100,7 @@ class TwoHosts:
                 "no tc netem in this kernel and no nft to redirect: apt install nftables"
             )
         self.helpers.append(self.spawn(1, "--echo"))
+        self.helpers.append(self.spawn(1, "--sink"))
 
     def open_tunnel(self, keydir: Path, mpc_ports: str, timeout_s: float = 20.0) -> None:
         """WireGuard between the namespaces, set up with ``scripts/mpc_tunnel`` as an operator
@@ -161,16 +166,18 @@ class TwoHosts:
             else:
                 self.run(i, "nft", "delete", "table", "ip", "cdlat", check_ok=True)
 
-    def set_rtt(self, rtt_ms: float | None) -> None:
-        """RTT/2 each way; ``None``: no delay mechanism at all (the direct baseline)."""
+    def set_rtt(self, rtt_ms: float | None, bandwidth_mbit: float | None = None) -> None:
+        """RTT/2 each way, at most ``bandwidth_mbit`` each way (None: not limited);
+        ``rtt_ms=None``: no delay mechanism at all (the direct baseline)."""
         self._clear_delay()
         if rtt_ms is None:
             return
         for i in (0, 1):
             if self.mode == "tc netem":
-                if rtt_ms > 0:
+                rate = ["rate", f"{bandwidth_mbit:g}mbit"] if bandwidth_mbit else []
+                if rtt_ms > 0 or rate:
                     self.run(i, "tc", "qdisc", "add", "dev", self.dev[i], "root",
-                             "netem", "delay", f"{rtt_ms / 2:g}ms")  # fmt: skip
+                             "netem", "delay", f"{rtt_ms / 2:g}ms", *rate)  # fmt: skip
                 continue
             peers = f"{{ {ADDR[1 - i]}, {TUNNEL_ADDR[1 - i]} }}"
             rules = (
@@ -180,7 +187,8 @@ class TwoHosts:
             )
             subprocess.run(["ip", "netns", "exec", self.ns[i], "nft", "-f", "-"], input=rules,
                            text=True, check=True, capture_output=True)  # fmt: skip
-            self.delay.append(self.spawn(i, "--proxy", "--delay-ms", f"{rtt_ms / 2:g}"))
+            rate = ["--rate-mbit", f"{bandwidth_mbit:g}"] if bandwidth_mbit else []
+            self.delay.append(self.spawn(i, "--proxy", "--delay-ms", f"{rtt_ms / 2:g}", *rate))
         if self.mode != "tc netem":
             time.sleep(1.0)  # the proxies bind their port
 
@@ -204,6 +212,25 @@ class TwoHosts:
             "print(statistics.median(t) * 1000)\n"
         )
         return float(self.run(0, sys.executable, "-c", probe).stdout.strip())
+
+    def throughput_mbit(self, addr: str = ADDR[1], megabytes: int = 64) -> float:
+        """Measured bulk throughput host 0 -> host 1 (Mbit/s): ``megabytes`` to host 1's sink,
+        timed from the first byte sent to the sink's acknowledgement, less one RTT."""
+        probe = (
+            "import socket, time\n"
+            f"n = {megabytes} << 20\n"
+            f"s = socket.create_connection(('{addr}', {self.SINK_PORT}), timeout=60)\n"
+            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+            "block = bytes(1 << 20)\n"
+            "s.sendall(n.to_bytes(8, 'little')); s.recv(1)\n"  # connection set up, sink ready
+            "t0 = time.perf_counter()\n"
+            "for _ in range(n >> 20): s.sendall(block)\n"
+            "s.recv(1)\n"
+            "print(time.perf_counter() - t0)\n"
+        )
+        seconds = float(self.run(0, sys.executable, "-c", probe).stdout.strip())
+        rtt_s = self.ping_ms(addr) / 1000
+        return (megabytes << 20) * 8 / max(seconds - rtt_s, 1e-9) / 1e6
 
     def close(self) -> None:
         for proc in [*self.delay, *self.helpers]:
@@ -255,16 +282,21 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
 
 
-async def _pump(reader, writer, delay_s: float) -> None:
-    """Forward one direction, each chunk ``delay_s`` after it arrived (a delay line)."""
+async def _pump(reader, writer, delay_s: float, rate_bps: float = 0.0) -> None:
+    """Forward one direction, each chunk ``delay_s`` after it left a link of ``rate_bps``
+    bits/s (0: no limit) that it entered on arrival (a delay line)."""
     import asyncio
 
     queue: asyncio.Queue = asyncio.Queue()
+    link_free = 0.0  # when the emulated link has sent everything queued so far
 
     async def read() -> None:
-        while chunk := await reader.read(1 << 18):
-            queue.put_nowait((time.monotonic() + delay_s, chunk))
-        queue.put_nowait((time.monotonic() + delay_s, b""))
+        nonlocal link_free
+        while chunk := await reader.read(1 << 20):
+            now = time.monotonic()
+            link_free = max(now, link_free) + (len(chunk) * 8 / rate_bps if rate_bps else 0.0)
+            queue.put_nowait((link_free + delay_s, chunk))
+        queue.put_nowait((max(time.monotonic(), link_free) + delay_s, b""))
 
     async def write() -> None:
         while True:
@@ -282,13 +314,14 @@ async def _pump(reader, writer, delay_s: float) -> None:
     await asyncio.gather(read(), write())
 
 
-def run_proxy(delay_ms: float) -> None:
+def run_proxy(delay_ms: float, rate_mbit: float = 0.0) -> None:
     """The delay line of one namespace: redirected connections go on to their original
-    destination (SO_ORIGINAL_DST), every byte RTT/2 late."""
+    destination (SO_ORIGINAL_DST), every byte RTT/2 late, at most ``rate_mbit`` each way."""
     import asyncio
     import struct
 
     delay_s = delay_ms / 1000
+    rate_bps = rate_mbit * 1e6
 
     async def handle(reader, writer) -> None:
         sock = writer.get_extra_info("socket")
@@ -308,7 +341,8 @@ def run_proxy(delay_ms: float) -> None:
         up_reader, up_writer = await asyncio.open_connection(sock=onward)
         try:
             await asyncio.gather(
-                _pump(reader, up_writer, delay_s), _pump(up_reader, writer, delay_s)
+                _pump(reader, up_writer, delay_s, rate_bps),
+                _pump(up_reader, writer, delay_s, rate_bps),
             )
         except OSError:
             pass
@@ -335,6 +369,28 @@ def run_echo() -> None:
 
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     with socketserver.ThreadingTCPServer(("0.0.0.0", TwoHosts.ECHO_PORT), Echo) as server:
+        server.serve_forever()
+
+
+def run_sink() -> None:
+    """Host 1's side of the throughput probe: read an 8-byte count, acknowledge, read and
+    discard that many bytes, acknowledge again."""
+    import socketserver
+
+    class Sink(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            header = b""
+            while len(header) < 8 and (part := self.request.recv(8 - len(header))):
+                header += part
+            left = int.from_bytes(header, "little")
+            self.request.sendall(b"r")
+            buffer = bytearray(1 << 20)
+            while left > 0 and (n := self.request.recv_into(buffer, min(left, len(buffer)))):
+                left -= n
+            self.request.sendall(b"k")
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    with socketserver.ThreadingTCPServer(("0.0.0.0", TwoHosts.SINK_PORT), Sink) as server:
         server.serve_forever()
 
 
@@ -365,18 +421,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="internal helpers of TwoHosts")
     parser.add_argument("--proxy", action="store_true")
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--rate-mbit", type=float, default=0.0)
     parser.add_argument("--echo", action="store_true")
+    parser.add_argument("--sink", action="store_true")
     parser.add_argument("--capture", nargs=2, metavar=("DEV", "OUT"))
     parser.add_argument("--seconds", type=float, default=300.0)
     args = parser.parse_args(argv)
     if args.proxy:
-        run_proxy(args.delay_ms)
+        run_proxy(args.delay_ms, args.rate_mbit)
     elif args.echo:
         run_echo()
+    elif args.sink:
+        run_sink()
     elif args.capture:
         run_capture(args.capture[0], Path(args.capture[1]), args.seconds)
     else:
-        parser.error("one of --proxy, --echo, --capture")
+        parser.error("one of --proxy, --echo, --sink, --capture")
     return 0
 
 
