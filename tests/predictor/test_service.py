@@ -19,13 +19,17 @@ import torch
 from PIL import Image
 
 from marketplace import doctors
+from marketplace.domain.policy import DEFAULT_POLICY
+from marketplace.domain.pricing import price_bounty
 from marketplace.storage import make_engine, make_sessionmaker
 from models.checkpoint import load_checkpoint
-from models.encrypted import Prediction
+from models.encrypted import Prediction, fold
+from models.encrypted_unfamiliarity import plain_features
 from models.preprocessing import CLASS_NAMES, Preprocessing
 from predictor.access.client import fetch_image, new_key
 from predictor.access.protocol import public_key_text
 from tests.predictor.conftest import MAX_UPLOAD, SEED_MODEL, http, multipart
+from training.synthetic.shifts import render_shift
 
 
 def plaintext_prediction(image_bytes: bytes) -> Prediction:
@@ -33,7 +37,20 @@ def plaintext_prediction(image_bytes: bytes) -> Prediction:
     image = Preprocessing(checkpoint.architecture.image_size).tensor_from_bytes(image_bytes)
     with torch.no_grad():
         logits = checkpoint.model()(image.unsqueeze(0))[0]
-    return Prediction.from_logit_difference(float(logits[1] - logits[0]) / checkpoint.temperature)
+    return Prediction.from_logit_difference(
+        float(logits[1] - logits[0]) / checkpoint.temperature, checkpoint.decision_threshold
+    )
+
+
+def plaintext_unfamiliar(image_bytes: bytes) -> bool:
+    """The seed model's unfamiliarity flag, computed in plaintext by the model developer."""
+    checkpoint = load_checkpoint(SEED_MODEL)
+    assert checkpoint.detector is not None, "the seed model carries its unfamiliarity detector"
+    arch = checkpoint.architecture
+    image = Preprocessing(arch.image_size).tensor_from_bytes(image_bytes).unsqueeze(0)
+    params = fold(checkpoint.model(), arch, checkpoint.temperature)
+    features = plain_features(arch, params, image, checkpoint.detector.features)
+    return bool(checkpoint.detector.flags(features)[0])
 
 
 def stored_state(service) -> tuple[int, int]:
@@ -289,3 +306,48 @@ def test_no_child_holds_another_organisations_store_or_secret(service):
     # Each holds its own: the clinic its key, the marketplace its key, both only by env.
     assert service.clinic_key in _proc(seen["party 0"], "environ")
     assert service.market_key in _proc(seen["marketplace"], "environ")
+
+
+def _pool_card(service, token: str, case_id: str) -> dict | None:
+    cards = doctor_call(service, "GET", "/api/pool", token)[1]["cases"]
+    return next((c for c in cards if c["case_id"] == case_id), None)
+
+
+def test_a_far_shift_image_is_flagged_end_to_end(service, tmp_path):
+    """Not a brain MRI: flagged inside the MPC program, shown to the patient, top bounty tier,
+    flagged on the doctors' API."""
+    far = tmp_path / "texture.png"
+    Image.fromarray(render_shift("far", 2, 0, "heldout").pixels).save(far)  # dead leaves / 1/f
+    assert plaintext_unfamiliar(far.read_bytes())
+    token = register_doctor(service, "Dr Far")
+    status, answer = service.post_image(far)
+    assert status == 202
+    view = service.wait_prediction(answer["case_id"], answer["patient_token"])
+    assert view["status"] == "open"
+    assert view["unfamiliar"] is True and view["prediction"]["unfamiliar"] is True
+    assert "not sure about this kind of image" in view["unfamiliar_note"]
+    card = eventually(lambda: _pool_card(service, token, answer["case_id"]))
+    assert card, "the case never reached the pool"
+    assert card["unfamiliar"] is True
+    tiers = DEFAULT_POLICY.reputation.tiers
+    assert card["bounty"] == DEFAULT_POLICY.pricing.ceiling
+    assert tiers.case_tier(card["bounty"]) == len(tiers.bounty_thresholds) - 1
+    with sqlite3.connect(service.market_db_path) as db:
+        row = db.execute(
+            "select unfamiliar, min_tier from cases where id = ?", (answer["case_id"],)
+        ).fetchone()
+    assert row == (1, len(tiers.bounty_thresholds) - 1)
+
+
+def test_an_in_distribution_image_is_not_flagged(service, mri_images):
+    token = register_doctor(service, "Dr Familiar")
+    for path in (mri_images["yes"][2], mri_images["no"][2]):
+        assert not plaintext_unfamiliar(path.read_bytes())
+        _, answer = service.post_image(path)
+        view = service.wait_prediction(answer["case_id"], answer["patient_token"])
+        assert view["unfamiliar"] is False and "unfamiliar_note" not in view
+        expected = plaintext_prediction(path.read_bytes())
+        assert view["prediction"]["label"] == CLASS_NAMES[expected.label]
+        card = eventually(lambda a=answer: _pool_card(service, token, a["case_id"]))
+        assert card and card["unfamiliar"] is False
+        assert card["bounty"] == price_bounty(view["prediction"]["confidence"])
