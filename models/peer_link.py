@@ -8,7 +8,8 @@ its share and reads the other's *at the same time*, so the round costs RTT/2 plu
 over the bandwidth. This link does exactly that:
 
 * :meth:`PeerLink.exchange` sends this party's tensors (all of a round's tensors in one
-  message) from a sender thread while the calling thread receives the peer's;
+  message) while receiving the peer's: a message that fits in the socket's send buffer is
+  written at once, a larger one from a sender thread while the calling thread receives;
 * one-way steps (reveal to one party, share from one party) are one message, one way;
 * socket buffers are sized for the bandwidth-delay product (``buffer_bytes``), so a large
   message is never throttled by TCP windows on a long link; Nagle is off.
@@ -78,10 +79,14 @@ class PeerLink:
         self._sender = threading.Thread(target=self._send_loop, name="peer-link-send", daemon=True)
         self._sender.start()
         self.bytes_sent = 0  # payload and framing, since the link opened
-        self.buffer_bytes = (
+        # A message this small fits in the send buffer whatever the peer does, so it goes out
+        # from the calling thread without blocking (no thread hand-off per round); larger ones
+        # go through the sender thread, so that both parties can send and receive at once.
+        self.buffer_bytes: tuple[int, int] = (
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         )
+        self._inline_limit = self.buffer_bytes[0] // 4
 
     # ------------------------------------------------------------------ set-up
 
@@ -205,7 +210,15 @@ class PeerLink:
         parts = [b"".join([header, *views])] if total < _SMALL else [header, *views]
         future: Future[None] = Future()
         self.bytes_sent += _HEADER + total
-        self._outbox.put((parts, future))
+        if total > self._inline_limit:
+            self._outbox.put((parts, future))
+            return future
+        try:
+            for part in parts:
+                self._sock.sendall(part)
+        except OSError as exc:
+            raise LinkError(f"sending to the peer failed: {exc!r}") from exc
+        future.set_result(None)
         return future
 
     def _send_loop(self) -> None:
