@@ -63,6 +63,16 @@ class TooManyOpenClaims(MarketplaceError):
     code = "too_many_open_claims"
 
 
+class HospitalNotFound(MarketplaceError):
+    code = "hospital_not_found"
+
+
+class NotYourStatement(MarketplaceError):
+    """A hospital asked for another hospital's royalty statement."""
+
+    code = "not_your_statement"
+
+
 class RateLimited(MarketplaceError):
     """Too many claims (per doctor) or self-registrations (all clients) in the window."""
 

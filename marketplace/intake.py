@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from marketplace import ledger
 from marketplace.domain import ledger as ledger_domain
+from marketplace.domain import royalties
 from marketplace.domain.consensus import LABELS
 from marketplace.domain.policy import DEFAULT_POLICY, MarketPolicy
 from marketplace.domain.pricing import price_bounty
@@ -59,7 +60,8 @@ def open_case(
     """Put a predicted case in the pool: price its bounty, fund its escrow, set the deadline.
 
     An unfamiliar case (the model's confidence is not trusted) is priced at the ceiling, the
-    top bounty tier.
+    top bounty tier. The case's royalty fee (``policy.royalty_fee_per_case``) goes into the
+    pool of the model version that predicted it (``model_sha256``, the checkpoint's sha256).
 
     Idempotent by case id: if the case exists already (a redelivery, or a second message about
     it), nothing changes and the answer is False. The review window starts ``now``, when the
@@ -106,6 +108,15 @@ def open_case(
         ),
         now=now,
     )
+    if policy.royalty_fee_per_case:
+        # In the same transaction as the case (and the inbox row): booked exactly once.
+        ledger.post(
+            session,
+            kind="royalty_fee",
+            case_id=msg.case_id,
+            postings=royalties.case_fee_postings(msg.model_sha256, policy.royalty_fee_per_case),
+            now=now,
+        )
     return True
 
 

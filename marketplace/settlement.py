@@ -112,6 +112,7 @@ def _settle(
         reviewers=record.reviewers,
         agreement=record.agreement,
         unfamiliar=record.unfamiliar,
+        model_version=case.model_sha256,
     )
     session.add(row)
     session.flush()

@@ -40,8 +40,13 @@ class MarketPolicy:
     #: Self-registrations, all clients together, in any ``registration_rate_window``.
     registration_rate_limit: int = 20
     registration_rate_window: timedelta = timedelta(hours=1)
+    #: Credits the clinic owes per diagnosed case, paid into the royalty pool of the model
+    #: version that predicted it (``domain.royalties``); 0 books no fee.
+    royalty_fee_per_case: int = 100
 
     def __post_init__(self) -> None:
+        if self.royalty_fee_per_case < 0:
+            raise ValueError("royalty_fee_per_case must be >= 0")
         if self.review_window <= timedelta(0):
             raise ValueError("review_window must be positive")
         if self.escalation_seats < 0:

@@ -21,6 +21,7 @@ from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, WAKEUP, ut
 from marketplace.service.csv_stream import routes as csv_routes
 from marketplace.service.errors import STATUS
 from marketplace.service.events import install as install_events
+from marketplace.service.hospitals_api import routes as hospital_routes
 from marketplace.service.mail import install as install_mail
 from marketplace.service.metrics import install as install_metrics
 from marketplace.service.page import add_page
@@ -92,6 +93,7 @@ def create_app(settings: MarketplaceSettings) -> web.Application:
     install_metrics(app)
     app.add_routes(api_routes)
     app.add_routes(csv_routes)
+    app.add_routes(hospital_routes)
     install_events(app)
     add_openapi_route(app, load_spec(OPENAPI_PATH))
     add_page(app, settings)

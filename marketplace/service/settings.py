@@ -20,7 +20,7 @@ from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 #: ``_CEILING``), ``PANEL_SIZE``, ``QUORUM``, ``WIDEN_STEP``, ``MAX_PANEL``, ``MIN_POSTERIOR``,
 #: ``USE_RELIABILITY``, ``REVIEW_WINDOW_S``, ``ESCALATION_RAISE_PERCENT``, ``ESCALATION_CAP``,
 #: ``ESCALATION_SEATS``, ``MAX_OPEN_CLAIMS``, ``CLAIM_RATE_LIMIT``, ``CLAIM_RATE_WINDOW_S``,
-#: ``REGISTRATION_RATE_LIMIT``, ``REGISTRATION_RATE_WINDOW_S``.
+#: ``REGISTRATION_RATE_LIMIT``, ``REGISTRATION_RATE_WINDOW_S``, ``ROYALTY_FEE_PER_CASE``.
 #: Reputation rules are not configurable: their defaults stand.
 POLICY_FLAGS = nested("", pricing="bounty_", panel="")
 

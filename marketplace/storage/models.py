@@ -88,6 +88,9 @@ class ResearchRow(Base):
     agreement: Mapped[float] = mapped_column(Float)
     # The model found the image unlike its training data (a quasi-identifier: see anonymize).
     unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The checkpoint sha256 of the model that predicted the case: a sale of the data set pays
+    # the royalty pools of the versions whose rows it contains. Never in the CSV.
+    model_version: Mapped[str | None] = mapped_column(String(64))
     # Set when the k-anonymous release (the Ocean publisher) put the row out; only then may
     # anyone outside the marketplace see it. Strictly increasing from one release to the next.
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
@@ -204,3 +207,93 @@ class Inbox(InboxMixin, Base):
     """Ids of the clinic's messages applied here (``case.opened``): each takes effect once."""
 
     __tablename__ = "inbox"
+
+
+class Hospital(Base):
+    """A hospital of the federation, paid royalties for its data; known by its pseudonym (the
+    one in the contribution files). Only the sha256 of its API token is stored."""
+
+    __tablename__ = "hospitals"
+
+    pseudonym: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(120))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModelContribution(Base):
+    """A model version's contribution measurement, imported from its contribution file."""
+
+    __tablename__ = "model_contributions"
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(40))
+    utility: Mapped[str] = mapped_column(String(200))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class HospitalShare(Base):
+    """One hospital's share (for payment) and raw values (for statements) in one version."""
+
+    __tablename__ = "hospital_shares"
+    __table_args__ = (UniqueConstraint("model_version", "pseudonym"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_version: Mapped[str] = mapped_column(
+        ForeignKey("model_contributions.model_version"), index=True
+    )
+    pseudonym: Mapped[str] = mapped_column(String(64), index=True)
+    share: Mapped[float] = mapped_column(Float)
+    shapley: Mapped[float | None] = mapped_column(Float)
+    shapley_se: Mapped[float | None] = mapped_column(Float)
+    loss_delta_tokens: Mapped[float | None] = mapped_column(Float)
+    data_size: Mapped[int | None] = mapped_column(Integer)
+
+
+class OceanSale(Base):
+    """A purchase of the data set on the fixed-rate exchange (a ``Swapped`` event), booked once.
+
+    Identified by the block's hash and the log's index: a restarted node re-serves the same
+    blocks (same hashes), a fresh chain's blocks have new hashes (its sales are new sales).
+    """
+
+    __tablename__ = "ocean_sales"
+    __table_args__ = (UniqueConstraint("block_hash", "log_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(Integer)
+    block_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(Integer)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    sold_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # OCEAN wei exceed 64 bits: decimal text.
+    ocean_wei: Mapped[str] = mapped_column(String(80))
+    credits: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer)
+    transaction_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_transactions.id"))
+
+
+class SaleScan(Base):
+    """How far the sales scan has read one exchange on one chain (genesis hash): an
+    optimisation only, booking is once per sale whatever the cursor says."""
+
+    __tablename__ = "ocean_sale_scans"
+
+    genesis_hash: Mapped[str] = mapped_column(String(66), primary_key=True)
+    exchange_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    next_block: Mapped[int] = mapped_column(BigInteger)
+
+
+class RoyaltyPayout(Base):
+    """A version's pool paid out for the payout period ending at ``period_end``: once each."""
+
+    __tablename__ = "royalty_payouts"
+    __table_args__ = (UniqueConstraint("period_end", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    model_version: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[int] = mapped_column(BigInteger)
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -114,7 +114,7 @@ def test_case_opened_from_the_clinic_opens_the_case_once(market, session) -> Non
     assert session.get(Case, message.case_id).confidence == 0.95
     assert ledger.balance(session, escrow_account(message.case_id)) == price_bounty(0.95)
     funded = session.scalars(select(LedgerTransaction.kind)).all()
-    assert funded == ["fund_escrow"]
+    assert funded == ["fund_escrow", "royalty_fee"]  # the royalty fee once, with the case
 
 
 @pytest.mark.parametrize(
