@@ -28,14 +28,17 @@ class Wakeup:
     """Wakes every open ``/api/events`` stream to look again now (after a claim or a vote).
 
     A wake only shortens a stream's wait: it still sends nothing unless the doctor's view
-    changed, so the moment of someone else's vote cannot be read from it.
+    changed, so the moment of someone else's vote cannot be read from it. ``generation``
+    counts wakes, so a stream busy reading when one came does not wait past it.
     """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.generation = 0
         self.closed = False
 
     def wake(self) -> None:
+        self.generation += 1
         self._event.set()
         self._event = asyncio.Event()
 
@@ -44,7 +47,10 @@ class Wakeup:
         self.closed = True
         self.wake()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float, since: int) -> None:
+        """Until the next wake or ``timeout``; at once if there was a wake after ``since``."""
+        if self.generation != since:
+            return
         event = self._event
         try:
             await asyncio.wait_for(event.wait(), timeout)

@@ -89,6 +89,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             app[EXECUTOR], app[SESSIONS], doctor_view, doctor_id, settings.policy
         )
 
+    wakeup = app[WAKEUP]
+    looked = wakeup.generation  # the wakes the view below has seen
     first = await view()  # errors (an unknown doctor) still answer as JSON here
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
@@ -116,9 +118,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             if chunks:
                 await response.write(b"".join(chunks))
             wait_s = min(settings.events_poll_s, max(0.0, next_keepalive - time.monotonic()))
-            await app[WAKEUP].wait(wait_s)
-            if app[WAKEUP].closed or request.transport is None or request.transport.is_closing():
+            await wakeup.wait(wait_s, looked)
+            if wakeup.closed or request.transport is None or request.transport.is_closing():
                 break
+            looked = wakeup.generation
             current = await view()
     except ConnectionResetError:
         pass
