@@ -24,6 +24,14 @@ from training.loop import History, LoopConfig, predict_logits, train
 from training.metrics import ClassificationReport, classification_report
 from training.ood import fit_unfamiliarity, unfamiliarity_record
 from training.plots import plot_curves, plot_reliability
+from training.privacy import (
+    DPConfig,
+    dp_train,
+    plan,
+    public_batchnorm_record,
+    public_images,
+    set_public_batchnorm,
+)
 from training.provenance import OutputPaths, build_provenance, data_record, output_paths
 from training.screening import bootstrap, choose_threshold, intervals_to_dict, screening_figures
 from training.settings import TrainSettings
@@ -73,6 +81,8 @@ class TrainingRun:
     encrypted_validation: EncryptedValidation | None = None
     #: operating point, eval figures with bootstrap intervals, unfamiliarity detector
     screening: dict[str, Any] | None = None
+    #: --dp-epsilon: the accountant's epsilon, delta, clipping, noise, accountant, BatchNorm
+    differential_privacy: dict[str, Any] | None = None
 
     def metrics_record(self) -> dict[str, Any]:
         """The ``<stem>.metrics.json`` payload."""
@@ -105,6 +115,8 @@ class TrainingRun:
             record["screening"] = self.screening
         if self.encrypted_validation is not None:
             record["encrypted_validation"] = self.encrypted_validation.to_dict()
+        if self.differential_privacy is not None:
+            record["differential_privacy"] = self.differential_privacy
         return record
 
     def summary(self) -> dict[str, Any]:
@@ -163,13 +175,23 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         progress=settings.progress,
     )
     train_started = time.perf_counter()
-    history = train(
-        model,
-        (train_set.images[keep], train_set.labels[keep]),
-        (train_set.images[held], train_set.labels[held]),
-        (eval_set.images, eval_set.labels),
-        config,
-    )
+    dp = settings.dp_config()
+    dp_record: dict[str, Any] | None = None
+    public: tuple[torch.Tensor, torch.Tensor] | None = None
+    if dp is None:
+        history = train(
+            model,
+            (train_set.images[keep], train_set.labels[keep]),
+            (train_set.images[held], train_set.labels[held]),
+            (eval_set.images, eval_set.labels),
+            config,
+        )
+    else:
+        history, dp_record, public = train_private(model, arch, settings, dp, config, (
+            (train_set.images[keep], train_set.labels[keep]),
+            (train_set.images[held], train_set.labels[held]),
+            (eval_set.images, eval_set.labels),
+        ))  # fmt: skip
     train_seconds = time.perf_counter() - train_started
 
     # Temperature: fitted on the calibration split (never on eval); falls back to the
@@ -184,9 +206,13 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
     calib_labels_t = train_set.labels[calib_idx]
     detector = None
     if settings.unfamiliarity != "none":
+        # Under DP the detector's statistics would leak the private images: public ones instead.
+        half = len(public[0]) // 2 if public is not None else 0
         detector = fit_unfamiliarity(
             model, arch, temperature, settings,
-            (train_set.images[keep], train_set.labels[keep]), train_set.images[calib_idx],
+            (public[0][:half], public[1][:half]) if public is not None
+            else (train_set.images[keep], train_set.labels[keep]),
+            public[0][half:] if public is not None else train_set.images[calib_idx],
         )  # fmt: skip
     calib_p = _p_tumor(calib_logits, temperature)
     eval_p = _p_tumor(eval_logits, temperature)
@@ -237,6 +263,7 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         training_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         screening=screening,
+        differential_privacy=dp_record,
     )
 
     def write_records(run: TrainingRun) -> None:
@@ -253,6 +280,8 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
             command=command if command is not None else list(sys.argv),
             now=dt.datetime.now(dt.UTC),
         )
+        if run.differential_privacy is not None:
+            provenance["differential_privacy"] = run.differential_privacy
         _write_json(paths.provenance, provenance)
 
     write_records(run)  # the trained model is on disk before the (slow, fallible) MPC check
@@ -265,6 +294,40 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         )
         write_records(run)
     return run
+
+
+def train_private(
+    model: torch.nn.Module,
+    arch: Architecture,
+    settings: TrainSettings,
+    dp: DPConfig,
+    config: LoopConfig,
+    data: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+) -> tuple[History, dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """DP-SGD with BatchNorm statistics from public generated images; returns the history,
+    the provenance's ``differential_privacy`` record and the public images."""
+    fit, calibration, evaluation = data
+    # Refuse an impossible budget before anything else is spent on the run.
+    dp_plan = plan(
+        dp, dataset_size=len(fit[1]), batch_size=config.batch_size, epochs=config.max_epochs
+    )
+    public = public_images(arch, settings.dp_public_images, settings.seed)
+    set_public_batchnorm(model, public[0])
+    result = dp_train(model, fit, calibration, evaluation, config, dp, dp_plan=dp_plan)
+    record = result.record()
+    record["batchnorm"] = public_batchnorm_record(settings.dp_public_images, settings.seed)
+    record["unfamiliarity_detector"] = "fitted on the public generated images"
+    record["not_covered"] = (
+        "the temperature and the decision threshold (two scalars fitted on the private "
+        "calibration split) are outside the epsilon; the weights and BatchNorm are inside"
+    )
+    log.info(
+        "differential privacy: epsilon %.3f (target %.3f, delta %g), noise multiplier %.3f, "
+        "clipping %.3g, %d steps, %s accountant",
+        result.epsilon, dp.epsilon, dp.delta, result.plan.noise_multiplier,
+        dp.max_grad_norm, result.steps_taken, record["accountant"],
+    )  # fmt: skip
+    return result.history, record, public
 
 
 def encrypted_validation(checkpoint: Path, settings: TrainSettings) -> EncryptedValidation:

@@ -23,6 +23,7 @@ from models.encrypted_unfamiliarity import FEATURE_SETS
 from models.nets import ACTIVATIONS, BACKBONES, Architecture, default_architecture
 from models.unfamiliarity import METHODS as DETECTORS
 from training.data import AUGMENTATIONS
+from training.privacy import PUBLIC_IMAGES, DPConfig
 
 ENV_TRAIN_DIR = ENV_PREFIX + "TRAIN_DIR"
 ENV_EVAL_DIR = ENV_PREFIX + "EVAL_DIR"
@@ -106,6 +107,24 @@ class TrainSettings:
     bootstrap_resamples: int = field(
         default=1000, metadata=flag("bootstrap resamples for the eval figures' 95% intervals")
     )
+    dp_epsilon: float = field(
+        default=0.0,
+        metadata=flag(
+            "differential privacy: train with DP-SGD (Opacus) spending at most this epsilon "
+            "(0 = no DP)"
+        ),
+    )
+    dp_delta: float = field(default=1e-5, metadata=flag("DP delta (with --dp-epsilon)"))
+    max_grad_norm: float = field(
+        default=1.0, metadata=flag("DP per-example gradient clipping norm (with --dp-epsilon)")
+    )
+    dp_public_images: int = field(
+        default=PUBLIC_IMAGES,
+        metadata=flag(
+            "DP: public generated images that set the frozen BatchNorm statistics and fit "
+            "the unfamiliarity detector (never the private data)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.source_dir_train is None or self.source_dir_eval is None:
@@ -144,6 +163,11 @@ class TrainSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0 = no limit)")
             if limit == 0:
                 object.__setattr__(self, name, None)
+        if self.dp_epsilon < 0:
+            raise ValueError("--dp-epsilon must be >= 0 (0 = no differential privacy)")
+        if self.dp_epsilon and self.dp_public_images < 8:
+            raise ValueError("--dp-public-images must be >= 8")
+        self.dp_config()  # a DP budget must be well formed
         if self.training_run_out is None:
             object.__setattr__(self, "training_run_out", Path("models") / f"{self.backbone}.pth")
         self.architecture()  # the backbone/activation/size combination must be buildable
@@ -174,6 +198,12 @@ class TrainSettings:
             image_size=self.image_size,
             activation=self.activation or base.activation,
         )
+
+    def dp_config(self) -> DPConfig | None:
+        """The DP budget, or None when ``--dp-epsilon`` is 0 (plain training)."""
+        if not self.dp_epsilon:
+            return None
+        return DPConfig(self.dp_epsilon, self.dp_delta, self.max_grad_norm)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON values, as the metrics and provenance files record them."""
