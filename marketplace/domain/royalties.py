@@ -106,11 +106,22 @@ def parse_contribution(document: Any) -> ContributionRecord:
     if not isinstance(version, str) or not valid_model_version(version):
         raise InvalidContribution("model_version must be a lowercase sha256 hex digest")
     method = document.get("method")
-    if method not in METHODS:
+    # The measurement may add detail: "exact-shapley (16 coalitions)"; the base name is kept.
+    base = next(
+        (
+            m
+            for m in METHODS
+            if isinstance(method, str) and (method == m or method.startswith(m + " "))
+        ),
+        None,
+    )
+    if base is None:
         raise InvalidContribution(f"method must be one of {METHODS}")
     utility = document.get("utility")
-    if not isinstance(utility, str) or not 0 < len(utility) <= 200:
-        raise InvalidContribution("utility must be a short description")
+    if utility is None and base == "data-size (SecAgg+)":
+        utility = "not measured: SecAgg+ hides each hospital's update; paid by data size"
+    if not isinstance(utility, str) or not utility:
+        raise InvalidContribution("utility must say what was measured")
     hospitals = document.get("hospitals")
     if not isinstance(hospitals, dict) or not hospitals:
         raise InvalidContribution("hospitals must be a non-empty object")
@@ -139,7 +150,7 @@ def parse_contribution(document: Any) -> ContributionRecord:
     total = math.fsum(h.share for h in parsed)
     if abs(total - 1.0) > SHARE_TOLERANCE:
         raise InvalidContribution(f"shares sum to {total}, not 1")
-    return ContributionRecord(version, method, utility, tuple(parsed))
+    return ContributionRecord(version, base, utility[:200], tuple(parsed))
 
 
 @dataclass(frozen=True)

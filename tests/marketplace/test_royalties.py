@@ -130,6 +130,38 @@ def test_a_sale_goes_to_the_versions_of_its_rows(credits: int, rows: dict) -> No
             )
 
 
+def test_the_measurements_own_file_shapes_are_accepted() -> None:
+    """As ``training.federated.contribution`` writes them: method with detail, extra keys, and
+    under SecAgg+ no utility."""
+    measured = rules.parse_contribution(
+        {
+            "schema": rules.SCHEMA,
+            "model_version": MODEL_SHA,
+            "checkpoint": "models/federated-lenet.pth",
+            "method": "monte-carlo-shapley (200 permutations)",
+            "utility": "eval AUC of the rebuilt model, " + "x" * 300,
+            "utility_all": 0.93,
+            "hospitals": {"h1": {"share": 1.0, "shapley": 0.2, "shapley_se": 0.01}},
+        }
+    )
+    assert measured.method == "monte-carlo-shapley" and len(measured.utility) == 200
+    secagg = rules.parse_contribution(
+        {
+            "schema": rules.SCHEMA,
+            "model_version": MODEL_SHA,
+            "method": "data-size (SecAgg+)",
+            "utility": None,
+            "refused": "SecAgg+ hid every hospital's update",
+            "hospitals": {
+                "a": {"share": 0.25, "shapley": None, "data_size": 100},
+                "b": {"share": 0.75, "shapley": None, "data_size": 300},
+            },
+        }
+    )
+    assert secagg.method == "data-size (SecAgg+)" and "SecAgg+" in secagg.utility
+    assert rules.rank_by_shapley(secagg.hospitals) == {"b": 1, "a": 2}
+
+
 def test_ocean_converts_at_the_configured_rate_rounding_down() -> None:
     assert rules.ocean_to_credits(10 * 10**18, 10) == 100
     assert rules.ocean_to_credits(10**18 - 1, 1) == 0
@@ -148,6 +180,8 @@ def test_period_cutoff_is_the_end_of_the_last_complete_period() -> None:
         ({"schema": "other/1"}, "schema"),
         ({"model_version": "xyz"}, "model_version"),
         ({"method": "vibes"}, "method"),
+        ({"method": "exact-shapleyish"}, "method"),
+        ({"utility": None}, "utility"),
         ({"hospitals": {}}, "hospitals"),
         ({"hospitals": {"a": {"share": 0.5}, "b": {"share": 0.4}}}, "sum"),
         ({"hospitals": {"a": {"share": -0.1}, "b": {"share": 1.1}}}, "share"),
