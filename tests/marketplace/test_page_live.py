@@ -109,6 +109,15 @@ def _keys(browser: Any, *keys: str) -> None:
     chain.perform()
 
 
+def _script_errors(browser: Any) -> list[str]:
+    """Console errors (script errors, CSP violations) since the last call, but the favicon."""
+    return [
+        e["message"]
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "favicon" not in e["message"]
+    ]
+
+
 def _fits(browser: Any) -> bool:
     """Nothing sticks out sideways: no horizontal scrolling needed."""
     return bool(
@@ -174,6 +183,7 @@ def test_settlements_by_others_and_new_cases_appear_without_a_reload(market, bro
         assert "New claimable case" in browser.find_element(By.ID, "news").text
         assert _same_page(browser)
         screenshot(browser, "doctor-page-live-history")
+        assert _script_errors(browser) == []
 
 
 def test_a_keyboard_alone_claims_decides_and_submits(market, browser) -> None:
@@ -285,3 +295,4 @@ def test_no_serious_accessibility_violations_on_desktop_phone_and_at_200_percent
             screenshot(browser, f"doctor-page-{name}")
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         assert _same_page(browser)
+        assert _script_errors(browser) == []
