@@ -128,6 +128,8 @@ def _check_case_money(cid: str, case, txns: dict, entries: dict, votes: list) ->
     funds = txns.get((cid, "fund_escrow"), [])
     if case.predicted_at is not None and len(funds) != 1:
         return [f"case {cid}: escrow funded {len(funds)} times"]
+    if len(txns.get((cid, "royalty_fee"), [])) > 1:
+        return [f"case {cid}: royalty fee booked more than once"]
     escrow = escrow_account(cid)
     funded = sum(
         e.amount
