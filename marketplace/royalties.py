@@ -218,6 +218,14 @@ def book_sales(
     """
     booked = []
     for sale in sales:
+        known = session.scalar(
+            select(OceanSale.id).where(
+                OceanSale.block_hash == sale.block_hash.lower(),
+                OceanSale.log_index == sale.log_index,
+            )
+        )
+        if known is not None:
+            continue  # booked by an earlier scan (a re-scan only reads)
         rows = rows_sold(session, sale.sold_at)
         credits = royalties.ocean_to_credits(sale.ocean_wei, credits_per_ocean)
         sale_id = _insert_once(
@@ -235,7 +243,7 @@ def book_sales(
             },
         )
         if sale_id is None:
-            continue  # booked by an earlier scan
+            continue  # a concurrent scan booked it first
         if credits > 0:
             txn = ledger.post(
                 session,
