@@ -62,7 +62,7 @@ def api(db_url) -> Iterator[Api]:
         clinic_public_key=public_key(generate_key()),
         patient_base_url="http://127.0.0.1:9",  # no clinic: messages stay in the outbox
         escalation_interval_s=3600,  # the test escalates, at chosen times
-        events_poll_s=0.5,
+        events_poll_s=1.0,  # claims and votes wake the streams; escalations wait a poll
         policy=POLICY,
     )
     with serve(create_app(settings)) as url:
