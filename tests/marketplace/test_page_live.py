@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from infra.messaging import generate_key
-from marketplace import doctors
+from marketplace import doctors, intake
 from marketplace.domain.consensus import PanelRule
 from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import price_bounty
@@ -23,7 +24,7 @@ from marketplace.storage import make_engine, make_sessionmaker, migrate
 from marketplace.storage.models import Vote
 from tests.accessibility import axe_violations
 from tests.artifacts import screenshot
-from tests.marketplace.flows import open_case
+from tests.marketplace.flows import case_opened, open_case
 from tests.marketplace.servers import Api, serve
 from tests.marketplace.test_browser import chromium
 
@@ -63,6 +64,13 @@ class Market:
 
     def case(self, confidence: float) -> str:
         return open_case(self.session, confidence=confidence, now=datetime.now(UTC), policy=POLICY)
+
+    def unfamiliar_case(self) -> str:
+        """A case whose image the model found unlike its training data (the clinic says so)."""
+        now = datetime.now(UTC)
+        message = replace(case_opened(confidence=0.9, now=now), unfamiliar=True)
+        assert intake.open_case_now(self.session, message, now=now, policy=POLICY)
+        return message.case_id
 
 
 @pytest.fixture
@@ -184,6 +192,29 @@ def test_settlements_by_others_and_new_cases_appear_without_a_reload(market, bro
         assert _same_page(browser)
         screenshot(browser, "doctor-page-live-history")
         assert _script_errors(browser) == []
+
+
+def test_an_unfamiliar_image_is_flagged_in_the_pool_and_on_the_case(market, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, token = market.doctor("Dr Senior", reputation=200)  # the top tier admits the ceiling
+    flagged, plain = market.unfamiliar_case(), market.case(confidence=0.9)
+    with serve(create_app(market.settings)) as url:
+        wait = _sign_in(browser, url, token)
+        rows = {
+            row.get_attribute("data-key"): row
+            for row in browser.find_elements(By.CSS_SELECTOR, "#pool-body tr")
+        }
+        assert "Unfamiliar image" in rows[flagged].text and "unfamiliar" in (
+            rows[flagged].get_attribute("class")
+        )
+        assert "Unfamiliar" not in rows[plain].text
+        rows[flagged].find_element(By.TAG_NAME, "button").click()
+        card = f'#claimed-list article[data-case-id="{flagged}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{card} .facts .flag"))
+        flag = browser.find_element(By.CSS_SELECTOR, f"{card} .facts .flag").text
+        assert "Unfamiliar image: the model's confidence is not trusted" in flag
+        screenshot(browser, "doctor-page-unfamiliar")
 
 
 def test_a_keyboard_alone_claims_decides_and_submits(market, browser) -> None:
