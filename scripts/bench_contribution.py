@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images-per-hospital", type=int, default=300)
     parser.add_argument("--eval-images", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--permutations", type=int, default=50)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-contribution")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         LocalHospital("flipper", data / "flipper", simulate="flip-labels"),
     ]
     base = RunConfig(
-        rounds=args.rounds, local_epochs=args.local_epochs, min_hospitals=2,
+        rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr, min_hospitals=2,
         round_timeout_s=900.0, eval_dir=str(eval_dir.resolve()),
     )  # fmt: skip
     runs: list[dict[str, Any]] = []

@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hospitals", type=int, default=4)
     parser.add_argument("--images-per-hospital", type=int, default=300)
     parser.add_argument("--eval-images", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--secagg-rounds", type=int, default=2)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (eval_dir / "dataset.json").is_file():
         generate_eval(eval_dir, count=args.eval_images, seed=799)
     run = RunConfig(
-        rounds=args.rounds, local_epochs=args.local_epochs, seed=args.seed, min_hospitals=2,
+        rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr, seed=args.seed, min_hospitals=2,
         round_timeout_s=900.0, eval_dir=str(eval_dir.resolve()),
     )  # fmt: skip
     arch = run.architecture()
