@@ -46,7 +46,7 @@ class EncryptedValidation:
 
 def _party(
     rank: int, checkpoint_path: str, eval_dir: str, limit: int | None, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor | None, list[float]] | None:
+) -> tuple[list[float], list[float] | None, list[float]] | None:
     from models.crypten_compat import load_crypten
 
     crypten = load_crypten()
@@ -72,7 +72,13 @@ def _party(
                 flags.append(revealed[1])
     if rank == MODEL_OWNER:
         return None
-    return torch.cat(differences), torch.cat(flags) if flags else None, seconds
+    # Plain lists: a tensor in the result queue is shared through this process's resource
+    # sharer, which is gone once the party exits (the parent then fails to unpickle it).
+    return (
+        torch.cat(differences).tolist(),
+        torch.cat(flags).tolist() if flags else None,
+        seconds,
+    )
 
 
 def validate_encrypted(
@@ -84,9 +90,11 @@ def validate_encrypted(
     provider: str = "TFP",
 ) -> EncryptedValidation:
     """Plaintext vs encrypted accuracy, argmax agreement, logit error and speed on ``eval_dir``."""
-    encrypted, encrypted_flags, seconds = run_parties(
+    encrypted_list, flag_list, seconds = run_parties(
         _party, str(checkpoint_path), str(eval_dir), limit, batch_size, provider=provider
     )[IMAGE_OWNER]
+    encrypted = torch.tensor(encrypted_list)
+    encrypted_flags = None if flag_list is None else torch.tensor(flag_list)
     checkpoint = load_checkpoint(checkpoint_path)
     data = ImageFolder(
         Path(eval_dir), Preprocessing(checkpoint.architecture.image_size), limit=limit
