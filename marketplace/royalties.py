@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("file", type=Path)
     sub.add_parser("scan-sales", help="book the data set's new sales from the chain")
     pay = sub.add_parser("payout", help="pay the pools of the last complete payout period")
-    pay.add_argument("--now", default=None, help="ISO time to pay as of (default: now)")
+    pay.add_argument("--now", default=None, help="ISO time to pay as of, not later than now")
     sub.add_parser("statement", help=f"the hospital's own statement ({HOSPITAL_TOKEN_ENV})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -446,9 +446,14 @@ def main(argv: list[str] | None = None) -> int:
                     elif args.command == "scan-sales":
                         result = _scan(settings, session)
                     else:
-                        when = datetime.fromisoformat(args.now) if args.now else now
+                        try:
+                            when = datetime.fromisoformat(args.now) if args.now else now
+                        except ValueError as exc:
+                            raise InvalidInput(f"--now: {exc}") from exc
                         if when.tzinfo is None:
                             raise InvalidInput("--now must carry a timezone")
+                        if when > now:
+                            raise InvalidInput("--now cannot be in the future (no early payout)")
                         paid = pay_out(
                             session, now=when, epoch=settings.epoch, period=settings.payout_period
                         )

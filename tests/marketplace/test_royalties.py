@@ -499,6 +499,9 @@ def test_cli_enrols_imports_and_pays(db_url, tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["changed"] is True
     assert royalties.main(["--db-url", db_url, "payout", "--now", "2026-03-01T00:00:00+00:00"]) == 0
     assert json.loads(capsys.readouterr().out) == {"payouts": []}  # nothing funded yet
+    future = (datetime.now(UTC) + PERIOD).isoformat()
+    assert royalties.main(["--db-url", db_url, "payout", "--now", future]) == 2
+    assert "future" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert royalties.main(["--db-url", db_url, "import-shares", str(bad)]) == 2
