@@ -195,3 +195,17 @@ def test_cli_dp_run_records_provenance_and_serves_encrypted(tmp_path: Path) -> N
     assert not torch.equal(_first_bn_mean(net), torch.zeros(6))  # public statistics, not reset
     validation = validate_encrypted(out, root / "eval", limit=16)
     assert validation.argmax_agreement_pct >= 99.0
+    # the audit CLI: members from the provenance's fit split, LiRA with the attacker's images
+    attacker = ensure_dataset(tmp_path / "attacker", seed=9, train=16, eval=2)
+    audit = subprocess.run(
+        [sys.executable, "-m", "training.privacy_audit", "--checkpoint", str(out),
+         "--non-members", str(root / "eval"), "--shadow-dir", str(attacker / "train"),
+         "--shadow-models", "2", "--bootstrap-resamples", "50", "--num-threads", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stderr[-3000:]
+    report = json.loads((out.parent / "lenet.privacy.json").read_text())
+    for name in ("loss_threshold", "lira_offline"):
+        attack = report["attacks"][name]
+        assert attack["members"] == 20 and attack["non_members"] == 16  # 24 - 15 % calibration
+        assert 0.0 <= attack["auc"] <= 1.0 and 0.0 <= attack["advantage"] <= 1.0

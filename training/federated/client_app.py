@@ -29,9 +29,16 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from training.data import DatasetError
-from training.federated.hospital import SiteData, calibration_stats, load_site, local_train
+from training.federated.hospital import (
+    PrivateTraining,
+    SiteData,
+    calibration_stats,
+    load_site,
+    local_train,
+)
 from training.federated.protocol import NODE_DATA_DIR, NODE_SIMULATE, RunConfig
 from training.loop import LoopConfig
+from training.privacy import AccountantHistory, history_from_json, history_to_json
 
 log = logging.getLogger("training.federated.hospital")
 
@@ -45,6 +52,8 @@ def _secagg_when_the_run_asks(
 
 
 app = ClientApp()
+#: context.state key of this hospital's DP accountant history (JSON) in the current run
+ACCOUNTANT_STATE = "dp-accountant"
 
 
 def _run(context: Context) -> RunConfig:
@@ -94,7 +103,22 @@ def train(msg: Message, context: Context) -> Message:
         progress=False,
     )
     simulate = str(context.node_config.get(NODE_SIMULATE, "none"))
-    result = local_train(run.architecture(), global_arrays, site, config, simulate)
+    dp = run.dp_config()
+    private = None
+    if dp is not None:
+        # Flower starts a fresh ClientApp process for every message: the accountant's history
+        # lives in this run's context.state on the node, which the SuperNode keeps.
+        private = PrivateTraining(dp, run.rounds * run.local_epochs, _spent(context))
+    result = local_train(run.architecture(), global_arrays, site, config, simulate, private)
+    if result.privacy is not None:
+        context.state[ACCOUNTANT_STATE] = ConfigRecord(
+            {"history": history_to_json(result.privacy.accountant_history)}
+        )
+        log.info(
+            "differential privacy: epsilon %.3f of %g spent after %d steps",
+            result.privacy.epsilon, dp.epsilon if dp else 0.0,
+            sum(n for _, _, n in result.privacy.accountant_history),
+        )  # fmt: skip
     change = [
         (a.astype(np.float64) - g.astype(np.float64)).astype(g.dtype)
         if np.issubdtype(g.dtype, np.floating)
@@ -105,9 +129,19 @@ def train(msg: Message, context: Context) -> Message:
         status=Status(Code.OK, ""),
         parameters=ndarrays_to_parameters(change),
         num_examples=result.examples,
-        metrics={"train_loss": float(result.train_loss), "seconds": float(result.seconds)},
+        metrics={
+            "train_loss": float(result.train_loss),
+            "seconds": float(result.seconds),
+            **result.privacy_metrics(),
+        },
     )
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+def _spent(context: Context) -> AccountantHistory:
+    if ACCOUNTANT_STATE not in context.state:
+        return []
+    return history_from_json(str(context.state[ACCOUNTANT_STATE]["history"]))
 
 
 @app.evaluate("calibrate")

@@ -22,6 +22,16 @@ from models.preprocessing import Preprocessing
 from training.calibration import reliability_bins, softmax
 from training.data import DatasetError, ImageFolder, fingerprint, stratified_split
 from training.loop import LoopConfig, predict_logits, train
+from training.privacy import (
+    AccountantHistory,
+    DPConfig,
+    DPPlan,
+    DPResult,
+    PrivacyBudgetError,
+    dp_train,
+    epsilon_spent,
+    plan,
+)
 
 #: Ways a simulated hospital misbehaves, for the benchmark and the tests only; a real
 #: hospital's node runs with ``none``.
@@ -88,6 +98,34 @@ class LocalResult:
     examples: int
     train_loss: float
     seconds: float
+    #: with DP: the hospital's accountant after this round (its whole history in the run)
+    privacy: DPResult | None = None
+
+    def privacy_metrics(self) -> dict[str, float]:
+        """What the hospital reports of its privacy spending (scalars, for Flower's metrics)."""
+        if self.privacy is None:
+            return {}
+        p = self.privacy
+        return {
+            "dp_epsilon": p.epsilon,
+            "dp_target_epsilon": p.dp.epsilon,
+            "dp_delta": p.dp.delta,
+            "dp_max_grad_norm": p.dp.max_grad_norm,
+            "dp_noise_multiplier": p.plan.noise_multiplier,
+            "dp_sample_rate": p.plan.sample_rate,
+            "dp_steps_total": sum(n for _, _, n in p.accountant_history),
+            "dp_steps_this_round": p.steps_taken,
+        }
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """A hospital's DP settings for one round: the run's budget, its total epochs (the noise
+    is planned for all of them) and what its accountant has already spent in earlier rounds."""
+
+    dp: DPConfig
+    run_epochs: int
+    spent: AccountantHistory
 
 
 def local_train(
@@ -96,8 +134,10 @@ def local_train(
     site: SiteData,
     config: LoopConfig,
     simulate: str = "none",
+    private: PrivateTraining | None = None,
 ) -> LocalResult:
-    """Train the global model on the hospital's data for ``config.max_epochs`` epochs."""
+    """Train the global model on the hospital's data for ``config.max_epochs`` epochs
+    (DP-SGD when ``private``: BatchNorm stays at the owner's public statistics)."""
     import time
 
     if simulate not in SIMULATIONS:
@@ -109,9 +149,25 @@ def local_train(
     model = from_arrays(arch, global_arrays)
     labels = 1 - site.train_labels if simulate == "flip-labels" else site.train_labels
     empty = (site.train_images[:0], site.train_labels[:0])
-    history = train(
-        model, (site.train_images, labels), (site.calib_images, site.calib_labels), empty, config
-    )
+    privacy: DPResult | None = None
+    if private is None:
+        history = train(
+            model, (site.train_images, labels), (site.calib_images, site.calib_labels), empty,
+            config,
+        )  # fmt: skip
+    else:
+        # The same noise every round, planned for the whole run; the spent history carries
+        # the earlier rounds, so epsilon is the whole run's and a spent budget is refused.
+        run_plan = plan(
+            private.dp, dataset_size=examples, batch_size=config.batch_size,
+            epochs=private.run_epochs,
+        )  # fmt: skip
+        refuse_when_spent(private.dp, run_plan, private.spent)
+        privacy = dp_train(
+            model, (site.train_images, labels), (site.calib_images, site.calib_labels), empty,
+            config, private.dp, spent=private.spent, dp_plan=run_plan,
+        )  # fmt: skip
+        history = privacy.history
     arrays = to_arrays(model)
     if simulate == "scale-update":  # the boosted model-replacement attack
         arrays = [
@@ -121,7 +177,17 @@ def local_train(
     elif simulate == "nan-update":
         arrays[0] = np.full_like(arrays[0], np.nan)
     last = history.epochs[-1].train_loss if history.epochs else math.nan
-    return LocalResult(arrays, examples, last, time.perf_counter() - started)
+    return LocalResult(arrays, examples, last, time.perf_counter() - started, privacy)
+
+
+def refuse_when_spent(dp: DPConfig, run_plan: DPPlan, spent: AccountantHistory) -> None:
+    """:class:`PrivacyBudgetError` when not even one more step fits this hospital's budget."""
+    one_more = [*spent, (run_plan.noise_multiplier, run_plan.sample_rate, 1)]
+    if spent and epsilon_spent(one_more, dp.delta) > dp.epsilon:
+        raise PrivacyBudgetError(
+            f"this hospital's privacy budget is spent: epsilon {epsilon_spent(spent, dp.delta):.3f}"
+            f" of {dp.epsilon:g} after {sum(n for _, _, n in spent)} steps; it trains no more"
+        )
 
 
 @dataclass(frozen=True)

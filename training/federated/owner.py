@@ -33,6 +33,7 @@ from training.federated.protocol import RunConfig
 from training.loop import predict_logits
 from training.metrics import classification_report
 from training.plots import plot_reliability
+from training.privacy import ACCOUNTANT, ACCOUNTANT_NOTE, set_public_batchnorm
 from training.provenance import data_record
 
 log = logging.getLogger("training.federated")
@@ -69,6 +70,11 @@ class Federation:
         self.paths = FederatedPaths.for_checkpoint(Path(run.out))
         torch.manual_seed(run.seed)
         self.model = build_model(self.arch)
+        self.public_images = 0
+        if run.dp_epsilon:  # BatchNorm statistics from public images, frozen at the hospitals
+            public = ImageFolder(Path(run.dp_public_dir), Preprocessing(self.arch.image_size))
+            set_public_batchnorm(self.model, public.images)
+            self.public_images = len(public)
         self.arrays = to_arrays(self.model)
         if not run.eval_dir:
             raise FederationError("the model owner needs an eval folder (--eval-dir)")
@@ -295,6 +301,7 @@ class Federation:
                 "round_timeout_s": self.run.round_timeout_s,
             },
             "hospitals": [h.record() for h in self.hospitals.values()],
+            **self.privacy_record(),
             "hospital_data_note": "sizes and content hashes are as claimed by each hospital; "
             "the model owner cannot verify them",
             "training_data": None,
@@ -323,6 +330,37 @@ class Federation:
                 "numpy": np.__version__,
                 "argv0": sys.argv[0] if sys.argv else "",
             },
+        }
+
+    def privacy_record(self) -> dict[str, Any]:
+        """``differential_privacy``: the run's budget and each hospital's spending as it
+        last reported it (its own accountant; the owner cannot check it)."""
+        if not self.run.dp_epsilon:
+            return {}
+        per_hospital: dict[str, dict[str, float]] = {}
+        for record in self.rounds:
+            for name, figures in record["hospitals"].items():
+                dp = {k.removeprefix("dp_"): v for k, v in figures.items() if k.startswith("dp_")}
+                if dp:
+                    per_hospital[name] = {"round": record["round"], **dp}
+        return {
+            "differential_privacy": {
+                "where": "DP-SGD at each hospital (local training), each with its own accountant "
+                "kept across rounds in its node's run state",
+                "target_epsilon": self.run.dp_epsilon,
+                "delta": self.run.dp_delta,
+                "max_grad_norm": self.run.max_grad_norm,
+                "accountant": ACCOUNTANT,
+                "accountant_note": ACCOUNTANT_NOTE,
+                "sampling": "poisson",
+                "batchnorm": f"frozen: running statistics from {self.public_images} public "
+                f"images ({self.run.dp_public_dir}), set by the model owner before round 1",
+                "per_hospital": per_hospital,
+                "per_hospital_note": "epsilon as each hospital's accountant reported it with its "
+                "last update (under SecAgg+ the reports do not reach the model owner)",
+                "not_covered": "the temperature (hospitals' calibration NLL sums) is outside "
+                "the epsilon",
+            }
         }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from models.nets import Architecture, default_architecture
 from training.federated.aggregate import STRATEGIES
+from training.privacy import DPConfig
 
 #: message types beyond Flower's ``train`` / ``evaluate``
 DESCRIBE = "query.describe"
@@ -43,6 +44,13 @@ class RunConfig:
     out: str = "models/federated-lenet.pth"
     eval_dir: str = ""
     registry: str = ""
+    #: differential privacy at every hospital (0 = none): DP-SGD spending at most this epsilon
+    #: over the whole run, each hospital's own accountant
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    #: the model owner's folder of public (generated) images for the frozen BatchNorm statistics
+    dp_public_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -57,6 +65,20 @@ class RunConfig:
         if self.secagg and self.min_hospitals < 2:
             raise ValueError("SecAgg+ needs at least 2 hospitals per round")
         self.architecture()  # validates backbone / image size
+        if self.dp_epsilon < 0:
+            raise ValueError("dp_epsilon must be >= 0 (0 = no differential privacy)")
+        self.dp_config()  # a DP budget must be well formed
+        if self.dp_epsilon and not self.dp_public_dir:
+            raise ValueError(
+                "differential privacy needs --dp-public-dir: public images for the frozen "
+                "BatchNorm statistics (statistics of the hospitals' data would leak)"
+            )
+
+    def dp_config(self) -> DPConfig | None:
+        """Each hospital's DP budget for the whole run, or None (no DP)."""
+        if not self.dp_epsilon:
+            return None
+        return DPConfig(self.dp_epsilon, self.dp_delta, self.max_grad_norm)
 
     def architecture(self) -> Architecture:
         base = default_architecture(self.backbone)
