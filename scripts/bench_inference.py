@@ -62,11 +62,15 @@ def plaintext_seconds(checkpoint_path: Path, batch: int, reps: int) -> float:
 
 
 def bench_models(reps: int, workdir: Path, backbones: list[str]) -> list[dict]:
+    """``backbones``: each ``BACKBONE[@IMAGE_SIZE]``; 128 px ResNets at batch 1 only."""
     rows = []
-    for backbone in backbones:
-        path, weights = benchmark_checkpoint(ROOT / "models", backbone, workdir)
+    for spec in backbones:
+        backbone, _, wanted = spec.partition("@")
+        path, weights = benchmark_checkpoint(
+            ROOT / "models", backbone, workdir, int(wanted) if wanted else None
+        )
         size = load_checkpoint(path).architecture.image_size
-        for batch in (1, 8):
+        for batch in (1, 8) if backbone == "lenet" or size <= 64 else (1,):
             enc = run_parties(_encrypted_party, str(path), batch, reps)[0]
             plain = plaintext_seconds(path, batch, reps)
             rows.append(
@@ -252,7 +256,11 @@ def main() -> None:
         help="re-measure only the served path; keep the model rows (and their date) of the last run",
     )
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--backbones", default="lenet,resnet18")
+    parser.add_argument(
+        "--backbones",
+        default="lenet,resnet18,resnet18-mpc,resnet18-mpc@128,resnet18@128",
+        help="each BACKBONE[@IMAGE_SIZE]",
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
