@@ -119,4 +119,11 @@ def test_twins_share_equally_the_free_rider_gets_nothing_the_flipper_ranks_last(
     assert abs(h["free-rider"]["shapley"]) < 0.5 * h["twin-a"]["shapley"]
     assert min(h, key=lambda name: h[name]["shapley"]) == "flipper"
     assert h["flipper"]["share"] == 0.0
-    assert Path(run.out).with_suffix(".contribution.json").is_file()
+    # the royalty ledger reads exactly this file
+    from marketplace.royalties import load_contribution_file
+
+    parsed = load_contribution_file(Path(run.out).with_suffix(".contribution.json"))
+    assert parsed.model_version == record["model_version"]
+    assert {x.pseudonym: x.share for x in parsed.hospitals} == pytest.approx(
+        {name: x["share"] for name, x in h.items()}
+    )
