@@ -104,7 +104,7 @@ def test_twins_share_equally_the_free_rider_gets_nothing_the_flipper_ranks_last(
         LocalHospital("flipper", data / "flipper", simulate="flip-labels"),
     ]
     run = RunConfig(
-        rounds=3, local_epochs=2, min_hospitals=2, round_timeout_s=600.0, lr=3e-3,
+        rounds=3, local_epochs=5, min_hospitals=2, round_timeout_s=600.0, lr=3e-3,
         out=str(tmp_path / "out" / "fed.pth"), eval_dir=str(eval_dir),
     )  # fmt: skip
     with LocalFederation(tmp_path / "processes", hospitals) as federation:
