@@ -151,3 +151,20 @@ def test_the_market_never_stores_a_patient_side_status(session) -> None:
         session.rollback()
         case = session.get(Case, message.case_id)
     assert case.status is CaseStatus.OPEN
+
+
+def test_the_research_row_of_an_unfamiliar_case_records_the_flag(session) -> None:
+    from marketplace import research, review
+    from tests.marketplace.flows import make_doctors
+
+    flagged = replace(case_opened(confidence=0.97), unfamiliar=True)
+    familiar = case_opened(confidence=0.97)
+    for message in (flagged, familiar):
+        assert intake.open_case_now(session, message, now=T0) is True
+        for doctor_id, _ in make_doctors(session, 3, reputation=200):  # top tier
+            review.claim_case(session, doctor_id, message.case_id, now=ARRIVED)
+            review.cast_vote(
+                session, doctor_id, message.case_id, label="tumor", note=None, now=ARRIVED
+            )
+    rows = research.unpublished_rows(session, limit=10)
+    assert [row["unfamiliar"] for row in rows] == ["yes", "no"]
