@@ -52,6 +52,14 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
+def _optional_text(body: dict[str, Any], name: str, max_len: int) -> str | None:
+    return None if body.get(name) is None else _text(body, name, max_len)
+
+
+def _optional_flag(body: dict[str, Any], name: str) -> bool | None:
+    return None if body.get(name) is None else _flag(body, name)
+
+
 @dataclass(frozen=True)
 class CaseOpened:
     """Clinic → marketplace: a predicted case needs review; what pricing and research need.
@@ -72,6 +80,11 @@ class CaseOpened:
     backbone: str
     model_sha256: str
     unfamiliar: bool = False
+    #: the model version's name and passport (issue 15); None in messages from older clinics
+    model_version: str | None = None
+    passport_id: str | None = None
+    #: False: the model was served without a passport (--allow-unattested); None: unknown
+    model_attested: bool | None = None
 
     def body(self) -> dict[str, Any]:
         data = asdict(self)
@@ -90,6 +103,9 @@ class CaseOpened:
             backbone=_text(body, "backbone"),
             model_sha256=_text(body, "model_sha256"),
             unfamiliar=_flag(body, "unfamiliar"),
+            model_version=_optional_text(body, "model_version", 80),
+            passport_id=_optional_text(body, "passport_id", 42),
+            model_attested=_optional_flag(body, "model_attested"),
         )
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from marketplace.domain.anonymize import CSV_COLUMNS, ResearchRecord
+from marketplace.domain.anonymize import CSV_COLUMNS, UNKNOWN_VERSION, ResearchRecord
 from marketplace.storage.models import ResearchRow
 from marketplace.storage.unit import read_only, unit_of_work
 
@@ -29,6 +29,7 @@ def _record(row: ResearchRow) -> ResearchRecord:
         reviewers=row.reviewers,
         agreement=row.agreement,
         unfamiliar=bool(row.unfamiliar),
+        model_version=row.passport_version or UNKNOWN_VERSION,
     )
 
 

@@ -70,6 +70,11 @@ class CaseCard:
     escalation_level: int
     #: the model found the image unlike its training data: its confidence is not trusted
     unfamiliar: bool
+    #: which model version predicted it (its passport's name, e.g. "lenet v2") and its
+    #: passport id; model_attested False: served without a passport. None: not known.
+    model_version: str | None
+    passport_id: str | None
+    model_attested: bool | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ class SettledReview:
     case_id: str
     settled_at: datetime | None
     unfamiliar: bool
+    model_version: str | None
+    passport_id: str | None
+    model_attested: bool | None
     your_label: str
     your_receipt: str
     diagnosis: str | None
@@ -162,6 +170,9 @@ def _card(case: Case) -> CaseCard:
         case.review_deadline,
         case.escalation_level,
         bool(case.unfamiliar),
+        case.passport_version,
+        case.passport_id,
+        case.model_attested,
     )
 
 
@@ -384,6 +395,9 @@ def history(session: Session, doctor_id: str) -> list[SettledReview]:
             case_id=case.id,
             settled_at=case.settled_at,
             unfamiliar=bool(case.unfamiliar),
+            model_version=case.passport_version,
+            passport_id=case.passport_id,
+            model_attested=case.model_attested,
             your_label=vote.label,
             your_receipt=vote.commitment,
             diagnosis=case.diagnosis,

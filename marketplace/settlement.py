@@ -102,6 +102,7 @@ def _settle(
         reviewers=len(votes),
         agreement=outcome.agreement,
         unfamiliar=bool(case.unfamiliar),
+        model_version=case.passport_version,
     )
     row = ResearchRow(
         day=record.day,
@@ -112,6 +113,7 @@ def _settle(
         reviewers=record.reviewers,
         agreement=record.agreement,
         unfamiliar=record.unfamiliar,
+        passport_version=record.model_version,
         model_version=case.model_sha256,
     )
     session.add(row)

@@ -46,6 +46,16 @@ INFER, PING, STOP = "infer", "ping", "stop"
 MAX_ATTEMPTS = 5
 
 
+def served_model(passport: dict[str, Any] | None, backbone: str) -> cases.ServedModel | None:
+    """The version party 1 announced (None: a party 1 from before passports said nothing)."""
+    if not isinstance(passport, dict):
+        return None
+    attested = passport.get("attested") is True
+    version = str(passport.get("model_version") or f"{backbone} (unattested)")[:80]
+    passport_id = passport.get("passport_id") if attested else None
+    return cases.ServedModel(version, str(passport_id) if passport_id else None, attested)
+
+
 class PatientSideEngine:
     """Party 0: queue, batching, announcing, recording predictions (an ``InferenceQueue``)."""
 
@@ -78,6 +88,7 @@ class PatientSideEngine:
         self._batches = 0
         self._images = 0
         self._card: ModelCard | None = None
+        self._served: cases.ServedModel | None = None
         self._thread = threading.Thread(target=self._run, name="mpc-party-0", daemon=True)
 
     # -- InferenceQueue -----------------------------------------------------------------
@@ -114,7 +125,15 @@ class PatientSideEngine:
             comm = crypten.communicator.get()
             classifier = EncryptedClassifier(crypten, IMAGE_OWNER)
             architecture = classifier.card.architecture
-            self._card = ModelCard(architecture.backbone, classifier.card.model_sha256)
+            self._served = served_model(classifier.card.passport, architecture.backbone)
+            served = self._served
+            self._card = ModelCard(
+                architecture.backbone,
+                classifier.card.model_sha256,
+                served.model_version if served else None,
+                served.passport_id if served else None,
+                served.attested if served else None,
+            )
             self.preprocessing = Preprocessing(architecture.image_size)
             log.info(
                 "encrypted %s model ready (sha256 %s…)",
@@ -195,6 +214,7 @@ class PatientSideEngine:
                     now=now,
                     worker=self.jobs.worker,
                     unfamiliar=prediction.unfamiliar,
+                    model=self._served,
                 )
         self._batches += 1
         self._images += len(ready)
@@ -214,9 +234,12 @@ class ModelSideEngine:
         *,
         on_exit: Callable[[BaseException | None], None],
         audit: Callable[[dict[str, Any]], None] | None = None,
+        passport: dict[str, Any] | None = None,
     ) -> None:
         self.party = party
         self.model_path = model_path
+        #: what party 0 is told about the version (checked against the chain before serving)
+        self.passport = passport
         self.on_exit = on_exit
         self.audit = audit
         self.ready = threading.Event()
@@ -246,7 +269,7 @@ class ModelSideEngine:
             crypten = init_party(self.party)
             comm = crypten.communicator.get()
             classifier = EncryptedClassifier(
-                crypten, MODEL_OWNER, checkpoint, file_sha256(self.model_path)
+                crypten, MODEL_OWNER, checkpoint, file_sha256(self.model_path), self.passport
             )
             log.info("serving %s from %s", classifier.card.architecture.backbone, self.model_path)
             self.ready.set()

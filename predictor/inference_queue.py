@@ -22,6 +22,11 @@ class ModelCard:
 
     backbone: str
     sha256: str
+    #: the version party 1 announced after checking its passport (issue 15); attested False:
+    #: served with --allow-unattested; None: not announced
+    model_version: str | None = None
+    passport_id: str | None = None
+    attested: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from infra.web import start_service
 from models.mpc import DEALER_RANK, PartyConfig, run_dealer
+from models.passport.registry import Unattested
 from predictor.clinic import cases
 from predictor.clinic import queue as queue_store
 from predictor.clinic.store import clinic_sessions
@@ -29,6 +30,7 @@ from predictor.engine import ModelSideEngine, PatientSideEngine
 from predictor.images import ImageStore
 from predictor.lease_queue import LeasedCaseQueue
 from predictor.metrics import PatientSideMetrics
+from predictor.model_passport import EXIT_UNATTESTED, announced_passport
 from predictor.outcomes import OutcomeWaiters
 from predictor.patient_api import create_patient_app
 from predictor.settings import PredictorSettings
@@ -166,7 +168,9 @@ def patient_side(
 
 
 def model_side(
-    settings: PredictorSettings, on_exit: Callable[[BaseException | None], None]
+    settings: PredictorSettings,
+    on_exit: Callable[[BaseException | None], None],
+    passport: dict[str, Any] | None = None,
 ) -> PartyRole:
     """Party 1: the weights' MPC engine; it keeps no case data and serves no HTTP."""
     engine = ModelSideEngine(
@@ -174,6 +178,7 @@ def model_side(
         settings.resolved_model_path,
         on_exit=on_exit,
         audit=_control_audit(settings),
+        passport=passport,
     )
     return PartyRole(None, settings.doctor_port, engine.start, engine.stop)
 
@@ -187,6 +192,13 @@ def run_party(settings: PredictorSettings) -> int:
     if rank == DEALER_RANK:
         run_dealer(_party_config(settings, rank))
         return 0
+    passport: dict[str, Any] | None = None
+    if rank == 1:
+        try:  # before the rendezvous: an unattested model never meets party 0
+            passport = announced_passport(settings)
+        except Unattested as refusal:
+            log.error("refusing to serve: %s", refusal)
+            return EXIT_UNATTESTED
     front_door = rank == 0 and settings.serves_patients
     if front_door and not (settings.clinic_key and settings.market_public_key):
         log.error("party 0 needs CRYPTO_DOCTOR_CLINIC_KEY and --market-public-key")
@@ -204,7 +216,7 @@ def run_party(settings: PredictorSettings) -> int:
     role = (
         patient_side(settings, clinic_sessions(settings.clinic_db_url), on_exit)
         if rank == 0
-        else model_side(settings, on_exit)
+        else model_side(settings, on_exit, passport)
     )
     try:
         role.start()

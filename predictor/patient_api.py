@@ -33,9 +33,10 @@ from predictor.access.policy import SERVED, Refusal
 from predictor.access.protocol import DOCTOR_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from predictor.access.store import ImageRequest
 from predictor.clinic import cases
+from predictor.clinic.cases import UNATTESTED_NOTE, PatientView
 from predictor.clinic.models import ClinicInbox, ClinicOutbox
 from predictor.images import ImageStore
-from predictor.inference_queue import InferenceQueue
+from predictor.inference_queue import InferenceQueue, ModelCard
 from predictor.metrics import PatientSideMetrics
 from predictor.outcomes import OutcomeWaiters
 from predictor.settings import PredictorSettings
@@ -178,14 +179,26 @@ async def get_case(request: web.Request) -> web.Response:
             try:
                 await asyncio.wait_for(outcome.wait(), wait_s)
             except TimeoutError:
-                return web.json_response(view.to_json())
+                return web.json_response(_case_json(view, side.queue.status().model))
             view = await run_blocking(
                 side.executor, case_for_patient, side.sessions, case_id, token
             )
     finally:
         if outcome is not None:
             side.waiters.release(case_id)
-    return web.json_response(view.to_json())
+    return web.json_response(_case_json(view, side.queue.status().model))
+
+
+def _case_json(view: PatientView, serving: ModelCard | None) -> dict[str, object]:
+    """The case as the patient sees it; a queued case names the model that will answer it."""
+    answer = view.to_json()
+    if view.status is CaseStatus.QUEUED and serving is not None and serving.attested is not None:
+        answer["model_version"] = serving.model_version
+        answer["passport_id"] = serving.passport_id
+        answer["model_attested"] = serving.attested
+        if not serving.attested:
+            answer["model_note"] = UNATTESTED_NOTE
+    return answer
 
 
 @routes.get("/image/{case_id}")
@@ -277,7 +290,13 @@ async def healthz(request: web.Request) -> web.Response:
             "images": status.images,
             "model": None
             if status.model is None
-            else {"backbone": status.model.backbone, "sha256": status.model.sha256},
+            else {
+                "backbone": status.model.backbone,
+                "sha256": status.model.sha256,
+                "model_version": status.model.model_version,
+                "passport_id": status.model.passport_id,
+                "attested": status.model.attested,
+            },
         }
     )
 

@@ -158,6 +158,37 @@ class PredictorSettings:
     ocean_deploy: bool = field(
         default=True, metadata=flag("deploy Ocean's contracts when the address file is stale")
     )
+    # Model passport (issue 15): party 1 checks its checkpoint against the chain before serving.
+    allow_unattested: bool = field(
+        default=False,
+        metadata=flag(
+            "party 1 serves a checkpoint no passport on chain attests (or with the chain down); "
+            "every GET /case answer and the doctor page then say the model is unattested"
+        ),
+    )
+    passport_owner: str = field(
+        default="",
+        metadata=flag("address of the model owner whose passports count (default: the key's)"),
+    )
+    passport_owner_key: str = field(
+        default="",
+        metadata=flag(
+            "the model owner's private key, 0x-hex (default: dev account 3)",
+            env="PASSPORT_OWNER_KEY",
+            secret=True,
+        ),
+    )
+    passport_wait_s: float = field(
+        default=60.0,
+        metadata=flag("how long party 1 waits for the chain before refusing to serve"),
+    )
+    passport_mint: bool = field(
+        default=False,
+        metadata=flag(
+            "the supervisor mints the served checkpoint's passport (idempotent, from its "
+            "<stem>.provenance.json) before starting the parties"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

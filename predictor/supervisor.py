@@ -11,7 +11,10 @@ secrets and database URL in its environment (never on a command line), and no
 rendezvous port (queued cases are in the clinic's store and run again); the marketplace and
 the Ocean pieces restart alone. With ``--pairs N`` (and ``--processes-per-pair K``) it runs
 N x K such MPC sessions, each restarted on its own; they share the clinic's queue in its
-PostgreSQL store, and pair 0's process 0 is the one that serves patients. The supervisor holds the patient port itself and answers 503
+PostgreSQL store, and pair 0's process 0 is the one that serves patients. Party 1 serves only
+a checkpoint its owner's passport on chain attests (:mod:`predictor.model_passport`): its
+refusal (exit 78) ends the run instead of a restart loop; ``--passport-mint`` mints the
+served checkpoint's passport (idempotent) before the parties start. The supervisor holds the patient port itself and answers 503
 there while party 0 is down (:mod:`predictor.standby`). It logs one ``ready:`` line once every
 service answers. SIGTERM/SIGINT stop every child.
 """
@@ -36,6 +39,7 @@ from infra.messaging import public_key
 from infra.net import free_port
 from infra.settings import ENV_PREFIX, secrets_to_env, settings_to_argv
 from marketplace.service.settings import MarketplaceSettings
+from predictor.model_passport import EXIT_UNATTESTED, passport_settings
 from predictor.ocean_side import OceanSide, SupervisedChild, flags_to_env, stop_process
 from predictor.settings import PredictorSettings
 from predictor.standby import Standby, listening_socket
@@ -78,6 +82,11 @@ def party_settings(
         market_key="",
         pair_id=slot[0],
         pair_process=slot[1],
+        # Party 1 checks passports by their owner's address: no party holds the owner's key.
+        passport_owner=passport_settings(s).owner,
+        passport_owner_key="",
+        # No chain of ours starting up (--no-ocean, no external one): ask once, do not wait.
+        passport_wait_s=s.passport_wait_s if s.ocean or s.ocean_rpc_url else 0.0,
     )
     if rank == 0 and slot != FRONT_DOOR:
         # Another pair's party 0 only computes: it needs the store and the images, not the
@@ -309,6 +318,8 @@ class Supervisor:
         self.standby.start()
         try:
             self.marketplace.start()
+            if s.passport_mint and not self.mint_passport():
+                return EXIT_UNATTESTED
             self.start_parties()
             return self._supervise()
         finally:
@@ -339,6 +350,12 @@ class Supervisor:
                 }
                 if not dead:
                     continue
+                if EXIT_UNATTESTED in dead.values():
+                    log.error(
+                        "party 1 refuses to serve an unattested model (its line above says why "
+                        "and how to fix it); not restarting"
+                    )
+                    return EXIT_UNATTESTED
                 if slot == FRONT_DOOR:
                     # Patients are answered 503 (never refused) until the new party 0 serves.
                     self.standby.start()
@@ -359,6 +376,48 @@ class Supervisor:
                 self.start_session(slot)
             self._announce_when_ready()
         return 0
+
+    def mint_passport(self, timeout_s: float = 300.0) -> bool:
+        """Mint the served checkpoint's passport (idempotent) once the chain is deployed.
+
+        Runs ``python -m models.passport mint`` (the model owner's key in its environment
+        only); the Ocean side keeps starting meanwhile. False (logged) when it cannot.
+        """
+        s = self.settings
+        deadline = time.monotonic() + timeout_s
+        while self.ocean is not None and not self.ocean.deployed:
+            if self.stopping or time.monotonic() > deadline:
+                log.error("the chain was not ready for minting the model's passport in time")
+                return False
+            self.ocean.tick()
+            time.sleep(POLL_S)
+        passports = passport_settings(s)
+        argv = [
+            sys.executable, "-m", "models.passport", "mint", str(s.resolved_model_path),
+            "--rpc-url", passports.rpc_url,
+            "--address-file", str(passports.address_file),
+            "--documents-dir", str(passports.documents_dir),
+        ]  # fmt: skip
+        env = {**clean_environment(), **secrets_to_env(passports)}
+        try:
+            done = subprocess.run(
+                argv, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            log.error("minting the model's passport took over %.0f s", timeout_s)
+            return False
+        if done.returncode != 0:
+            log.error("minting the model's passport failed: %s", done.stderr.strip()[-500:])
+            return False
+        record = json.loads(done.stdout)
+        log.info(
+            "model passport: %s is %s (passport %s, %s)",
+            s.resolved_model_path,
+            record["model_version"],
+            record["passport_id"],
+            "minted now" if record["minted"] else "already minted",
+        )
+        return True
 
     def _keep_marketplace(self) -> None:
         child = self.marketplace

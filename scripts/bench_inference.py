@@ -156,7 +156,7 @@ def bench_service(
             sys.executable, "-m", "predictor", "--patient-port", str(port), "--doctor-port", str(free_port()),
             "--market-db-url", f"sqlite:///{run_dir / 'market.sqlite3'}",
             "--clinic-db-url", f"sqlite:///{run_dir / 'clinic.sqlite3'}", "--data-dir", str(run_dir / "party0"),
-            "--max-batch", str(max_batch), "--batch-wait-ms", "5", "--no-ocean",
+            "--max-batch", str(max_batch), "--batch-wait-ms", "5", "--no-ocean", "--allow-unattested",
         ]  # fmt: skip
         with open(run_dir / "log", "wb") as log:
             proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

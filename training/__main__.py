@@ -6,6 +6,7 @@ import logging
 import sys
 
 from training.data import DatasetError
+from training.mint import mint_passport
 from training.run import run_training
 from training.settings import parse_train_settings
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = parse_train_settings(argv)
     try:
-        run_training(
+        run = run_training(
             settings,
             command=["python", "-m", "training", *(sys.argv[1:] if argv is None else argv)],
         )
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # --validate-encrypted without its CrypTen side installed
         logging.getLogger("training").error("encrypted validation unavailable: %s", exc)
         return 1
+    if settings.mint:
+        return mint_passport(run.paths.checkpoint)
     return 0
 
 

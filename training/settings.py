@@ -125,6 +125,13 @@ class TrainSettings:
             "the unfamiliarity detector (never the private data)"
         ),
     )
+    mint: bool = field(
+        default=False,
+        metadata=flag(
+            "after training, mint the checkpoint's passport on chain (python -m models.passport "
+            "mint; chain and owner key from CRYPTO_DOCTOR_OCEAN_* / _PASSPORT_OWNER_KEY)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.source_dir_train is None or self.source_dir_eval is None:

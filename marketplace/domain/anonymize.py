@@ -4,7 +4,9 @@ Only coarse fields survive: the settlement *day*, the model backbone and label,
 the confidence in 0.1-wide buckets, the final diagnosis, the panel size, the
 fraction of reviewers who agreed with it, and whether the model found the image
 unfamiliar (``yes``/``no``). The flag is rare, so it says something about the patient's
-scan: it is a quasi-identifier, and the k-anonymous release groups on it by default.
+scan: it is a quasi-identifier, and the k-anonymous release groups on it by default. So is
+the model version that predicted the case (``lenet v2``, its passport's name): a version
+served for a few hours narrows a case down to those hours.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+#: ``model_version`` of a case predicted before model passports (issue 15).
+UNKNOWN_VERSION = "unknown"
 CSV_COLUMNS = (
     "day",
     "backbone",
@@ -25,6 +29,7 @@ CSV_COLUMNS = (
     "reviewers",
     "agreement",
     "unfamiliar",
+    "model_version",
 )
 
 
@@ -49,6 +54,8 @@ class ResearchRecord:
     reviewers: int
     agreement: float
     unfamiliar: bool = False
+    #: the model version's name on its passport ("lenet v2"); "unknown" before passports
+    model_version: str = UNKNOWN_VERSION
 
     def as_csv_values(self) -> list[str]:
         return [
@@ -60,6 +67,7 @@ class ResearchRecord:
             str(self.reviewers),
             f"{self.agreement:.2f}",
             "yes" if self.unfamiliar else "no",
+            self.model_version,
         ]
 
 
@@ -73,6 +81,7 @@ def anonymize(
     reviewers: int,
     agreement: float,
     unfamiliar: bool = False,
+    model_version: str | None = None,
 ) -> ResearchRecord:
     """Reduce a settled case to its research record (day in UTC, bucketed confidence)."""
     if settled_at.tzinfo is None:
@@ -88,6 +97,7 @@ def anonymize(
         reviewers=reviewers,
         agreement=round(agreement, 2),
         unfamiliar=unfamiliar,
+        model_version=model_version or UNKNOWN_VERSION,
     )
 
 

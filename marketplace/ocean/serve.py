@@ -8,7 +8,8 @@
 - `GET /asset`       the DDO, datatoken, exchange id and current on-chain digest;
 - `GET /initialize`  a provider fee signed by the service key, valid for the order timeout;
 - `POST /download`   `{"order_tx", "signature"}`: verifies the order on chain and streams the CSV;
-- `GET /metrics`     Prometheus text, for loopback or the operator token (`infra.metrics`).
+- `GET /metrics`     Prometheus text, for loopback or the operator token (`infra.metrics`);
+- `GET /passports/{id}` a model passport, readable (`passport_view`), and its documents.
 
 Chain calls run in a small dedicated thread pool so they never block the event loop.
 """
@@ -46,6 +47,9 @@ from marketplace.ocean.orders import (
     parse_consumer,
     parse_download_request,
 )
+from marketplace.ocean.passport import DocumentMismatch, PassportError, PassportNotFound
+from marketplace.ocean.passport_view import PASSPORT_POOL, PASSPORT_SETTINGS
+from marketplace.ocean.passport_view import routes as passport_routes
 from marketplace.ocean.settings import OceanSettings
 from marketplace.ocean.state import OceanState
 
@@ -61,6 +65,9 @@ STATUS: dict[type[Exception], int] = {
     NotPublished: 404,
     DatasetUpdating: 503,
     ChainUnavailable: 503,
+    PassportNotFound: 404,
+    DocumentMismatch: 409,
+    PassportError: 503,
 }
 
 
@@ -186,12 +193,15 @@ def create_download_app(settings: OceanSettings) -> web.Application:
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocean-chain")
         state = OceanState(settings.state_path)
         app[RUNTIME] = Runtime(Downloads(settings, state), pool, metrics)
+        app[PASSPORT_POOL] = pool
         yield
         pool.shutdown(wait=True)
         state.close()
 
     app.cleanup_ctx.append(runtime_ctx)
+    app[PASSPORT_SETTINGS] = settings
     app.add_routes(routes)
+    app.add_routes(passport_routes)
     secure_headers(app)
     add_metrics_route(app, metrics.registry, settings.operator_token)
     return app

@@ -23,8 +23,9 @@ from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 DEV_MNEMONIC = "taxi music thumb unique chat sand crew more leg another off lamp"
 DEV_CHAIN_ID = 8996
 #: ``unfamiliar``: the model's flag for images unlike its training data is rare, so it is a
-#: quasi-identifier too (issue 18).
-DEFAULT_QUASI_IDENTIFIERS = ("day", "backbone", "reviewers", "unfamiliar")
+#: quasi-identifier too (issue 18); so is ``model_version`` (issue 15): a version served for
+#: a short while narrows its cases down to that while.
+DEFAULT_QUASI_IDENTIFIERS = ("day", "backbone", "reviewers", "unfamiliar", "model_version")
 ONE_TOKEN = 10**18  # datatokens and OCEAN have 18 decimals; amounts are integers of wei
 
 

@@ -88,6 +88,9 @@ class ResearchRow(Base):
     agreement: Mapped[float] = mapped_column(Float)
     # The model found the image unlike its training data (a quasi-identifier: see anonymize).
     unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The model version's name on its passport ("lenet v2"): in the CSV as model_version, a
+    # quasi-identifier (few cases per version early on). None: settled before passports.
+    passport_version: Mapped[str | None] = mapped_column(String(80))
     # The checkpoint sha256 of the model that predicted the case: a sale of the data set pays
     # the royalty pools of the versions whose rows it contains. Never in the CSV.
     model_version: Mapped[str | None] = mapped_column(String(64))
@@ -117,6 +120,11 @@ class Case(Base):
     model_sha256: Mapped[str | None] = mapped_column(String(64))
     # The unfamiliarity bit opened with the prediction: the confidence is not trusted.
     unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The model version's name on its passport ("lenet v2"), the passport (the data NFT's
+    # address), and False when party 1 served it unattested; None: an older clinic's case.
+    passport_version: Mapped[str | None] = mapped_column(String(80))
+    passport_id: Mapped[str | None] = mapped_column(String(42))
+    model_attested: Mapped[bool | None] = mapped_column(Boolean)
     # Review market state.
     bounty: Mapped[int | None] = mapped_column(BigInteger)
     min_tier: Mapped[int] = mapped_column(Integer, default=0)

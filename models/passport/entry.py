@@ -104,6 +104,20 @@ def _generated(provenance: Mapping[str, Any]) -> bool:
     return False
 
 
+def dp_epsilon(provenance: Mapping[str, Any]) -> float | None:
+    """The epsilon spent: central training's accountant, or the largest any hospital reported
+    (federated, each hospital's own accountant), else the run's target; None without DP."""
+    dp = provenance.get("differential_privacy")
+    if not isinstance(dp, Mapping) or not dp:
+        return None
+    if "epsilon" in dp:
+        return _number(dp["epsilon"])
+    hospitals = dp.get("per_hospital") or {}
+    spent = [_number(h.get("epsilon")) for h in hospitals.values() if isinstance(h, Mapping)]
+    known = [e for e in spent if e is not None]
+    return max(known) if known else _number(dp.get("target_epsilon"))
+
+
 def full_fields(
     provenance: Mapping[str, Any], contribution: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -161,7 +175,6 @@ def full_fields(
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]  # rows true, columns predicted
         figures["sensitivity"] = round(tp / (tp + fn), 4) if tp + fn else None
         figures["specificity"] = round(tn / (tn + fp), 4) if tn + fp else None
-    dp = provenance.get("dp") or provenance.get("privacy") or {}
     shares = None
     if contribution and isinstance(contribution.get("hospitals"), Mapping):
         shares = {
@@ -175,7 +188,7 @@ def full_fields(
         "datasets": [d for d in datasets if d is not None],
         "metrics": figures,
         "limits": limits,
-        "dp_epsilon": _number(dp.get("epsilon")) if isinstance(dp, Mapping) else None,
+        "dp_epsilon": dp_epsilon(provenance),
         "contributor_shares": shares,
         "date": provenance.get("trained_at_utc"),
     }

@@ -56,7 +56,10 @@ class PassportSettings:
     )
     documents_dir: Path = field(
         default=Path("var/ocean/passports"),
-        metadata=flag("folder of the passports' off-chain documents (served by the project)"),
+        metadata=flag(
+            "folder of the passports' off-chain documents (served by the project)",
+            env="PASSPORT_DOCUMENTS_DIR",
+        ),
     )
     owner_key: str = field(
         default="",

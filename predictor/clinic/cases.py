@@ -40,6 +40,23 @@ UNFAMILIAR_NOTE = (
 )
 
 
+#: What the patient reads when the model that answered was served without a passport.
+UNATTESTED_NOTE = (
+    "The model that answered was served without a passport: no statement by its owner on "
+    "the chain says which model this is or how it was trained and tested."
+)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """Which model version made a prediction, as party 1 announced it (issue 15)."""
+
+    model_version: str
+    passport_id: str | None
+    #: False: party 1 served it with --allow-unattested (no passport vouches for it)
+    attested: bool
+
+
 @dataclass(frozen=True)
 class ModelPrediction:
     label: str
@@ -47,6 +64,8 @@ class ModelPrediction:
     backbone: str
     #: the encrypted program's one bit: the image is unlike the training data
     unfamiliar: bool = False
+    #: None: predicted before passports (issue 15)
+    model: ServedModel | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,12 @@ class PatientView:
                 "agreement": self.diagnosis.agreement,
             },
         }
+        model = self.prediction.model if self.prediction is not None else None
+        view["model_version"] = model.model_version if model else None
+        view["passport_id"] = model.passport_id if model else None
+        view["model_attested"] = model.attested if model else None
+        if model is not None and not model.attested:
+            view["model_note"] = UNATTESTED_NOTE
         unfamiliar = self.prediction is not None and self.prediction.unfamiliar
         view["unfamiliar"] = unfamiliar
         if unfamiliar:
@@ -140,6 +165,7 @@ def record_prediction(
     now: datetime,
     worker: str | None = None,
     unfamiliar: bool = False,
+    model: ServedModel | None = None,
 ) -> bool:
     """Record a queued case's opened prediction and send it to the marketplace for review.
 
@@ -150,7 +176,8 @@ def record_prediction(
 
     ``confidence`` is the calibrated probability of ``label``; at a screening threshold
     below 0.5 a "tumor" label may carry less than 0.5. ``unfamiliar`` is the MPC program's
-    bit: the image is unlike the training data.
+    bit: the image is unlike the training data. ``model`` is the version party 1 announced
+    (its passport, or unattested).
     """
     if label not in LABELS:
         raise InvalidInput(f"label must be one of {LABELS}")
@@ -180,6 +207,10 @@ def record_prediction(
     case.model_sha256 = model_sha256
     case.predicted_by = worker
     case.unfamiliar = unfamiliar
+    if model is not None:
+        case.model_version = model.model_version
+        case.passport_id = model.passport_id
+        case.model_attested = model.attested
     case.lease_owner = case.lease_expires_at = None
     opened = CaseOpened(
         case_id=case_id,
@@ -190,6 +221,9 @@ def record_prediction(
         backbone=backbone,
         model_sha256=model_sha256,
         unfamiliar=unfamiliar,
+        model_version=model.model_version if model else None,
+        passport_id=model.passport_id if model else None,
+        model_attested=model.attested if model else None,
     )
     mailbox.post(
         session,
@@ -275,8 +309,13 @@ def patient_view(session: Session, case_id: str, patient_token_hash: str) -> Pat
     status = case.case_status
     prediction = None
     if case.model_label is not None and case.confidence is not None:
+        served = (
+            ServedModel(case.model_version, case.passport_id, bool(case.model_attested))
+            if case.model_version is not None
+            else None
+        )
         prediction = ModelPrediction(
-            case.model_label, case.confidence, case.backbone or "", bool(case.unfamiliar)
+            case.model_label, case.confidence, case.backbone or "", bool(case.unfamiliar), served
         )
     diagnosis = None
     if status is CaseStatus.SETTLED and case.settled_at is not None and case.diagnosis:

@@ -65,6 +65,11 @@ class PatientCase(ClinicBase):
     predicted_by: Mapped[str | None] = mapped_column(String(64))
     # The MPC program's one bit: the image is unlike the model's training data.
     unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Which model version made the prediction, as party 1 announced it (issue 15): its
+    # passport on chain, or model_attested False when served with --allow-unattested.
+    model_version: Mapped[str | None] = mapped_column(String(80))
+    passport_id: Mapped[str | None] = mapped_column(String(42))
+    model_attested: Mapped[bool | None] = mapped_column(Boolean)
 
     @property
     def case_status(self) -> CaseStatus:

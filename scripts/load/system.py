@@ -52,6 +52,7 @@ class System:
             "--clinic-db-url", self.clinic_db_url,
             "--ocean-data-dir", str(self.ocean_dir), "--model-path", str(self.model),
             "--publish-every-s", str(self.publish_every_s), "--batch-wait-ms", "20",
+            "--passport-mint",
         ]  # fmt: skip
         if self.rpc_url:
             argv += ["--ocean-rpc-url", self.rpc_url]

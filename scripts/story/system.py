@@ -32,7 +32,7 @@ class System:
             "--market-db-url", self.db_url, "--data-dir", str(work / "party0"),
             "--clinic-db-url", self.clinic_db_url,
             "--ocean-data-dir", str(self.ocean_dir), "--model-path", str(model),
-            "--publish-every-s", "2",
+            "--publish-every-s", "2", "--passport-mint",
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None
 

@@ -81,7 +81,8 @@ class Clinic:
         self.log = work / "supervisor.log"
         self.db = make_engine(clinic_url)
         argv = [
-            sys.executable, "-m", "predictor", "--no-ocean", "--pairs", str(pairs),
+            sys.executable, "-m", "predictor", "--no-ocean", "--allow-unattested",
+            "--pairs", str(pairs),
             "--patient-port", self.patient_url.rsplit(":", 1)[1],
             "--doctor-port", self.doctor_url.rsplit(":", 1)[1],
             "--market-db-url", f"sqlite:///{self.market_db}",
@@ -222,7 +223,7 @@ class SeparatePair:
                 argv += ["--data-dir", str(clinic.work / "party0"), "--batch-wait-ms", "400"]
                 child_env["CRYPTO_DOCTOR_CLINIC_DB_URL"] = clinic.clinic_url
             else:
-                argv += ["--model-path", str(MODEL)]
+                argv += ["--model-path", str(MODEL), "--allow-unattested"]  # no chain here
             with open(log, "wb") as out:
                 self.processes.append(
                     subprocess.Popen(

@@ -78,6 +78,7 @@ class Run:
             "--chain-port", str(self.ports["chain"]), "--ocean-port", str(self.ports["ocean"]),
             "--data-dir", str(work / "party0"),
             "--ocean-data-dir", str(work / "ocean"), "--publish-every-s", "1",
+            "--passport-mint",  # the seed model's passport, as scripts/run does
         ]  # fmt: skip
         if "CRYPTO_DOCTOR_MARKET_DB_URL" not in env:
             argv += ["--market-db-url", f"sqlite:///{work / 'market.sqlite3'}"]

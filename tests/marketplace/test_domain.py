@@ -288,6 +288,7 @@ def test_anonymize_keeps_only_public_coarse_fields() -> None:
         "5",
         "0.80",
         "no",
+        "unknown",  # predicted before model passports
     ]
     flagged = anonymize(
         settled_at=settled,
@@ -298,8 +299,12 @@ def test_anonymize_keeps_only_public_coarse_fields() -> None:
         reviewers=3,
         agreement=1.0,
         unfamiliar=True,
+        model_version="lenet v2",
     )
-    assert flagged.as_csv_values()[3] == "0.4-0.5" and flagged.as_csv_values()[-1] == "yes"
+    assert flagged.as_csv_values()[3] == "0.4-0.5" and flagged.as_csv_values()[-2:] == [
+        "yes",
+        "lenet v2",
+    ]
     with pytest.raises(ValueError):
         anonymize(
             settled_at=settled.replace(tzinfo=None),

@@ -23,7 +23,7 @@ from tests.marketplace.test_review import _panel
 
 TOKEN = "operator-token-0123456789"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
-HEADER = "day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement,unfamiliar"
+HEADER = "day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement,unfamiliar,model_version"
 
 
 def _settings(db_url: str, operator_token: str) -> MarketplaceSettings:

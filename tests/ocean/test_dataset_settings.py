@@ -29,6 +29,7 @@ def test_public_row_drops_row_id_and_formats_dates() -> None:
         "reviewers": 3,
         "agreement": 0.5,
         "unfamiliar": "no",
+        "model_version": "lenet v1",
     }
     out = public_row(raw)
     assert list(out) == list(COLUMNS) and out["day"] == "2026-11-25" and "row_id" not in out
@@ -40,24 +41,25 @@ def test_public_row_drops_row_id_and_formats_dates() -> None:
 def test_published_bytes_are_pinned() -> None:
     """The bytes (and so the on-chain digests) of files published stay the same.
 
-    Schema 2 (issue 18) added the ``unfamiliar`` column; files published under schema 1 had
-    seven columns and keep their own digests on chain.
+    Schema 2 (issue 18) added the ``unfamiliar`` column, schema 3 (issue 15) ``model_version``;
+    files published under earlier schemas keep their own digests on chain.
     """
     rows = [
-        ["2026-11-20", "resnet18", "tumor", "0.8-0.9", "tumor", "3", "0.67", "no"],
-        ["2026-11-21", "lenet", "no_tumor", "0.9-1.0", "no_tumor", "3", "1.00", "yes"],
-        ["2026-11-21", 'a "quoted", field', "x", "y", "z", "1", "0.50", "no"],
+        ["2026-11-20", "resnet18", "tumor", "0.8-0.9", "tumor", "3", "0.67", "no", "unknown"],
+        ["2026-11-21", "lenet", "no_tumor", "0.9-1.0", "no_tumor", "3", "1.00", "yes", "lenet v2"],
+        ["2026-11-21", 'a "quoted", field', "x", "y", "z", "1", "0.50", "no", "lenet v2"],
     ]
     data = render_csv(rows)
     assert data == (
-        b"day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement,unfamiliar\n"
-        b"2026-11-20,resnet18,tumor,0.8-0.9,tumor,3,0.67,no\n"
-        b"2026-11-21,lenet,no_tumor,0.9-1.0,no_tumor,3,1.00,yes\n"
-        b'2026-11-21,"a ""quoted"", field",x,y,z,1,0.50,no\n'
+        b"day,backbone,model_label,confidence_bucket,diagnosis,reviewers,agreement,unfamiliar,"
+        b"model_version\n"
+        b"2026-11-20,resnet18,tumor,0.8-0.9,tumor,3,0.67,no,unknown\n"
+        b"2026-11-21,lenet,no_tumor,0.9-1.0,no_tumor,3,1.00,yes,lenet v2\n"
+        b'2026-11-21,"a ""quoted"", field",x,y,z,1,0.50,no,lenet v2\n'
     )
-    assert digest(data) == "5e9fe318865adb8d305ed6e0eddaef0cb29b15dac5bf58bd3e15c1b9d9b8a91f"
+    assert digest(data) == "3a813b2aaafe8a65f3b0cc2e7141006116d5343ac5376c6ea7387626b7df252b"
     assert digest(render_csv([])) == (
-        "ae0d3b0350f5ff7d3b4f159da566f9f3dac82eb71995a15865c83a12ced234ee"
+        "6fff88b5af736f05ef5c09a615a75b615d46d1da1bb1442e5a18f29cba06cb2b"
     )
 
 

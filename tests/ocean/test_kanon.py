@@ -40,11 +40,23 @@ def test_groups_differ_by_any_quasi_identifier() -> None:
 
 def test_the_unfamiliar_flag_is_a_quasi_identifier_by_default() -> None:
     """One flagged scan among familiar ones of the same day must not go out alone."""
-    rows = [row(i) | {"unfamiliar": "no"} for i in range(4)] + [row(9) | {"unfamiliar": "yes"}]
+    same = {"model_version": "lenet v1"}
+    rows = [row(i) | same | {"unfamiliar": "no"} for i in range(4)]
+    rows.append(row(9) | same | {"unfamiliar": "yes"})
     out = split_releasable(rows, 3, DEFAULT_QUASI_IDENTIFIERS)
     assert [r["row_id"] for r in out.release] == [0, 1, 2, 3]
     assert [r["row_id"] for r in out.hold] == [9]
     assert "unfamiliar" in DEFAULT_QUASI_IDENTIFIERS
+
+
+def test_the_model_version_is_a_quasi_identifier_by_default() -> None:
+    """A version served for an hour narrows its cases to that hour: it groups like the day."""
+    rows = [row(i) | {"unfamiliar": "no", "model_version": "lenet v1"} for i in range(4)]
+    rows.append(row(9) | {"unfamiliar": "no", "model_version": "lenet v2"})
+    out = split_releasable(rows, 3, DEFAULT_QUASI_IDENTIFIERS)
+    assert [r["row_id"] for r in out.release] == [0, 1, 2, 3]
+    assert [r["row_id"] for r in out.hold] == [9]
+    assert "model_version" in DEFAULT_QUASI_IDENTIFIERS
 
 
 rows_strategy = st.lists(

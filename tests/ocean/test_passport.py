@@ -42,7 +42,9 @@ SEED_PROVENANCE = ROOT / "models" / "lenet.provenance.json"
 @pytest.fixture
 def passports(chain: Chain, tmp_path: Path) -> PassportSettings:
     return PassportSettings(
-        rpc_url=chain.node.url, address_file=chain.address_file, documents_dir=tmp_path / "docs"
+        rpc_url=chain.node.url,
+        address_file=chain.address_file,
+        documents_dir=tmp_path / "ocean" / "passports",
     )
 
 
@@ -272,3 +274,100 @@ def test_the_cli_mints_shows_verifies_and_lists_history(
 def test_both_modules_hash_the_same_bytes() -> None:
     value = {"b": [1, 2.5, None], "a": "é"}
     assert passport_entry.canonical(value) == canonical(value)
+
+
+@pytest.mark.slow  # a fresh interpreter with ocean-lib
+def test_training_mint_attests_the_checkpoint_idempotently(
+    passports: PassportSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m training --mint`` and the federation's ``--mint`` run this helper."""
+    from training.mint import mint_passport
+
+    checkpoint, _ = checkpoint_copy(tmp_path, "trained-" + uuid.uuid4().hex[:6], 500)
+    monkeypatch.setenv("CRYPTO_DOCTOR_OCEAN_RPC_URL", passports.rpc_url)
+    monkeypatch.setenv("CRYPTO_DOCTOR_OCEAN_ADDRESS_FILE", str(passports.address_file))
+    monkeypatch.setenv("CRYPTO_DOCTOR_PASSPORT_DOCUMENTS_DIR", str(passports.documents_dir))
+    assert mint_passport(checkpoint) == 0
+    assert mint_passport(checkpoint) == 0  # the same file: nothing new
+    found = verify_checkpoint(passports, checkpoint)
+    assert found.lineage == checkpoint.stem and found.version == 1
+    assert len(passports.chain().entries(found.passport_id)) == 1
+
+
+def test_the_readable_view_shows_checked_fields_and_flags_a_tampered_document(
+    passports: PassportSettings, tmp_path: Path
+) -> None:
+    from marketplace.ocean.passport_view import read_passport, render
+    from marketplace.ocean.settings import OceanSettings
+
+    ocean = OceanSettings(
+        rpc_url=passports.rpc_url,
+        address_file=passports.address_file,
+        data_dir=passports.documents_dir.parent,
+    )
+    checkpoint, provenance = checkpoint_copy(tmp_path, "model", 600)
+    result = mint(
+        passports.chain(),
+        passports.documents(),
+        passports.wallet(),
+        checkpoint,
+        provenance,
+        lineage=lineage_name(),
+    )
+    passport_id = result.attestation.passport_id
+    name, owner, pages = read_passport(ocean, passport_id)
+    assert owner == passports.owner and [p.document_state for p in pages] == ["checked"]
+    page = render(passport_id, name, owner, pages)
+    assert "matches the hashes on chain" in page and "generated data" in page
+    sha = pages[0].entry["document"]["sha256"]
+    path = passports.documents().path(sha)
+    path.write_bytes(path.read_bytes().replace(b'"auc":', b'"auc": ', 1))
+    _, _, pages = read_passport(ocean, passport_id)
+    assert [p.document_state for p in pages] == ["tampered"]
+    assert "does NOT match" in render(passport_id, name, owner, pages)
+    with pytest.raises(PassportNotFound):
+        read_passport(ocean, "0x" + "56" * 20)
+
+
+def test_a_chain_restart_keeps_every_passport_and_its_history(tmp_path: Path) -> None:
+    """The project's ganache keeps its state in its database folder (``--database.dbPath``)."""
+    from marketplace.ocean.chain import connect, wallet
+    from marketplace.ocean.deploy import deploy_contracts
+    from marketplace.ocean.node import GanacheNode
+
+    node = GanacheNode(db_path=tmp_path / "chain")
+    node.start()
+    try:
+        deploy_contracts(connect(node.url), wallet(dev_key(0)), tmp_path / "address.json")
+        settings = PassportSettings(
+            rpc_url=node.url,
+            address_file=tmp_path / "address.json",
+            documents_dir=tmp_path / "passports",
+        )
+        checkpoint, provenance = checkpoint_copy(tmp_path, "model")
+        minted = mint(
+            settings.chain(),
+            settings.documents(),
+            settings.wallet(),
+            checkpoint,
+            provenance,
+            lineage="restart",
+        )
+        node.stop()
+        with pytest.raises(Unattested, match="unreachable"):
+            verify_checkpoint(settings, checkpoint)  # down: fails closed
+        node.start()  # same port, same database folder
+        assert verify_checkpoint(settings, checkpoint) == minted.attestation
+        _, changes = history(settings.chain(), minted.attestation.passport_id)
+        assert [c.version for c in changes] == [1]
+        again = mint(
+            settings.chain(),
+            settings.documents(),
+            settings.wallet(),
+            checkpoint,
+            provenance,
+            lineage="restart",
+        )
+        assert not again.minted
+    finally:
+        node.stop()

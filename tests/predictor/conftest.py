@@ -148,6 +148,7 @@ def service(tmp_path_factory) -> Service:
         "--control-log", str(svc.control_log), "--batch-wait-ms", "50",
         "--max-upload-bytes", str(MAX_UPLOAD),
         "--no-ocean",  # these tests need no chain
+        "--allow-unattested",  # so no passport either: every answer says so
     ]  # fmt: skip
     with open(svc.log_path, "wb") as log:
         env = {

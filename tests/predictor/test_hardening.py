@@ -210,7 +210,7 @@ def stopped_run(tmp_path_factory) -> StoppedRun:
     work = tmp_path_factory.mktemp("run")
     patient, doctor = free_port(), free_port()
     argv = [
-        sys.executable, "-m", "predictor", "--no-ocean", "--access-log",
+        sys.executable, "-m", "predictor", "--no-ocean", "--allow-unattested", "--access-log",
         "--patient-port", str(patient), "--doctor-port", str(doctor),
         "--clinic-db-url", f"sqlite:///{work / 'clinic.sqlite3'}",
         "--market-db-url", f"sqlite:///{work / 'market.sqlite3'}",

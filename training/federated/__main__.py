@@ -38,6 +38,7 @@ from training.federated.settings import (
     RunSettings,
     ServeSettings,
 )
+from training.mint import mint_passport
 
 log = logging.getLogger("training.federated")
 
@@ -105,7 +106,7 @@ def run(argv: Sequence[str]) -> int:
     )
     submit_run(files, config, sys.stdout, s.timeout_s)
     print(f"federated checkpoint: {config.out}")
-    return 0
+    return mint_passport(Path(config.out)) if s.mint else 0
 
 
 def local(argv: Sequence[str]) -> int:
@@ -139,7 +140,7 @@ def local(argv: Sequence[str]) -> int:
         f"eval AUC {ev['auc']:.3f}, sensitivity {ev['sensitivity']:.3f}, specificity {ev['specificity']:.3f}, "
         f"ECE {ev['ece_after']:.3f}; checkpoint {config.out}"
     )
-    return 0
+    return mint_passport(Path(config.out)) if s.mint else 0
 
 
 def contribution(argv: Sequence[str]) -> int:

@@ -10,6 +10,10 @@ from training.federated.hospital import SIMULATIONS
 from training.federated.protocol import RunConfig
 
 DEFAULT_STATE = Path("var/federation/model-owner")
+MINT_HELP = (
+    "after the run, mint the checkpoint's passport on chain (the main venv's python -m "
+    "models.passport mint; chain and owner key from CRYPTO_DOCTOR_OCEAN_* / _PASSPORT_OWNER_KEY)"
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class RunSettings:
     state: Path = field(default=DEFAULT_STATE, metadata=flag("the model owner's federation folder"))
     config: RunConfig = field(default_factory=RunConfig, metadata=nested(""))
     timeout_s: float = field(default=7200.0, metadata=flag("give up on the run after this long"))
+    mint: bool = field(default=False, metadata=flag(MINT_HELP))
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class LocalSettings:
     images_per_hospital: int = field(default=300, metadata=flag("generated images per hospital"))
     eval_images: int = field(default=2000, metadata=flag("the model owner's eval set size"))
     data_seed: int = field(default=7, metadata=flag("generator seed"))
+    mint: bool = field(default=False, metadata=flag(MINT_HELP))
     config: RunConfig = field(default_factory=RunConfig, metadata=nested(""))
 
 
