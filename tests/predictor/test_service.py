@@ -351,3 +351,16 @@ def test_an_in_distribution_image_is_not_flagged(service, mri_images):
         card = eventually(lambda a=answer: _pool_card(service, token, a["case_id"]))
         assert card and card["unfamiliar"] is False
         assert card["bounty"] == price_bounty(view["prediction"]["confidence"])
+
+
+def test_an_unattested_model_says_so_in_every_answer(service, mri_images):
+    """The fixture runs --no-ocean --allow-unattested: no passport vouches for the model."""
+    status, answer = service.post_image(mri_images["yes"][0])
+    assert status == 202
+    status, queued = service.case(answer["case_id"], answer["patient_token"])
+    assert status == 200
+    view = service.wait_prediction(answer["case_id"], answer["patient_token"])
+    for shown in (queued, view) if queued["status"] == "queued" else (view,):
+        assert shown["model_attested"] is False and shown["passport_id"] is None
+        assert shown["model_version"] == "lenet (unattested)"
+        assert "without a passport" in shown["model_note"]
