@@ -136,8 +136,10 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
     assert all(r["reviewers"] == "3" for r in rows)
     assert set(rows[0]) == {
         "day", "backbone", "model_label", "confidence_bucket", "diagnosis", "reviewers",
-        "agreement", "unfamiliar",
+        "agreement", "unfamiliar", "model_version",
     }  # fmt: skip
+    assert len({r["model_version"] for r in rows}) == 1  # the seed model's attested version
+    assert rows[0]["model_version"].startswith("lenet v")
     assert not any(case_id in csv_text for case_id in case_ids)
 
     # SIGTERM stopped every process: the supervisor exited 0, nothing listens any more

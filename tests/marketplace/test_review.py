@@ -231,6 +231,7 @@ def test_research_rows_publish_cycle(session) -> None:
             "reviewers",
             "agreement",
             "unfamiliar",
+            "model_version",
         }
     ] * 2
     assert rows[0] | {"row_id": 0} == {
@@ -243,6 +244,7 @@ def test_research_rows_publish_cycle(session) -> None:
         "reviewers": "3",
         "agreement": "1.00",
         "unfamiliar": "no",
+        "model_version": "unknown",  # the clinic's message named no version
     }
     research.mark_published(session, [rows[0]["row_id"]], ref="0xabc", now=T1)
     assert [r["row_id"] for r in research.unpublished_rows(session, limit=10)] == [
