@@ -319,7 +319,7 @@ class Supervisor:
         try:
             self.marketplace.start()
             if s.passport_mint and not self.mint_passport():
-                return EXIT_UNATTESTED
+                return 0 if self.stopping else EXIT_UNATTESTED
             self.start_parties()
             return self._supervise()
         finally:
