@@ -38,7 +38,11 @@ from sqlalchemy.exc import ArgumentError
 from infra.messaging import public_key
 from infra.net import free_port
 from infra.settings import ENV_PREFIX, secrets_to_env, settings_to_argv
+from marketplace.ocean.chain import ChainUnavailable
+from marketplace.ocean.passport import PassportError
 from marketplace.service.settings import MarketplaceSettings
+from models.passport.entry import EntryError
+from models.passport.registry import companion, mint, read_json
 from predictor.model_passport import EXIT_UNATTESTED, passport_settings
 from predictor.ocean_side import OceanSide, SupervisedChild, flags_to_env, stop_process
 from predictor.settings import PredictorSettings
@@ -380,8 +384,8 @@ class Supervisor:
     def mint_passport(self, timeout_s: float = 300.0) -> bool:
         """Mint the served checkpoint's passport (idempotent) once the chain is deployed.
 
-        Runs ``python -m models.passport mint`` (the model owner's key in its environment
-        only); the Ocean side keeps starting meanwhile. False (logged) when it cannot.
+        As ``python -m models.passport mint`` does, from ``<stem>.provenance.json``; the Ocean
+        side keeps starting meanwhile. False (logged) when it cannot.
         """
         s = self.settings
         deadline = time.monotonic() + timeout_s
@@ -392,30 +396,25 @@ class Supervisor:
             self.ocean.tick()
             time.sleep(POLL_S)
         passports = passport_settings(s)
-        argv = [
-            sys.executable, "-m", "models.passport", "mint", str(s.resolved_model_path),
-            "--rpc-url", passports.rpc_url,
-            "--address-file", str(passports.address_file),
-            "--documents-dir", str(passports.documents_dir),
-        ]  # fmt: skip
-        env = {**clean_environment(), **secrets_to_env(passports)}
-        try:
-            done = subprocess.run(
-                argv, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        checkpoint = s.resolved_model_path
+        try:  # in this process: the supervisor holds every organisation's keys anyway
+            result = mint(
+                passports.chain(),
+                passports.documents(),
+                passports.wallet(),
+                checkpoint,
+                read_json(companion(checkpoint, ".provenance.json")),
+                lineage=checkpoint.stem,
             )
-        except subprocess.TimeoutExpired:
-            log.error("minting the model's passport took over %.0f s", timeout_s)
+        except (ChainUnavailable, PassportError, EntryError, OSError) as exc:
+            log.error("minting the model's passport failed: %s", exc)
             return False
-        if done.returncode != 0:
-            log.error("minting the model's passport failed: %s", done.stderr.strip()[-500:])
-            return False
-        record = json.loads(done.stdout)
         log.info(
             "model passport: %s is %s (passport %s, %s)",
-            s.resolved_model_path,
-            record["model_version"],
-            record["passport_id"],
-            "minted now" if record["minted"] else "already minted",
+            checkpoint,
+            result.attestation.model_version,
+            result.attestation.passport_id,
+            "minted now" if result.minted else "already minted",
         )
         return True
 
