@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import platform
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.synthetic import find_manifest
@@ -94,3 +97,23 @@ def _version(module: str) -> str:
         return str(__import__(module).__version__)
     except (ImportError, AttributeError):
         return "unknown"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically (temp file, then rename); NaN/inf become null (JSON has none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

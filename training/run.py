@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +30,13 @@ from training.privacy import (
     public_images,
     set_public_batchnorm,
 )
-from training.provenance import OutputPaths, build_provenance, data_record, output_paths
+from training.provenance import (
+    OutputPaths,
+    build_provenance,
+    data_record,
+    output_paths,
+    write_json,
+)
 from training.screening import bootstrap, choose_threshold, intervals_to_dict, screening_figures
 from training.settings import TrainSettings
 
@@ -267,7 +271,7 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
     )
 
     def write_records(run: TrainingRun) -> None:
-        _write_json(paths.metrics, run.metrics_record())
+        write_json(paths.metrics, run.metrics_record())
         provenance = build_provenance(
             checkpoint_sha256=sha,
             checkpoint_bytes=paths.checkpoint.stat().st_size,
@@ -282,7 +286,7 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         )
         if run.differential_privacy is not None:
             provenance["differential_privacy"] = run.differential_privacy
-        _write_json(paths.provenance, provenance)
+        write_json(paths.provenance, provenance)
 
     write_records(run)  # the trained model is on disk before the (slow, fallible) MPC check
     log_summary(run)
@@ -355,26 +359,6 @@ def log_summary(run: TrainingRun) -> None:
 
 def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _p_tumor(logits: np.ndarray, temperature: float) -> np.ndarray:

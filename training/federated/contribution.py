@@ -36,9 +36,10 @@ from models.preprocessing import Preprocessing
 from training.data import ImageFolder
 from training.federated.aggregate import Update, fedavg
 from training.federated.hospital import from_arrays
-from training.federated.outputs import FederatedPaths, load_arrays, write_json
+from training.federated.outputs import FederatedPaths, load_arrays
 from training.loop import predict_logits
 from training.metrics import roc_auc
+from training.provenance import write_json
 
 EXACT_LIMIT = 6
 SCHEMA = "crypto-doctor/contribution/1"

@@ -28,13 +28,13 @@ from training.calibration import nll
 from training.data import ImageFolder, fingerprint
 from training.federated.aggregate import Update, aggregate, check_update
 from training.federated.hospital import from_arrays, to_arrays
-from training.federated.outputs import FederatedPaths, plot_rounds, save_arrays, utc_now, write_json
+from training.federated.outputs import FederatedPaths, plot_rounds, save_arrays, utc_now
 from training.federated.protocol import RunConfig
 from training.loop import predict_logits
 from training.metrics import classification_report
 from training.plots import plot_reliability
 from training.privacy import ACCOUNTANT, ACCOUNTANT_NOTE, set_public_batchnorm
-from training.provenance import data_record
+from training.provenance import data_record, write_json
 
 log = logging.getLogger("training.federated")
 
