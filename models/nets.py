@@ -17,8 +17,8 @@ are almost free; every ReLU and max-pool comparison costs rounds and megabytes. 
   the branch right after its first batch norm, and none after the residual sum (9 activation
   layers instead of 17), and by default the quadratic activation (one multiplication, one
   round, instead of a ~10-round comparison circuit). Every activation's input comes straight
-  out of a batch norm, which keeps the squares in range while training; at inference the
-  batch norms fold into the convolutions.
+  out of a batch norm; at inference the batch norms fold into the convolutions. Measured
+  (README, *Training*): 4 epochs at 128 px leave it far below the ReLU ResNet-18 in AUC.
 
 Both return two logits; calibration (temperature) lives beside the weights in the checkpoint.
 """
