@@ -17,18 +17,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from infra.messaging import generate_key
 from infra.net import free_port
-from marketplace.storage import make_engine, normalize_url
+from marketplace.storage import make_engine
+from tests.marketplace.helpers import empty_pg_database
 from tests.predictor.conftest import http, multipart
 from training.synthetic import generate_dataset
 
@@ -47,17 +46,8 @@ pytestmark = [
 @pytest.fixture
 def clinic_pg_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for the clinic's store."""
-    admin_url = make_url(normalize_url(os.environ[PG_ENV]))
-    name = f"cdclinic_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(admin_url.render_as_string(hide_password=False))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with empty_pg_database("cdclinic") as url:
+        yield url
 
 
 def eventually(what: str, check: Callable[[], Any], timeout: float, log: Callable[[], str]) -> Any:

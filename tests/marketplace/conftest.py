@@ -8,15 +8,14 @@ database test against PostgreSQL; each test gets its own throwaway database.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from marketplace.storage import make_engine, make_sessionmaker, migrate, normalize_url
+from marketplace.storage import make_engine, make_sessionmaker, migrate
+from tests.marketplace.helpers import empty_pg_database
 
 PG_ENV = "CRYPTO_DOCTOR_TEST_PG_URL"
 
@@ -39,17 +38,8 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'marketplace.sqlite3'}"
         return
-    admin_url = make_url(normalize_url(os.environ[PG_ENV]))
-    name = f"cdtest_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(admin_url.render_as_string(hide_password=False))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with empty_pg_database("cdtest") as url:
+        yield url
 
 
 @pytest.fixture
