@@ -16,6 +16,7 @@ from aiohttp import web
 from infra.web import ApiError, in_session, read_json
 from marketplace import doctors, review, track_record
 from marketplace.image_links import viewer_url
+from marketplace.passport_links import passport_url
 from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, WAKEUP, utcnow
 
 routes = web.RouteTableDef()
@@ -29,6 +30,14 @@ def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def as_json(result: Any) -> dict[str, Any]:
     """A use case's frozen dataclass as JSON fields (datetimes in ISO 8601)."""
     return dataclasses.asdict(result, dict_factory=_plain)
+
+
+def case_json(
+    result: review.CaseCard | review.SettledReview, passport_view_url: str
+) -> dict[str, Any]:
+    """A case object of the doctor API: the use case's fields and ``passport_url``, the readable
+    passport of the model version that predicted it (null: no valid passport id or no view)."""
+    return as_json(result) | {"passport_url": passport_url(passport_view_url, result.passport_id)}
 
 
 async def current_doctor(request: web.Request) -> str:
@@ -106,7 +115,8 @@ async def my_history(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
     app = request.app
     settled = await in_session(app[EXECUTOR], app[SESSIONS], review.history, doctor_id)
-    return web.json_response({"settled": [as_json(row) for row in settled]})
+    view_url = app[SETTINGS].passport_view_url
+    return web.json_response({"settled": [case_json(row, view_url) for row in settled]})
 
 
 @routes.get("/api/me/track-record")
@@ -127,7 +137,8 @@ async def pool(request: web.Request) -> web.Response:
     cards = await in_session(
         app[EXECUTOR], app[SESSIONS], review.list_pool, doctor_id, app[SETTINGS].policy
     )
-    return web.json_response({"cases": [as_json(card) for card in cards]})
+    view_url = app[SETTINGS].passport_view_url
+    return web.json_response({"cases": [case_json(card, view_url) for card in cards]})
 
 
 @routes.get("/api/claims")
@@ -135,7 +146,8 @@ async def claims(request: web.Request) -> web.Response:
     doctor_id = await current_doctor(request)
     app = request.app
     claimed = await in_session(app[EXECUTOR], app[SESSIONS], review.my_claims, doctor_id)
-    return web.json_response({"cases": [as_json(case) for case in claimed]})
+    view_url = app[SETTINGS].passport_view_url
+    return web.json_response({"cases": [case_json(case, view_url) for case in claimed]})
 
 
 def _image_url(request: web.Request, case_id: str, doctor_id: str) -> str:
@@ -158,7 +170,9 @@ async def claim(request: web.Request) -> web.Response:
     )
     app[COURIER].wake()  # the clinic learns of the seat (seat.granted) now, not at the next poll
     app[WAKEUP].wake()  # doctors' live pages look again now (a panel may be full)
-    body = as_json(card) | {"image_url": _image_url(request, case_id, doctor_id)}
+    body = case_json(card, app[SETTINGS].passport_view_url) | {
+        "image_url": _image_url(request, case_id, doctor_id)
+    }
     return web.json_response(body, status=201)
 
 

@@ -32,7 +32,7 @@ from infra.web import in_session
 from marketplace import doctors, review
 from marketplace.domain.policy import MarketPolicy
 from marketplace.errors import DoctorNotFound
-from marketplace.service.api import as_json, current_doctor
+from marketplace.service.api import as_json, case_json, current_doctor
 from marketplace.service.context import EXECUTOR, SESSIONS, SETTINGS, WAKEUP, Wakeup
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,18 @@ class DoctorView:
     history: dict[str, Any]
 
 
-def doctor_view(session: Session, doctor_id: str, policy: MarketPolicy) -> DoctorView:
+def doctor_view(
+    session: Session, doctor_id: str, policy: MarketPolicy, passport_view_url: str
+) -> DoctorView:
     """Everything the doctor's page shows, each part as its REST endpoint answers it."""
+    pool = review.list_pool(session, doctor_id, policy)
+    claims = review.my_claims(session, doctor_id)
+    settled = review.history(session, doctor_id)
     return DoctorView(
         me=as_json(doctors.doctor_profile(session, doctor_id, policy)),
-        pool={"cases": [as_json(c) for c in review.list_pool(session, doctor_id, policy)]},
-        claims={"cases": [as_json(c) for c in review.my_claims(session, doctor_id)]},
-        history={"settled": [as_json(r) for r in review.history(session, doctor_id)]},
+        pool={"cases": [case_json(c, passport_view_url) for c in pool]},
+        claims={"cases": [case_json(c, passport_view_url) for c in claims]},
+        history={"settled": [case_json(r, passport_view_url) for r in settled]},
     )
 
 
@@ -86,7 +91,12 @@ async def events(request: web.Request) -> web.StreamResponse:
 
     async def view() -> DoctorView:
         return await in_session(
-            app[EXECUTOR], app[SESSIONS], doctor_view, doctor_id, settings.policy
+            app[EXECUTOR],
+            app[SESSIONS],
+            doctor_view,
+            doctor_id,
+            settings.policy,
+            settings.passport_view_url,
         )
 
     wakeup = app[WAKEUP]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from infra.messaging import check_public_key, public_key
 from infra.settings import flag, nested
 from marketplace.domain.policy import MarketPolicy
+from marketplace.passport_links import check_view_url
 from marketplace.storage.engine import DEFAULT_MARKET_DB_URL
 
 #: Field metadata making a nested ``MarketPolicy`` configurable in both parties:
@@ -57,6 +58,13 @@ class MarketplaceSettings:
         default="http://127.0.0.1:8080",
         metadata=flag("the clinic's URL: messages go to its /messages, image links point there"),
     )
+    passport_view_url: str = field(
+        default="http://127.0.0.1:8082",
+        metadata=flag(
+            "the Ocean service's URL for doctors' browsers: case answers link to its "
+            "/passports/<passport_id> page; empty: no passport links"
+        ),
+    )
     policy: MarketPolicy = field(default_factory=MarketPolicy, metadata=POLICY_FLAGS)
     escalation_interval_s: float = field(
         default=30.0, metadata=flag("seconds between passes over overdue cases")
@@ -96,6 +104,7 @@ class MarketplaceSettings:
         public_key(self.signing_key)  # ValueError naming the expected form
         if self.clinic_public_key:
             check_public_key(self.clinic_public_key)
+        check_view_url(self.passport_view_url)
         if min(self.courier_poll_s, self.courier_max_backoff_s) <= 0:
             raise ValueError("courier_poll_s and courier_max_backoff_s must be positive")
         if min(self.escalation_interval_s, self.metrics_interval_s) <= 0:
