@@ -14,8 +14,9 @@ from urllib.parse import quote, urlsplit
 PASSPORT_ID = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
-def check_view_url(url: str) -> None:
-    """ValueError unless ``url`` is empty (no links) or a plain http(s) base URL with a host.
+def check_view_url(url: str, name: str = "passport_view_url") -> None:
+    """ValueError (naming the setting ``name``) unless ``url`` is empty (no links) or a plain
+    http(s) base URL with a host.
 
     The links go to doctors' browsers: no credentials, query or fragment in them, and no
     other scheme (a ``javascript:`` base would turn a link into a script).
@@ -26,7 +27,7 @@ def check_view_url(url: str) -> None:
         parts = urlsplit(url)
         _ = parts.port  # ValueError on a port that is not a number
     except ValueError as exc:
-        raise ValueError(f"passport_view_url {url!r} is not a URL: {exc}") from None
+        raise ValueError(f"{name} {url!r} is not a URL: {exc}") from None
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
@@ -36,7 +37,7 @@ def check_view_url(url: str) -> None:
         or any(c.isspace() or not c.isprintable() for c in url)
     ):
         raise ValueError(
-            f"passport_view_url must be an http:// or https:// base URL such as "
+            f"{name} must be an http:// or https:// base URL such as "
             f"http://127.0.0.1:8082 (no credentials, query or fragment), or empty for no "
             f"passport links; got {url!r}"
         )

@@ -14,6 +14,7 @@ from infra.messaging import generate_key, public_key
 from infra.net import is_loopback
 from infra.settings import flag, nested, parse_settings
 from marketplace.domain.policy import MarketPolicy
+from marketplace.passport_links import check_view_url
 from marketplace.service.settings import POLICY_FLAGS
 from marketplace.storage import DEFAULT_MARKET_DB_URL
 from models.mpc import PROVIDERS
@@ -145,6 +146,13 @@ class PredictorSettings:
     )
     chain_port: int = field(default=8545, metadata=flag("port of the local ganache chain"))
     ocean_port: int = field(default=8082, metadata=flag("port of the research-data downloads"))
+    ocean_public_url: str = field(
+        default="",
+        metadata=flag(
+            "URL doctors' browsers use to reach the Ocean service (case answers link model "
+            "passports there; default http://<host>:<ocean-port>, none with --no-ocean)"
+        ),
+    )
     ocean_data_dir: Path = field(
         default=Path("var/ocean"), metadata=flag("Ocean side's folder (chain, CSV, state)")
     )
@@ -216,6 +224,7 @@ class PredictorSettings:
             )
         if self.ocean_k < 0 or self.publish_every_s <= 0:
             raise ValueError("ocean_k must be >= 0 and publish_every_s positive")
+        check_view_url(self.ocean_public_url, "ocean_public_url")
         if self.rank is not None and not self.mpc_interface and not is_loopback(self.master_addr):
             raise ValueError(
                 "the MPC link between hosts must run inside a tunnel: give --mpc-interface "
@@ -254,6 +263,15 @@ class PredictorSettings:
     @property
     def ocean_service_url(self) -> str:
         return f"http://{self.host}:{self.ocean_port}"
+
+    @property
+    def passport_view_url(self) -> str:
+        """Where the marketplace links model passports: ``--ocean-public-url``, else the Ocean
+        service started here (a wildcard host as 127.0.0.1), else none (``--no-ocean``)."""
+        if self.ocean_public_url or not self.ocean:
+            return self.ocean_public_url
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.ocean_port}"
 
     @property
     def ocean_address_file(self) -> Path:

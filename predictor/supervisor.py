@@ -126,12 +126,14 @@ def answers(url: str) -> dict | None:
 
 
 def marketplace_settings(s: PredictorSettings) -> MarketplaceSettings:
-    """The marketplace's own configuration: its store, its key, the clinic's public key."""
+    """The marketplace's own configuration: its store, its key, the clinic's public key, and
+    where its case answers link model passports (the Ocean service run here, if any)."""
     return MarketplaceSettings(
         db_url=s.market_db_url,
         host=s.host,
         port=s.doctor_port,
         patient_base_url=s.resolved_patient_url,
+        passport_view_url=s.passport_view_url,
         clinic_public_key=public_key(s.clinic_key),
         signing_key=s.market_key,
         policy=s.policy,

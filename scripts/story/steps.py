@@ -131,19 +131,31 @@ def encrypted_prediction(system: System, clock: Clock, cases: list[dict]) -> Non
 def bounties_in_pool(system: System, clock: Clock, cases: list[dict], doctors: list[dict]) -> None:
     clock.step("bounties: each doctor sees the open cases in the pool")
 
-    def pool_bounties() -> dict | None:
+    def pool_cards() -> dict | None:
         """The pool once every case has reached the marketplace (by the clinic's messages)."""
         status, pool = http("GET", system.doctor_url + "/api/pool", token=doctors[0]["token"])
         if status != 200:
             raise DemoFailed(f"pool: {status} {pool}")
-        bounties = {c["case_id"]: c["bounty"] for c in pool["cases"]}
-        return bounties if all(c["case_id"] in bounties for c in cases) else None
+        cards = {c["case_id"]: c for c in pool["cases"]}
+        return cards if all(c["case_id"] in cards for c in cases) else None
 
-    bounties = poll("every case in the marketplace's pool", pool_bounties, timeout=60)
+    cards = poll("every case in the marketplace's pool", pool_cards, timeout=60)
     for case in cases:
-        case["bounty"] = bounties[case["case_id"]]
+        case["bounty"] = cards[case["case_id"]]["bounty"]
         say(f"case {case['case_id'][:8]}…  bounty {case['bounty']} credits")
+    say(_model_passport(cards[cases[0]["case_id"]]))
     clock.done(f"{len(cases)} cases, {sum(c['bounty'] for c in cases)} credits in escrow")
+
+
+def _model_passport(card: dict) -> str:
+    """The doctor's link from a case to its model's passport opens the readable passport."""
+    link, passport_id = card.get("passport_url"), card.get("passport_id")
+    if not link or not passport_id:
+        raise DemoFailed(f"the case names no model passport to open: {card}")
+    status, page = http("GET", link)
+    if status != 200 or passport_id.encode() not in page:
+        raise DemoFailed(f"the model passport {link} did not open: {status} {str(page)[:200]}")
+    return f"model {card['model_version']}, its passport readable at {link}"
 
 
 def blind_review(system: System, clock: Clock, cases: list[dict], doctors: list[dict]) -> None:

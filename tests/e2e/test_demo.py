@@ -92,6 +92,13 @@ def test_demo_runs_the_whole_story_and_the_researcher_gets_the_rows(tmp_path: Pa
     assert set(bounty) == case_ids and all(b > 0 for b in bounty.values()), body
     escrow = sum(bounty.values())
     assert ok == f"{CASES} cases, {escrow} credits in escrow"
+    # the doctors' link from a case to its model's passport opens the readable passport
+    assert re.search(
+        r"^\s+model lenet v\d+, its passport readable at "
+        r"http://127\.0\.0\.1:\d+/passports/0x[0-9a-fA-F]{40}$",
+        body,
+        re.M,
+    ), body
 
     # blind review: three sealed votes on every case
     body, _ = _achieved(steps, "blind review")

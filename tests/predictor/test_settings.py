@@ -56,3 +56,24 @@ def test_a_party_between_hosts_must_name_its_tunnel_interface(capsys):
     )
     assert pinned.mpc_interface == "wg0"
     assert parse_predictor_settings(["--rank", "1"], {}).mpc_interface == ""  # loopback
+
+
+def test_the_marketplace_links_passports_to_the_ocean_service_run_here(capsys):
+    from predictor.supervisor import marketplace_settings
+
+    def view_url(*argv: str) -> str:
+        market = marketplace_settings(parse_predictor_settings(list(argv), {}).with_keys())
+        flags = settings_to_argv(market)
+        assert flags[flags.index("--passport-view-url") + 1] == market.passport_view_url
+        return market.passport_view_url
+
+    assert view_url() == "http://127.0.0.1:8082"
+    assert view_url("--ocean-port", "9082") == "http://127.0.0.1:9082"
+    assert view_url("--host", "0.0.0.0") == "http://127.0.0.1:8082"  # reachable, not 0.0.0.0
+    assert view_url("--no-ocean") == ""  # no passport pages served here: no links
+    public = "https://ocean.example.org"
+    assert view_url("--ocean-public-url", public) == public
+    assert view_url("--no-ocean", "--ocean-public-url", public) == public
+    with pytest.raises(SystemExit):
+        parse_predictor_settings(["--ocean-public-url", "javascript:alert(1)"], {})
+    assert "ocean_public_url must be an http:// or https://" in capsys.readouterr().err
