@@ -271,6 +271,8 @@ class PredictorSettings:
         if self.ocean_public_url or not self.ocean:
             return self.ocean_public_url
         host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        if ":" in host:  # an IPv6 address goes in brackets
+            host = f"[{host}]"
         return f"http://{host}:{self.ocean_port}"
 
     @property

@@ -70,6 +70,7 @@ def test_the_marketplace_links_passports_to_the_ocean_service_run_here(capsys):
     assert view_url() == "http://127.0.0.1:8082"
     assert view_url("--ocean-port", "9082") == "http://127.0.0.1:9082"
     assert view_url("--host", "0.0.0.0") == "http://127.0.0.1:8082"  # reachable, not 0.0.0.0
+    assert view_url("--host", "::1") == "http://[::1]:8082"
     assert view_url("--no-ocean") == ""  # no passport pages served here: no links
     public = "https://ocean.example.org"
     assert view_url("--ocean-public-url", public) == public
