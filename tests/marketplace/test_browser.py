@@ -73,7 +73,9 @@ def _viewer_link(browser: Any, case_id: str) -> tuple[Any, str]:
     """A case card's link to the clinic's viewer, and its address once the page has it."""
     from selenium.webdriver.common.by import By
 
-    found = browser.find_elements(By.CSS_SELECTOR, f'article[data-case-id="{case_id}"] a')
+    found = browser.find_elements(
+        By.CSS_SELECTOR, f'article[data-case-id="{case_id}"] a.viewer-link'
+    )
     if not found or not found[0].is_displayed():
         return None, ""
     return found[0], found[0].get_attribute("href") or ""

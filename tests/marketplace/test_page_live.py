@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from infra.messaging import generate_key
+from infra.net import free_port
 from marketplace import doctors, intake
 from marketplace.domain.consensus import PanelRule
 from marketplace.domain.policy import MarketPolicy
@@ -64,6 +65,13 @@ class Market:
 
     def case(self, confidence: float) -> str:
         return open_case(self.session, confidence=confidence, now=datetime.now(UTC), policy=POLICY)
+
+    def model_case(self, **model: object) -> str:
+        """A case whose clinic named the model version that predicted it (and its passport)."""
+        now = datetime.now(UTC)
+        message = replace(case_opened(confidence=0.9, now=now), **model)
+        assert intake.open_case_now(self.session, message, now=now, policy=POLICY)
+        return message.case_id
 
     def unfamiliar_case(self) -> str:
         """A case whose image the model found unlike its training data (the clinic says so)."""
@@ -215,6 +223,59 @@ def test_an_unfamiliar_image_is_flagged_in_the_pool_and_on_the_case(market, brow
         flag = browser.find_element(By.CSS_SELECTOR, f"{card} .facts .flag").text
         assert "Unfamiliar image: the model's confidence is not trusted" in flag
         screenshot(browser, "doctor-page-unfamiliar")
+
+
+def test_the_model_version_links_to_its_readable_passport(market, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    passport = "0x" + "aB" * 20
+    _, token = market.doctor("Dr Passport", reputation=200)
+    attested = market.model_case(
+        model_version="lenet v2", passport_id=passport, model_attested=True
+    )
+    unattested = market.model_case(model_version="lenet (unattested)", model_attested=False)
+    # The Ocean service's address (a port nobody listens on: the page never loads from it).
+    view = f"http://127.0.0.1:{free_port()}"
+    href = f"{view}/passports/{passport}"
+    text = "Model lenet v2 · passport 0xaBaB…aBaB"
+
+    def check(link: Any) -> None:
+        assert (link.get_attribute("href"), link.text) == (href, text)
+        assert link.get_attribute("target") == "_blank"
+        assert {"noopener", "noreferrer"} <= set(link.get_attribute("rel").split())
+        assert passport in link.get_attribute("title")  # the whole id, for readers
+
+    settings = replace(market.settings, passport_view_url=view)
+    with serve(create_app(settings)) as url:
+        wait = _sign_in(browser, url, token)
+        rows = {
+            row.get_attribute("data-key"): row
+            for row in browser.find_elements(By.CSS_SELECTOR, "#pool-body tr")
+        }
+        check(rows[attested].find_element(By.CSS_SELECTOR, "a.passport-link"))
+        assert not rows[unattested].find_elements(By.TAG_NAME, "a")  # no passport, no link
+        assert "⚠ Model served without a passport" in rows[unattested].text
+        assert "Model lenet (unattested)" in rows[unattested].text
+
+        rows[attested].find_element(By.TAG_NAME, "button").click()
+        card = f'#claimed-list article[data-case-id="{attested}"]'
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{card} .facts a.passport-link"))
+        link = browser.find_element(By.CSS_SELECTOR, f"{card} .facts a.passport-link")
+        check(link)
+        assert axe_violations(browser) == [], "passport links and the unattested warning"
+        screenshot(browser, "doctor-page-model-passport-link")
+        # Following it opens a new tab at the passport (the page's CSP governs loads from this
+        # page, not where a link leads), and this page stays as it was.
+        page = browser.current_window_handle
+        link.click()
+        wait.until(lambda d: len(d.window_handles) == 2)
+        [tab] = [h for h in browser.window_handles if h != page]
+        browser.switch_to.window(tab)
+        wait.until(lambda d: d.current_url == href)
+        browser.close()
+        browser.switch_to.window(page)
+        assert _same_page(browser)
+        assert _script_errors(browser) == []
 
 
 def test_a_keyboard_alone_claims_decides_and_submits(market, browser) -> None:

@@ -63,13 +63,68 @@ function cell(row, text, cls, heading) {
   return td;
 }
 
-// Facts of a case card or row: what the model flagged and which model, when the API says so.
+// "0x1234…abcd": a passport id (a chain address) short enough for a table cell.
+const shortAddress = (id) => (id.length > 12 ? id.slice(0, 6) + "…" + id.slice(-4) : id);
+
+// Only an http(s) address may become a link's href (never javascript: or data:).
+function safeHref(url) {
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+// Which model predicted the case, linked to its readable passport (the Ocean service's page,
+// opened in its own tab) when the API gives the link.
+function modelFact(c) {
+  const fact = { text: "Model " + c.model_version };
+  if (c.passport_id) fact.text += " · passport " + shortAddress(c.passport_id);
+  const href = c.passport_id && c.passport_url ? safeHref(c.passport_url) : null;
+  if (href) {
+    fact.href = href;
+    fact.label = "The model's passport " + c.passport_id + " (opens in a new tab)";
+  }
+  return fact;
+}
+
+// Facts of a case card or row, as {text, href?, label?, flag?}: what the model flagged and
+// which model, when the API says so.
 function flags(c) {
   const out = [];
-  if (c.unfamiliar === true) out.push("⚠ Unfamiliar image: the model's confidence is not trusted");
-  if (c.model_version) out.push("Model " + c.model_version);
-  if (c.escalation_level) out.push("Escalated ×" + c.escalation_level);
+  if (c.unfamiliar === true) {
+    out.push({ text: "⚠ Unfamiliar image: the model's confidence is not trusted", flag: true });
+  }
+  if (c.model_version) out.push(modelFact(c));
+  if (c.model_attested === false) {
+    out.push({ text: "⚠ Model served without a passport: no owner attests it", flag: true });
+  }
+  if (c.escalation_level) out.push({ text: "Escalated ×" + c.escalation_level });
   return out;
+}
+
+// One fact as DOM: a text node, or a link to another origin that opens in a new tab without
+// giving that page a handle on this one (rel=noopener noreferrer). Never innerHTML.
+function factNode(fact) {
+  if (!fact.href) return document.createTextNode(fact.text);
+  const a = document.createElement("a");
+  a.className = "passport-link";
+  a.href = fact.href;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer";
+  a.textContent = fact.text;
+  a.title = fact.label;  // a description: the link's name stays its visible text
+  return a;
+}
+
+// Show `facts` in `el` separated by " · ", rebuilt only when they change (a focused link
+// keeps its focus through live updates).
+function showFacts(el, facts) {
+  const key = JSON.stringify(facts);
+  if (el.dataset.facts === key) return;
+  el.dataset.facts = key;
+  el.replaceChildren(...facts.flatMap((f, i) => (i ? [" · ", factNode(f)] : [factNode(f)])));
 }
 
 // Keep `container`'s children in the order of `items`, one per key: existing ones are updated
@@ -150,7 +205,7 @@ function renderPool(cases) {
     tr.children[1].textContent = credits(c.bounty) + (c.escalation_level ? " ↑" : "");
     tr.children[2].textContent = untilText(c.review_deadline);
     tr.children[2].title = when(c.review_deadline);
-    tr.children[3].textContent = flags(c).join(" · ");
+    showFacts(tr.children[3], flags(c));
     tr.classList.toggle("unfamiliar", c.unfamiliar === true);
   });
 }
@@ -216,16 +271,19 @@ function makeCard(c) {
 function updateCard(card, c) {
   card.querySelector(".case-title").textContent = "Case " + short(c.case_id) + " · " + credits(c.bounty);
   const facts = card.querySelector(".facts");
-  facts.replaceChildren();
   const items = [
-    "Deadline " + untilText(c.review_deadline) + " (" + when(c.review_deadline) + ")",
+    { text: "Deadline " + untilText(c.review_deadline) + " (" + when(c.review_deadline) + ")" },
     ...flags(c),
   ];
-  for (const text of items) {
-    const li = document.createElement("li");
-    li.textContent = text;
-    if (text.startsWith("⚠")) li.className = "flag";
-    facts.appendChild(li);
+  const key = JSON.stringify(items);
+  if (facts.dataset.facts !== key) {  // unchanged: a focused link keeps its focus
+    facts.dataset.facts = key;
+    facts.replaceChildren(...items.map((fact) => {
+      const li = document.createElement("li");
+      li.appendChild(factNode(fact));
+      if (fact.flag) li.className = "flag";
+      return li;
+    }));
   }
   card.classList.toggle("voted", c.voted);
   const form = card.querySelector("form");
