@@ -115,6 +115,26 @@ def test_run_config_survives_flowers_toml_types() -> None:
     )
 
 
+def test_the_round_learning_rate_follows_a_cosine_over_the_run() -> None:
+    run = RunConfig(rounds=4, lr=0.01)
+    lrs = [run.round_lr(r) for r in range(1, 5)]
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] > 0
+    assert lrs[2] == pytest.approx(0.005)  # half-way through the run, half the rate
+    assert RunConfig(rounds=4, lr=0.01, lr_schedule="constant").round_lr(4) == 0.01
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"lr_schedule": "step"}, "lr_schedule"), ({"augmentation": "heavy"}, "augmentation")],
+)
+def test_unknown_schedules_and_augmentations_are_refused(
+    change: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        RunConfig(**change)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ a hospital's data
 
 

@@ -97,8 +97,9 @@ def train(msg: Message, context: Context) -> Message:
     config = LoopConfig(
         max_epochs=run.local_epochs,
         batch_size=run.batch_size,
-        lr=run.lr,
+        lr=run.round_lr(round_number),
         weight_decay=run.weight_decay,
+        augmentation=run.augmentation,
         seed=run.seed * 1000 + round_number,
         progress=False,
     )

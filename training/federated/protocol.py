@@ -6,6 +6,7 @@ run configuration (either venv); no Flower import here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -16,6 +17,10 @@ from training.privacy import DPConfig
 #: message types beyond Flower's ``train`` / ``evaluate``
 DESCRIBE = "query.describe"
 CALIBRATE = "evaluate.calibrate"
+#: how each round's local learning rate follows from ``lr``
+LR_SCHEDULES = ("cosine", "constant")
+#: the local training's augmentations (``training.loop.LoopConfig.augmentation``)
+AUGMENTATIONS = ("basic", "robust", "mild")
 #: node-config keys a hospital's SuperNode is started with
 NODE_DATA_DIR = "data-dir"
 NODE_SIMULATE = "simulate"
@@ -33,7 +38,12 @@ class RunConfig:
     local_epochs: int = 2
     batch_size: int = 32
     lr: float = 1e-3
+    #: ``cosine``: round r trains at lr * (1 + cos(pi (r - 1) / rounds)) / 2, so the global
+    #: model settles in the last rounds as central training's cosine schedule does;
+    #: ``constant``: every round at ``lr``. Each round's local epochs anneal within the round.
+    lr_schedule: str = "cosine"
     weight_decay: float = 1e-4
+    augmentation: str = "robust"
     seed: int = 0
     calibration_fraction: float = 0.2
     #: fewer valid updates than this in a round ends the run with an error
@@ -60,6 +70,14 @@ class RunConfig:
                 "SecAgg+ shows the model owner only the masked sum of the updates, so only "
                 "FedAvg can aggregate it; FedMedian needs each hospital's update"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown lr_schedule {self.lr_schedule!r}; choose from {LR_SCHEDULES}"
+            )
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"unknown augmentation {self.augmentation!r}; choose from {AUGMENTATIONS}"
+            )
         if self.rounds < 1 or self.local_epochs < 1 or self.min_hospitals < 1:
             raise ValueError("rounds, local_epochs and min_hospitals must be at least 1")
         if self.secagg and self.min_hospitals < 2:
@@ -73,6 +91,13 @@ class RunConfig:
                 "differential privacy needs --dp-public-dir: public images for the frozen "
                 "BatchNorm statistics (statistics of the hospitals' data would leak)"
             )
+
+    def round_lr(self, round_number: int) -> float:
+        """The learning rate a hospital's local training starts round ``round_number`` (1-based) at."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        done = min(max(round_number - 1, 0), self.rounds - 1)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * done / self.rounds))
 
     def dp_config(self) -> DPConfig | None:
         """Each hospital's DP budget for the whole run, or None (no DP)."""
