@@ -115,6 +115,16 @@ def test_run_config_survives_flowers_toml_types() -> None:
     )
 
 
+def test_the_flower_app_declares_every_run_setting_with_its_default() -> None:
+    # Flower answers "Invalid run configuration" for a key the app bundle does not declare.
+    import tomllib
+
+    app = Path(__file__).parents[2] / "training" / "federated" / "app" / "pyproject.toml"
+    declared = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+    assert RunConfig.from_flower(declared) == RunConfig()
+    assert set(declared) == set(RunConfig().to_flower())
+
+
 def test_the_round_learning_rate_follows_a_cosine_over_the_run() -> None:
     run = RunConfig(rounds=4, lr=0.01)
     lrs = [run.round_lr(r) for r in range(1, 5)]
