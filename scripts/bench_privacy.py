@@ -160,6 +160,7 @@ def federated_row(
         rounds=args.rounds, local_epochs=args.epochs // args.rounds, batch_size=args.batch_size,
         min_hospitals=2, round_timeout_s=900.0, out=str(out), eval_dir=str(SEED_DATA / "eval"),
         dp_epsilon=0.0 if math.isinf(eps) else eps, dp_public_dir=str(folders["public"]),
+        augmentation="none", lr_schedule="constant",  # as the central rows: no augmentation
     )  # fmt: skip
     hospitals = [LocalHospital(n, folders[n]) for n in ("h1", "h2")]
     started = time.perf_counter()

@@ -99,7 +99,8 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=run.batch_size,
         lr=run.round_lr(round_number),
         weight_decay=run.weight_decay,
-        augmentation=run.augmentation,
+        augment=run.augmentation != "none",
+        augmentation=run.augmentation if run.augmentation != "none" else "robust",
         seed=run.seed * 1000 + round_number,
         progress=False,
     )

@@ -19,8 +19,8 @@ DESCRIBE = "query.describe"
 CALIBRATE = "evaluate.calibrate"
 #: how each round's local learning rate follows from ``lr``
 LR_SCHEDULES = ("cosine", "constant")
-#: the local training's augmentations (``training.loop.LoopConfig.augmentation``)
-AUGMENTATIONS = ("basic", "robust", "mild")
+#: the local training's augmentations (``training.loop.LoopConfig.augmentation``; none: off)
+AUGMENTATIONS = ("none", "basic", "robust", "mild")
 #: node-config keys a hospital's SuperNode is started with
 NODE_DATA_DIR = "data-dir"
 NODE_SIMULATE = "simulate"
