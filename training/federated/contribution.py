@@ -1,12 +1,20 @@
 """What each hospital's data added to a federated model: Data Shapley and loss-delta tokens.
 
-Utility is the model owner's held-out eval AUC. A coalition's model is rebuilt, not retrained,
-from the per-round updates the federation kept (GTG-Shapley, arXiv 2109.02053): start from the
-run's initial model and, each round, apply the example-weighted mean of the coalition's
-members' accepted changes from that round. The empty coalition keeps the initial model.
+Utility is the model owner's held-out eval AUC. Coalitions' models are rebuilt, not retrained,
+from the per-round updates the federation kept, round by round as GTG-Shapley does (Liu et
+al., arXiv 2109.02053): in round r, coalition S's model is the global model the round
+started from plus the example-weighted mean of S's accepted changes of that round, and the
+empty coalition keeps the round's starting model. A hospital's value is the sum over rounds
+of its Shapley value in each round's game. The values add up to the run's total gain (the
+final FedAvg model's AUC minus the initial one's), and every model scored lies one round's
+step from the real trajectory. (Replaying a coalition's changes over the whole run from the
+initial model instead, "one-round reconstruction", applies changes computed at other
+models: with tens of local epochs per round that drove the rebuilt BatchNorm statistics
+negative and most coalitions to constant outputs, measured.)
 
-* n ≤ ``EXACT_LIMIT`` hospitals: exact Shapley over all 2^n coalitions.
-* more: Monte Carlo over random permutations, with the standard error of each value.
+* n ≤ ``EXACT_LIMIT`` hospitals: exact Shapley over all 2^n coalitions, per round.
+* more: Monte Carlo over random permutations per round, with the standard error of each value
+  (rounds are independent estimates: their variances add).
 * loss-delta tokens (the seed system's rule): per round, the drop in eval loss when the
   hospital's change alone is applied to that round's global model; summed over rounds.
 
@@ -90,38 +98,95 @@ def _plus(base: Sequence[np.ndarray], change: Sequence[np.ndarray]) -> list[np.n
     return [(b + c).astype(b.dtype) for b, c in zip(base, change, strict=True)]
 
 
-def coalition_arrays(archive: Archive, coalition: frozenset[str]) -> list[np.ndarray]:
-    """The model the coalition's updates alone would have built (FedAvg replay)."""
-    arrays = [np.array(a) for a in archive.initial]
-    for updates in archive.rounds:
-        members = [u for name, u in updates.items() if name in coalition]
-        if members:
-            arrays = _plus(arrays, fedavg(members))
-    return arrays
+def round_starts(archive: Archive) -> list[list[np.ndarray]]:
+    """The global model each round started from (the initial one, then after each aggregate)."""
+    starts = [[np.array(a) for a in archive.initial]]
+    for aggregate in archive.aggregates[:-1]:
+        starts.append(_plus(starts[-1], aggregate))
+    return starts
+
+
+def final_arrays(archive: Archive) -> list[np.ndarray]:
+    current = [np.array(a) for a in archive.initial]
+    for aggregate in archive.aggregates:
+        current = _plus(current, aggregate)
+    return current
+
+
+def coalition_arrays(
+    start: Sequence[np.ndarray], updates: dict[str, Update], coalition: frozenset[str]
+) -> list[np.ndarray]:
+    """Round game: the round's starting model plus the FedAvg of the coalition's changes."""
+    members = [u for name, u in updates.items() if name in coalition]
+    return _plus(start, fedavg(members)) if members else [np.array(a) for a in start]
 
 
 class Utility:
-    """Eval AUC of rebuilt models, cached per coalition."""
+    """Eval AUC (and loss) of a model given as arrays."""
 
-    def __init__(
-        self, arch: Architecture, archive: Archive, images: torch.Tensor, labels: np.ndarray
-    ) -> None:
-        self.arch, self.archive, self.images, self.labels = arch, archive, images, labels
-        self.cache: dict[frozenset[str], float] = {}
+    def __init__(self, arch: Architecture, images: torch.Tensor, labels: np.ndarray) -> None:
+        self.arch, self.images, self.labels = arch, images, labels
 
     def scores(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         logits = predict_logits(from_arrays(self.arch, arrays), self.images).double().numpy()
         return logits[:, 1] - logits[:, 0]
 
+    def auc(self, arrays: Sequence[np.ndarray]) -> float:
+        """AUC; a model with non-finite outputs ranks nothing (0.5)."""
+        scores = self.scores(arrays)
+        return roc_auc(scores, self.labels) if np.all(np.isfinite(scores)) else 0.5
+
     def loss(self, arrays: Sequence[np.ndarray]) -> float:
         logits = predict_logits(from_arrays(self.arch, arrays), self.images)
         return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(self.labels)))
 
+
+class RoundGame:
+    """One round's coalition game, cached per coalition."""
+
+    def __init__(
+        self, utility: Utility, start: Sequence[np.ndarray], updates: dict[str, Update]
+    ) -> None:
+        self.utility, self.start, self.updates = utility, start, updates
+        self.cache: dict[frozenset[str], float] = {}
+
     def __call__(self, coalition: frozenset[str]) -> float:
-        if coalition not in self.cache:
-            arrays = coalition_arrays(self.archive, coalition)
-            self.cache[coalition] = roc_auc(self.scores(arrays), self.labels)
-        return self.cache[coalition]
+        present = coalition & frozenset(self.updates)  # absent this round: adds nothing
+        if present not in self.cache:
+            arrays = coalition_arrays(self.start, self.updates, present)
+            self.cache[present] = self.utility.auc(arrays)
+        return self.cache[present]
+
+
+def round_games(archive: Archive, utility: Utility) -> list[RoundGame]:
+    return [
+        RoundGame(utility, start, updates)
+        for start, updates in zip(round_starts(archive), archive.rounds, strict=True)
+    ]
+
+
+def gtg_shapley(
+    players: Sequence[str],
+    games: Sequence[Callable[[frozenset[str]], float]],
+    *,
+    permutations: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Sum over rounds of each round's Shapley value: exact, or Monte Carlo with ``permutations``."""
+    values = dict.fromkeys(players, 0.0)
+    variances = dict.fromkeys(players, 0.0)
+    for number, game in enumerate(games):
+        if permutations is None:
+            for p, v in exact_shapley(players, game).items():
+                values[p] += v
+        else:
+            means, errors = monte_carlo_shapley(players, game, permutations, seed + number)
+            for p in players:
+                values[p] += means[p]
+                variances[p] += errors[p] ** 2
+    if permutations is None:
+        return values, dict.fromkeys(players)
+    return values, {p: math.sqrt(v) for p, v in variances.items()}
 
 
 def exact_shapley(
@@ -166,12 +231,10 @@ def monte_carlo_shapley(
 def loss_delta_tokens(archive: Archive, utility: Utility) -> dict[str, float]:
     """Per hospital: the eval-loss drop its change alone gave each round's global model, summed."""
     tokens = dict.fromkeys(archive.hospitals, 0.0)
-    current = [np.array(a) for a in archive.initial]
-    for updates, aggregate in zip(archive.rounds, archive.aggregates, strict=True):
-        before = utility.loss(current)
+    for start, updates in zip(round_starts(archive), archive.rounds, strict=True):
+        before = utility.loss(start)
         for name, update in updates.items():
-            tokens[name] += before - utility.loss(_plus(current, update.arrays))
-        current = _plus(current, aggregate)
+            tokens[name] += before - utility.loss(_plus(start, update.arrays))
     return tokens
 
 
@@ -219,24 +282,25 @@ def measure(checkpoint: Path, *, permutations: int = 200, seed: int = 0) -> dict
     archive = load_archive(paths.updates)
     arch = Architecture(**provenance["architecture"])
     eval_set = ImageFolder(Path(provenance["eval_data"]["dir"]), Preprocessing(arch.image_size))
-    utility = Utility(arch, archive, eval_set.images, eval_set.labels.numpy())
+    utility = Utility(arch, eval_set.images, eval_set.labels.numpy())
+    games = round_games(archive, utility)
     players = sorted(set(sizes) | set(archive.hospitals))
+    rounds = len(games)
     if len(players) <= EXACT_LIMIT:
-        values = exact_shapley(players, utility)
-        errors: dict[str, float | None] = dict.fromkeys(players)
-        method = f"exact-shapley ({2 ** len(players)} coalitions)"
+        values, errors = gtg_shapley(players, games)
+        method = f"exact-shapley per round ({2 ** len(players)} coalitions x {rounds} rounds)"
     else:
-        mc, se = monte_carlo_shapley(players, utility, permutations, seed)
-        values, errors = mc, dict(se)
-        method = f"monte-carlo-shapley ({permutations} permutations)"
+        values, errors = gtg_shapley(players, games, permutations=permutations, seed=seed)
+        method = f"monte-carlo-shapley per round ({permutations} permutations x {rounds} rounds)"
     tokens = loss_delta_tokens(archive, utility)
     shares = payment_shares(values, sizes)
     record |= {
         "method": method,
-        "utility": "eval AUC of the model rebuilt from the coalition's stored per-round updates "
-        f"(FedAvg replay), on {len(eval_set)} images of {provenance['eval_data']['dir']}",
-        "utility_all": utility(frozenset(players)),
-        "utility_none": utility(frozenset()),
+        "utility": "eval AUC, per round: the round's starting global model plus the FedAvg of "
+        "the coalition's stored changes of that round (GTG-Shapley), summed over rounds; "
+        f"on {len(eval_set)} images of {provenance['eval_data']['dir']}",
+        "utility_all": utility.auc(final_arrays(archive)),
+        "utility_none": utility.auc(archive.initial),
         "hospitals": {
             name: {
                 "share": shares[name],
