@@ -98,19 +98,21 @@ def _plus(base: Sequence[np.ndarray], change: Sequence[np.ndarray]) -> list[np.n
     return [(b + c).astype(b.dtype) for b, c in zip(base, change, strict=True)]
 
 
+def trajectory(archive: Archive) -> list[list[np.ndarray]]:
+    """The run's global models: the initial one, then the one after each round's aggregate."""
+    models = [[np.array(a) for a in archive.initial]]
+    for aggregate in archive.aggregates:
+        models.append(_plus(models[-1], aggregate))
+    return models
+
+
 def round_starts(archive: Archive) -> list[list[np.ndarray]]:
-    """The global model each round started from (the initial one, then after each aggregate)."""
-    starts = [[np.array(a) for a in archive.initial]]
-    for aggregate in archive.aggregates[:-1]:
-        starts.append(_plus(starts[-1], aggregate))
-    return starts
+    """The global model each round started from."""
+    return trajectory(archive)[:-1]
 
 
 def final_arrays(archive: Archive) -> list[np.ndarray]:
-    current = [np.array(a) for a in archive.initial]
-    for aggregate in archive.aggregates:
-        current = _plus(current, aggregate)
-    return current
+    return trajectory(archive)[-1]
 
 
 def coalition_arrays(
