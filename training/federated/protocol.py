@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from models.nets import Architecture, default_architecture
+from training.data import AUGMENTATIONS as TRAINING_AUGMENTATIONS
 from training.federated.aggregate import STRATEGIES
 from training.privacy import DPConfig
 
@@ -19,8 +20,8 @@ DESCRIBE = "query.describe"
 CALIBRATE = "evaluate.calibrate"
 #: how each round's local learning rate follows from ``lr``
 LR_SCHEDULES = ("cosine", "constant")
-#: the local training's augmentations (``training.loop.LoopConfig.augmentation``; none: off)
-AUGMENTATIONS = ("none", "basic", "robust", "mild")
+#: the local training's augmentations (central training's, or none: off)
+AUGMENTATIONS = ("none", *TRAINING_AUGMENTATIONS)
 #: node-config keys a hospital's SuperNode is started with
 NODE_DATA_DIR = "data-dir"
 NODE_SIMULATE = "simulate"
