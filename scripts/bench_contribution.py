@@ -37,6 +37,7 @@ from training.federated.contribution import (  # noqa: E402
     load_archive,
     loss_delta_tokens,
     measure,
+    payment_shares,
     round_games,
 )
 from training.federated.local import LocalFederation, LocalHospital  # noqa: E402
@@ -207,9 +208,11 @@ def render(payload: dict[str, Any]) -> str:
         mc = [r["monte_carlo"]["values"][name] for r in runs]
         tokens = [r["loss_delta_tokens"][name] for r in runs]
         shares = [r["hospitals"][name]["share"] for r in runs]
-        token_shares = [
-            max(0.0, r["loss_delta_tokens"][name])
-            / (sum(max(0.0, v) for v in r["loss_delta_tokens"].values()) or 1.0)
+        token_shares = [  # the same rule as payments: floor at 0, else by data size
+            payment_shares(
+                r["loss_delta_tokens"],
+                {h: v["data_size"] for h, v in r["hospitals"].items()},
+            )[name]
             for r in runs
         ]
         lines.append(
@@ -218,6 +221,10 @@ def render(payload: dict[str, Any]) -> str:
         )
     secs = {k: np.mean([r["seconds"][k] for r in runs]) for k in runs[0]["seconds"]}
     lines += [
+        "",
+        "Shares are means over the seeds, by the payment rule (negative values floored at 0 "
+        "and the rest renormalised; if no hospital is positive, by data size). Seeds where "
+        f"no hospital's loss-delta tokens were positive: {sum(all(v <= 0 for v in r['loss_delta_tokens'].values()) for r in runs)} of {len(runs)}.",
         "",
         f"AUC with all four: {np.mean([r['utility_all'] for r in runs]):.3f}; with none (the "
         f"initial model): {np.mean([r['utility_none'] for r in runs]):.3f}.",
