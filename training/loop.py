@@ -1,7 +1,8 @@
-"""The plaintext training loop: mini-batch Adam with a cosine schedule, best epoch kept.
+"""The plaintext training loop: mini-batch Adam with a cosine schedule, best (or last) epoch kept.
 
-The epoch kept is the one with the lowest loss on the calibration split (held out from the
-gradient steps), which also guards the quadratic-activation LeNet against a late blow-up.
+By default (``keep="best"``) the epoch kept is the one with the lowest loss on the calibration
+split (held out from the gradient steps), which also guards the quadratic-activation LeNet
+against a late blow-up; ``keep="last"`` keeps the last epoch (no early stopping).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from training.data import augment, augment_robust
 log = logging.getLogger(__name__)
 
 
+#: which epoch's weights training keeps
+KEEP_EPOCH = ("best", "last")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     max_epochs: int = 5
@@ -33,6 +38,13 @@ class LoopConfig:
     seed: int = 0
     progress: bool = True
     grad_clip: float = 5.0
+    #: ``best``: the weights of the epoch with the lowest calibration loss (the training loss
+    #: when there is no calibration split); ``last``: the last epoch's (no early stopping)
+    keep: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP_EPOCH:
+            raise ValueError(f"unknown keep {self.keep!r}; choose from {KEEP_EPOCH}")
 
 
 @dataclass(frozen=True)
@@ -145,9 +157,12 @@ def train(
             epoch, record.train_loss, record.train_accuracy, calib_loss, calib_acc, eval_acc,
         )  # fmt: skip
         selection_loss = calib_loss if math.isfinite(calib_loss) else record.train_loss
-        if selection_loss < best_loss:
+        if config.keep == "last":
+            best_epoch = epoch
+        elif selection_loss < best_loss:
             best_loss, best_state = selection_loss, copy.deepcopy(model.state_dict())
             best_epoch = epoch
-    model.load_state_dict(best_state)
+    if config.keep == "best":
+        model.load_state_dict(best_state)
     model.eval()
     return History(tuple(epochs), best_epoch)

@@ -136,7 +136,11 @@ def test_the_round_learning_rate_follows_a_cosine_over_the_run() -> None:
 
 @pytest.mark.parametrize(
     ("change", "reason"),
-    [({"lr_schedule": "step"}, "lr_schedule"), ({"augmentation": "heavy"}, "augmentation")],
+    [
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"augmentation": "heavy"}, "augmentation"),
+        ({"keep_epoch": "median"}, "keep_epoch"),
+    ],
 )
 def test_unknown_schedules_and_augmentations_are_refused(
     change: dict[str, str], reason: str
@@ -199,6 +203,36 @@ def test_a_free_rider_returns_the_global_model(site_folder: Path) -> None:
     honest = local_train(ARCH, global_arrays, site, LoopConfig(max_epochs=1, progress=False))
     assert any(not np.array_equal(g, w) for g, w in zip(honest.arrays, global_arrays, strict=True))
     assert honest.examples == len(site.train_labels)
+
+
+def test_keep_last_returns_the_last_epoch_whatever_the_calibration_split(
+    site_folder: Path,
+) -> None:
+    """``keep_epoch = last``: no early stopping, so the calibration split chooses nothing."""
+    import dataclasses
+
+    from models.nets import build_model
+
+    site = load_site(site_folder, ARCH, calibration_fraction=0.25, seed=0)
+    # calibration labels flipped: the better the model fits, the worse its calibration loss,
+    # so early stopping would pick an early epoch
+    flipped = dataclasses.replace(site, calib_labels=1 - site.calib_labels)
+    no_calibration = dataclasses.replace(
+        site, calib_images=site.calib_images[:0], calib_labels=site.calib_labels[:0]
+    )
+    global_arrays = to_arrays(build_model(ARCH))
+
+    def arrays(config: LoopConfig, data: object) -> list[np.ndarray]:
+        return local_train(ARCH, global_arrays, data, config).arrays  # type: ignore[arg-type]
+
+    last = LoopConfig(max_epochs=4, progress=False, augment=False, keep="last")
+    for a, b in zip(arrays(last, flipped), arrays(last, no_calibration), strict=True):
+        np.testing.assert_array_equal(a, b)
+    best = dataclasses.replace(last, keep="best")
+    early = arrays(best, flipped)
+    assert any(not np.array_equal(a, b) for a, b in zip(early, arrays(last, flipped), strict=True))
+    with pytest.raises(ValueError, match="keep"):
+        LoopConfig(keep="median")
 
 
 def test_pooled_calibration_matches_central_calibration_on_the_union() -> None:

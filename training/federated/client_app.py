@@ -103,6 +103,7 @@ def train(msg: Message, context: Context) -> Message:
         augmentation=run.augmentation if run.augmentation != "none" else "robust",
         seed=run.seed * 1000 + round_number,
         progress=False,
+        keep=run.keep_epoch,
     )
     simulate = str(context.node_config.get(NODE_SIMULATE, "none"))
     dp = run.dp_config()

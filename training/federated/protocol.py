@@ -13,6 +13,7 @@ from typing import Any
 from models.nets import Architecture, default_architecture
 from training.data import AUGMENTATIONS as TRAINING_AUGMENTATIONS
 from training.federated.aggregate import STRATEGIES
+from training.loop import KEEP_EPOCH
 from training.privacy import DPConfig
 
 #: message types beyond Flower's ``train`` / ``evaluate``
@@ -45,6 +46,10 @@ class RunConfig:
     lr_schedule: str = "cosine"
     weight_decay: float = 1e-4
     augmentation: str = "robust"
+    #: which local epoch a hospital returns: ``best`` (lowest loss on its calibration split,
+    #: early stopping) or ``last``; DP training always returns the last (choosing by a private
+    #: split's loss is outside the guarantee)
+    keep_epoch: str = "best"
     seed: int = 0
     calibration_fraction: float = 0.2
     #: fewer valid updates than this in a round ends the run with an error
@@ -79,6 +84,8 @@ class RunConfig:
             raise ValueError(
                 f"unknown augmentation {self.augmentation!r}; choose from {AUGMENTATIONS}"
             )
+        if self.keep_epoch not in KEEP_EPOCH:
+            raise ValueError(f"unknown keep_epoch {self.keep_epoch!r}; choose from {KEEP_EPOCH}")
         if self.rounds < 1 or self.local_epochs < 1 or self.min_hospitals < 1:
             raise ValueError("rounds, local_epochs and min_hospitals must be at least 1")
         if self.secagg and self.min_hospitals < 2:
