@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--augmentation", default="mild", choices=("basic", "robust", "mild"))
+    parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM's beta")
+    parser.add_argument("--keep-epoch", default="best", choices=("best", "last"))
     parser.add_argument("--secagg-rounds", type=int, default=1)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunConfig(
         rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr, seed=args.seed, min_hospitals=2,
         augmentation=args.augmentation, round_timeout_s=900.0, eval_dir=str(eval_dir.resolve()),
+        server_momentum=args.server_momentum, keep_epoch=args.keep_epoch,
     )  # fmt: skip
     arch = run.architecture()
     eval_set = ImageFolder(eval_dir, Preprocessing(arch.image_size))
@@ -269,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             "lr": args.lr,
             "lr_schedule": run.lr_schedule,
             "augmentation": args.augmentation,
+            "server_momentum": run.server_momentum,
+            "keep_epoch": run.keep_epoch,
             "secagg_rounds": args.secagg_rounds,
             "backbone": arch.backbone,
             "image_size": arch.image_size,
@@ -325,6 +330,7 @@ def render(payload: dict[str, Any]) -> str:
         f"{s['backbone']} {s['image_size']} px, {s['rounds']} rounds x {s['local_epochs']} local "
         f"epochs (central rows: {s['central_epochs']} epochs), Adam lr {s['lr']:g} "
         f"({s['lr_schedule']} over the run), {s['augmentation']} augmentation, "
+        f"server momentum {s.get('server_momentum', 0.0):g}, {s.get('keep_epoch', 'best')} local epoch kept, "
         f"eval: {s['eval_images']} images; "
         f"AUC with paired-bootstrap 95 % CI ({s['bootstrap_resamples']} resamples).",
         "",

@@ -13,6 +13,7 @@ import pytest
 from training.federated.aggregate import Update
 from training.federated.contribution import (
     Archive,
+    Momentum,
     coalition_arrays,
     exact_shapley,
     final_arrays,
@@ -89,6 +90,30 @@ def test_each_round_game_starts_from_that_rounds_global_model() -> None:
     assert coalition_arrays(starts[0], first, frozenset({"b"}))[0][0] == pytest.approx(5.0)
     assert coalition_arrays(starts[1], second, frozenset({"b"}))[0][0] == pytest.approx(4.5)
     assert coalition_arrays(starts[1], second, frozenset())[0][0] == pytest.approx(4.5)
+
+
+def test_with_server_momentum_the_grand_coalition_lands_on_the_runs_next_model() -> None:
+    """FedAvgM: the run's step is beta * last step + aggregate on weights; the replay adds the
+    same carry to every non-empty coalition and none to the empty one."""
+    beta, is_weight = 0.5, [True, False]  # one weight, one BatchNorm-like buffer
+
+    def u(name: str, w: float, b: float) -> Update:
+        return Update(name, [np.array([w], np.float32), np.array([b], np.float32)], 1)
+
+    rounds = [{"a": u("a", 2.0, 1.0), "b": u("b", 4.0, 3.0)}, {"a": u("a", 1.0, 1.0)}]
+    steps = [[np.array([3.0], np.float32), np.array([2.0], np.float32)]]  # round 1: no carry
+    steps.append([np.array([0.5 * 3.0 + 1.0], np.float32), np.array([1.0], np.float32)])
+    archive = Archive([np.zeros(1, np.float32), np.zeros(1, np.float32)], rounds, steps)
+    momentum = Momentum(beta, is_weight)
+    starts = round_starts(archive)
+    nxt = final_arrays(archive)
+    grand = coalition_arrays(starts[1], rounds[1], frozenset({"a", "b"}), steps[0], momentum)
+    np.testing.assert_allclose(np.concatenate(grand), np.concatenate(nxt))
+    assert np.concatenate(nxt) == pytest.approx([5.5, 3.0])
+    only_b = coalition_arrays(starts[0], rounds[0], frozenset({"b"}), None, momentum)
+    assert np.concatenate(only_b) == pytest.approx([4.0, 3.0])  # first round: nothing carried
+    empty = coalition_arrays(starts[1], rounds[1], frozenset(), steps[0], momentum)
+    np.testing.assert_array_equal(np.concatenate(empty), np.concatenate(starts[1]))
 
 
 def test_per_round_shapley_sums_the_rounds_and_adds_up_to_the_total_gain() -> None:

@@ -46,6 +46,26 @@ def test_fedavg_is_the_example_weighted_mean() -> None:
     assert out[0].dtype == np.float32 and out[1].dtype == np.int64
 
 
+def test_server_momentum_carries_the_last_step_on_weights_only() -> None:
+    from training.federated.aggregate import momentum_step
+
+    change = [np.array([1.0], np.float32), np.array([2.0], np.float32), np.array([3], np.int64)]
+    first = momentum_step(change, None, 0.9, [True, False, False])
+    assert [float(a[0]) for a in first] == [1.0, 2.0, 3.0]  # round 1: the plain aggregate
+    second = momentum_step(change, first, 0.9, [True, False, False])
+    assert float(second[0][0]) == pytest.approx(1.9)  # weight: 0.9 * 1 + 1
+    assert float(second[1][0]) == 2.0 and int(second[2][0]) == 3  # statistics: plain
+    assert second[0].dtype == np.float32 and second[2].dtype == np.int64
+    assert momentum_step(change, first, 0.0, [True, True, True])[0][0] == 1.0
+
+
+def test_server_momentum_must_be_below_one() -> None:
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="server_momentum"):
+            RunConfig(server_momentum=bad)
+    assert RunConfig(server_momentum=0.7).server_momentum == 0.7
+
+
 def test_fedmedian_ignores_claimed_sizes_and_one_outlier() -> None:
     updates = [
         _update("a", [1.0], 1),
@@ -233,6 +253,30 @@ def test_keep_last_returns_the_last_epoch_whatever_the_calibration_split(
     assert any(not np.array_equal(a, b) for a, b in zip(early, arrays(last, flipped), strict=True))
     with pytest.raises(ValueError, match="keep"):
         LoopConfig(keep="median")
+
+
+def test_the_owner_applies_server_momentum_and_archives_the_step(
+    site_folder: Path, tmp_path: Path
+) -> None:
+    from training.federated.hospital import weight_mask
+    from training.federated.owner import Federation
+
+    run = RunConfig(
+        image_size=32, server_momentum=0.5, eval_dir=str(site_folder),
+        out=str(tmp_path / "fed.pth"),
+    )  # fmt: skip
+    federation = Federation(run, {})
+    start = [np.array(a) for a in federation.arrays]
+    change = [np.ones_like(a) if a.dtype.kind == "f" else np.zeros_like(a) for a in start]
+    federation.apply(change)
+    second = federation.apply(change)
+    for before, after, step, weight in zip(
+        start, federation.arrays, second, weight_mask(run.architecture()), strict=True
+    ):
+        if before.dtype.kind != "f":
+            continue
+        np.testing.assert_allclose(step, 1.5 if weight else 1.0)  # 0.5 * 1 + 1 on weights
+        np.testing.assert_allclose(after - before, 2.5 if weight else 2.0, rtol=1e-5)
 
 
 def test_pooled_calibration_matches_central_calibration_on_the_union() -> None:

@@ -13,6 +13,11 @@ without it.
   outlier per coordinate moves it little.
 
 Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged in float and rounded.
+
+* :func:`momentum_step`: server momentum on top of either (FedAvgM, Hsu et al. 2019): the
+  global model moves by ``v = beta * v_previous + aggregate`` on the weights, so the direction
+  the rounds agree on builds up; BatchNorm's running statistics are not gradients and take
+  the plain aggregate.
 """
 
 from __future__ import annotations
@@ -90,3 +95,21 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         return np.rint(values).astype(dtype)
     return values.astype(dtype)
+
+
+def momentum_step(
+    change: Sequence[np.ndarray],
+    previous: Sequence[np.ndarray] | None,
+    momentum: float,
+    is_weight: Sequence[bool],
+) -> Arrays:
+    """The step the global model takes: ``momentum * previous + change`` on the weights
+    (``previous``: the last round's step, None in the first round), ``change`` elsewhere."""
+    if previous is None or momentum == 0:
+        return [np.array(c) for c in change]
+    return [
+        (momentum * p.astype(np.float64) + c.astype(np.float64)).astype(c.dtype)
+        if weight
+        else np.array(c)
+        for c, p, weight in zip(change, previous, is_weight, strict=True)
+    ]

@@ -4,7 +4,9 @@ Utility is the model owner's held-out eval AUC. Coalitions' models are rebuilt, 
 from the per-round updates the federation kept, round by round as GTG-Shapley does (Liu et
 al., arXiv 2109.02053): in round r, coalition S's model is the global model the round
 started from plus the example-weighted mean of S's accepted changes of that round, and the
-empty coalition keeps the round's starting model. A hospital's value is the sum over rounds
+empty coalition keeps the round's starting model. With server momentum (FedAvgM), a
+non-empty coalition's step also carries momentum times the run's previous step, as the run
+applied it, so the grand coalition still lands on the real next model. A hospital's value is the sum over rounds
 of its Shapley value in each round's game. The values add up to the run's total gain (the
 final FedAvg model's AUC minus the initial one's), and every model scored lies one round's
 step from the real trajectory. (Replaying a coalition's changes over the whole run from the
@@ -42,8 +44,8 @@ from models.checkpoint import file_sha256
 from models.nets import Architecture
 from models.preprocessing import Preprocessing
 from training.data import ImageFolder
-from training.federated.aggregate import Update, fedavg
-from training.federated.hospital import from_arrays
+from training.federated.aggregate import Update, fedavg, momentum_step
+from training.federated.hospital import from_arrays, weight_mask
 from training.federated.outputs import FederatedPaths, load_arrays
 from training.loop import predict_logits
 from training.metrics import roc_auc
@@ -115,12 +117,31 @@ def final_arrays(archive: Archive) -> list[np.ndarray]:
     return trajectory(archive)[-1]
 
 
+@dataclass(frozen=True)
+class Momentum:
+    """The run's server momentum: the round's step adds ``beta`` times the last step taken
+    (from the run's archive) on the weights, whichever hospitals are in the coalition."""
+
+    beta: float
+    is_weight: list[bool]
+
+
 def coalition_arrays(
-    start: Sequence[np.ndarray], updates: dict[str, Update], coalition: frozenset[str]
+    start: Sequence[np.ndarray],
+    updates: dict[str, Update],
+    coalition: frozenset[str],
+    previous_step: Sequence[np.ndarray] | None = None,
+    momentum: Momentum | None = None,
 ) -> list[np.ndarray]:
-    """Round game: the round's starting model plus the FedAvg of the coalition's changes."""
+    """Round game: the round's starting model plus the FedAvg of the coalition's changes (plus
+    the server momentum's carry, as the run applied it); the empty coalition: no step."""
     members = [u for name, u in updates.items() if name in coalition]
-    return _plus(start, fedavg(members)) if members else [np.array(a) for a in start]
+    if not members:
+        return [np.array(a) for a in start]
+    change = fedavg(members)
+    if momentum is not None:
+        change = momentum_step(change, previous_step, momentum.beta, momentum.is_weight)
+    return _plus(start, change)
 
 
 class Utility:
@@ -147,23 +168,36 @@ class RoundGame:
     """One round's coalition game, cached per coalition."""
 
     def __init__(
-        self, utility: Utility, start: Sequence[np.ndarray], updates: dict[str, Update]
+        self,
+        utility: Utility,
+        start: Sequence[np.ndarray],
+        updates: dict[str, Update],
+        previous_step: Sequence[np.ndarray] | None = None,
+        momentum: Momentum | None = None,
     ) -> None:
         self.utility, self.start, self.updates = utility, start, updates
+        self.previous_step, self.momentum = previous_step, momentum
         self.cache: dict[frozenset[str], float] = {}
 
     def __call__(self, coalition: frozenset[str]) -> float:
         present = coalition & frozenset(self.updates)  # absent this round: adds nothing
         if present not in self.cache:
-            arrays = coalition_arrays(self.start, self.updates, present)
+            arrays = coalition_arrays(
+                self.start, self.updates, present, self.previous_step, self.momentum
+            )
             self.cache[present] = self.utility.auc(arrays)
         return self.cache[present]
 
 
-def round_games(archive: Archive, utility: Utility) -> list[RoundGame]:
+def round_games(
+    archive: Archive, utility: Utility, momentum: Momentum | None = None
+) -> list[RoundGame]:
+    previous: list[list[np.ndarray] | None] = [None, *archive.aggregates[:-1]]
     return [
-        RoundGame(utility, start, updates)
-        for start, updates in zip(round_starts(archive), archive.rounds, strict=True)
+        RoundGame(utility, start, updates, before, momentum)
+        for start, updates, before in zip(
+            round_starts(archive), archive.rounds, previous, strict=True
+        )
     ]
 
 
@@ -285,7 +319,9 @@ def measure(checkpoint: Path, *, permutations: int = 200, seed: int = 0) -> dict
     arch = Architecture(**provenance["architecture"])
     eval_set = ImageFolder(Path(provenance["eval_data"]["dir"]), Preprocessing(arch.image_size))
     utility = Utility(arch, eval_set.images, eval_set.labels.numpy())
-    games = round_games(archive, utility)
+    beta = float(provenance.get("settings", {}).get("server_momentum", 0.0) or 0.0)
+    momentum = Momentum(beta, weight_mask(arch)) if beta else None
+    games = round_games(archive, utility, momentum)
     players = sorted(set(sizes) | set(archive.hospitals))
     rounds = len(games)
     if len(players) <= EXACT_LIMIT:
@@ -299,8 +335,9 @@ def measure(checkpoint: Path, *, permutations: int = 200, seed: int = 0) -> dict
     record |= {
         "method": method,
         "utility": "eval AUC, per round: the round's starting global model plus the FedAvg of "
-        "the coalition's stored changes of that round (GTG-Shapley), summed over rounds; "
-        f"on {len(eval_set)} images of {provenance['eval_data']['dir']}",
+        "the coalition's stored changes of that round (GTG-Shapley), summed over rounds"
+        + (f"; server momentum {beta:g} carried as the run applied it" if beta else "")
+        + f"; on {len(eval_set)} images of {provenance['eval_data']['dir']}",
         "utility_all": utility.auc(final_arrays(archive)),
         "utility_none": utility.auc(archive.initial),
         "hospitals": {

@@ -81,6 +81,14 @@ def to_arrays(model: nn.Module) -> list[np.ndarray]:
     return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
 
 
+def weight_mask(arch: Architecture) -> list[bool]:
+    """Per array of :func:`to_arrays`: a trained weight (True) or a buffer such as BatchNorm's
+    running statistics (False)."""
+    model = build_model(arch)
+    weights = {name for name, _ in model.named_parameters()}
+    return [name in weights for name in model.state_dict()]
+
+
 def from_arrays(arch: Architecture, arrays: Sequence[np.ndarray]) -> nn.Module:
     model = build_model(arch)
     keys = list(model.state_dict())

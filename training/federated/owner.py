@@ -26,8 +26,8 @@ from models.nets import build_model
 from models.preprocessing import Preprocessing
 from training.calibration import nll
 from training.data import ImageFolder, fingerprint
-from training.federated.aggregate import Update, aggregate, check_update
-from training.federated.hospital import from_arrays, to_arrays
+from training.federated.aggregate import Update, aggregate, check_update, momentum_step
+from training.federated.hospital import from_arrays, to_arrays, weight_mask
 from training.federated.outputs import FederatedPaths, plot_rounds, save_arrays, utc_now
 from training.federated.protocol import RunConfig
 from training.loop import predict_logits
@@ -76,6 +76,8 @@ class Federation:
             set_public_batchnorm(self.model, public.images)
             self.public_images = len(public)
         self.arrays = to_arrays(self.model)
+        self.is_weight = weight_mask(self.arch)
+        self.last_step: list[np.ndarray] | None = None  # server momentum's memory
         if not run.eval_dir:
             raise FederationError("the model owner needs an eval folder (--eval-dir)")
         self.eval_set = ImageFolder(Path(run.eval_dir), Preprocessing(self.arch.image_size))
@@ -160,10 +162,9 @@ class Federation:
                 f"{self.run.min_hospitals} (rejected: {rejected or 'none'}; "
                 f"missing: {[self.hospital(n).pseudonym for n in missing] or 'none'})"
             )
-        change = aggregate(self.run.strategy, accepted)
-        self.apply(change)
-        digest = save_arrays(
-            self.paths.updates / f"round-{number:03d}" / "aggregate.npz", change, round=number
+        step = self.apply(aggregate(self.run.strategy, accepted))
+        digest = save_arrays(  # the step the global model took (with momentum, if on)
+            self.paths.updates / f"round-{number:03d}" / "aggregate.npz", step, round=number
         )
         self.update_hashes[f"round-{number:03d}/aggregate.npz"] = digest
         self.rounds.append(
@@ -211,12 +212,17 @@ class Federation:
         )
         log.info("round %d: eval %s", number, _brief(self.rounds[-1]["eval"]))
 
-    def apply(self, change: Sequence[np.ndarray]) -> None:
+    def apply(self, change: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Move the global model by the round's aggregate ``change`` (plus server momentum);
+        return the step taken."""
+        step = momentum_step(change, self.last_step, self.run.server_momentum, self.is_weight)
+        self.last_step = step
         self.arrays = [
             (a + c).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a + c
-            for a, c in zip(self.arrays, change, strict=True)
+            for a, c in zip(self.arrays, step, strict=True)
         ]
         self.model = from_arrays(self.arch, self.arrays)
+        return step
 
     def evaluate(self) -> dict[str, float]:
         logits = predict_logits(self.model, self.eval_set.images).double().numpy()
@@ -294,6 +300,7 @@ class Federation:
                 "type": "federated",
                 "framework": "flower 1.42 (deployment mode: SuperLink, SuperNodes)",
                 "strategy": self.run.strategy,
+                "server_momentum": self.run.server_momentum,
                 "secure_aggregation": "SecAgg+" if self.run.secagg else None,
                 "rounds": self.run.rounds,
                 "local_epochs": self.run.local_epochs,

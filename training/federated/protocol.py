@@ -36,6 +36,9 @@ class RunConfig:
     image_size: int = 64
     rounds: int = 10
     strategy: str = "fedavg"
+    #: server momentum (FedAvgM, 0 = none): each round the global model moves by the
+    #: aggregate plus this times the last round's step (weights only, not BatchNorm statistics)
+    server_momentum: float = 0.0
     secagg: bool = False
     local_epochs: int = 2
     batch_size: int = 32
@@ -84,6 +87,8 @@ class RunConfig:
             raise ValueError(
                 f"unknown augmentation {self.augmentation!r}; choose from {AUGMENTATIONS}"
             )
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         if self.keep_epoch not in KEEP_EPOCH:
             raise ValueError(f"unknown keep_epoch {self.keep_epoch!r}; choose from {KEEP_EPOCH}")
         if self.rounds < 1 or self.local_epochs < 1 or self.min_hospitals < 1:
