@@ -6,13 +6,13 @@ al., arXiv 2109.02053): in round r, coalition S's model is the global model the 
 started from plus the example-weighted mean of S's accepted changes of that round, and the
 empty coalition keeps the round's starting model. With server momentum (FedAvgM), a
 non-empty coalition's step also carries momentum times the run's previous step, as the run
-applied it, so the grand coalition still lands on the real next model. A hospital's value is the sum over rounds
-of its Shapley value in each round's game. The values add up to the run's total gain (the
-final FedAvg model's AUC minus the initial one's), and every model scored lies one round's
-step from the real trajectory. (Replaying a coalition's changes over the whole run from the
-initial model instead, "one-round reconstruction", applies changes computed at other
-models: with tens of local epochs per round that drove the rebuilt BatchNorm statistics
-negative and most coalitions to constant outputs, measured.)
+applied it, so the grand coalition still lands on the real next model. A hospital's value is
+the sum over rounds of its Shapley value in each round's game. The values add up to the
+run's total gain (the final model's AUC minus the initial one's), and every model scored
+lies one round's step from the real trajectory. (Replaying a coalition's changes over the
+whole run from the initial model instead, "one-round reconstruction", applies changes
+computed at other models: with tens of local epochs per round that drove the rebuilt
+BatchNorm statistics negative and most coalitions to constant outputs, measured.)
 
 * n ≤ ``EXACT_LIMIT`` hospitals: exact Shapley over all 2^n coalitions, per round.
 * more: Monte Carlo over random permutations per round, with the standard error of each value
