@@ -27,6 +27,7 @@ Writes ``docs/bench/privacy.json`` and ``docs/bench/privacy.md`` and prints the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -56,7 +57,13 @@ from training.loop import (  # noqa: E402
     predict_logits,  # noqa: E402
     train,
 )
-from training.privacy import DPConfig, dp_train, public_images, set_public_batchnorm  # noqa: E402
+from training.privacy import (  # noqa: E402
+    DPConfig,
+    dp_train,
+    public_images,
+    public_pretrain,
+    set_public_batchnorm,
+)
 from training.privacy_audit import loss_attack  # noqa: E402
 from training.screening import bootstrap, intervals_to_dict  # noqa: E402
 
@@ -143,6 +150,69 @@ def central_row(
     }
 
 
+def pretrained_rows(
+    epsilons: list[float],
+    folders: dict[str, Path],
+    args: argparse.Namespace,
+    eval_set: ImageFolder,
+) -> list[dict[str, Any]]:
+    """Public pre-training, then fine-tuning on the members (central): a row for the
+    pre-trained model alone (no private image, ε = 0) and one per ε, all from the same start."""
+    arch = Architecture("lenet", 64, "quad")
+    generated = public_images(arch, args.public_images + PUBLIC, 0)
+    public = (generated[0][: args.public_images], generated[1][: args.public_images])
+    held = (generated[0][args.public_images :], generated[1][args.public_images :])  # T only
+    members = _folder(folders["members"])
+    non_members = _folder(folders["non_members"])
+    empty = (members[0][:0], members[1][:0])
+    torch.manual_seed(0)
+    start = build_model(arch)
+    started = time.perf_counter()
+    public_pretrain(start, public, args.public_epochs, 0)
+    pretrain_seconds = time.perf_counter() - started
+    setting = (
+        f"central, pre-trained on {args.public_images} public images "
+        f"({args.public_epochs} epochs, {pretrain_seconds:.0f} s)"
+    )
+    config = LoopConfig(
+        max_epochs=args.epochs, batch_size=args.batch_size, augment=False, progress=False,
+        keep="last",
+    )  # fmt: skip
+    rows = []
+    for eps in [0.0, *epsilons]:
+        model = copy.deepcopy(start)
+        record: dict[str, Any] | None = None
+        started = time.perf_counter()
+        if math.isinf(eps):  # what one would do without DP: fine-tune everything
+            train(model, members, empty, empty, config)
+        elif eps > 0:
+            set_public_batchnorm(model, public[0])
+            result = dp_train(model, members, empty, empty, config, DPConfig(eps, 1e-5, 1.0))
+            record = result.record()
+        seconds = time.perf_counter() - started
+        temperature = fit_temperature(predict_logits(model, held[0]).numpy(), held[1].numpy())
+        attack = loss_attack(model, members, non_members, resamples=args.resamples)
+        rows.append(
+            {
+                "part": "pretrained",
+                "setting": setting if eps else f"{setting}: no private image",
+                "epsilon_target": eps,
+                "epsilon_spent": record["epsilon"] if record else (0.0 if eps == 0 else None),
+                "noise_multiplier": record["noise_multiplier"] if record else None,
+                **_eval_figures(model, temperature, eval_set, args.resamples),
+                "attack": attack.to_dict(),
+                "training_seconds": round(seconds, 1),
+                "members": len(members[1]) if eps else 0,
+            }
+        )
+    return rows
+
+
+def _part(row: dict[str, Any]) -> str:
+    """Which part of the benchmark measured ``row`` (rows merge by part and ε)."""
+    return str(row.get("part") or row["setting"].split(" ")[0])
+
+
 def _eval_figures(
     model: torch.nn.Module, temperature: float, eval_set: ImageFolder, resamples: int
 ) -> dict[str, list[float]]:
@@ -216,6 +286,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         a = r["attack"]
         eps = "∞ (no DP)" if math.isinf(r["epsilon_target"]) else f"{r['epsilon_target']:g}"
+        if r["epsilon_target"] == 0:
+            eps = "0 (no private data)"
         spent = "-" if r["epsilon_spent"] is None else f"{r['epsilon_spent']:.2f}"
         sigma = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.2f}"
         lines.append(
@@ -230,7 +302,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("all", "central", "federated"), default="all")
+    parser.add_argument(
+        "--part", choices=("all", "central", "federated", "pretrained"), default="all"
+    )
     parser.add_argument("--train-images", type=int, default=900)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
@@ -238,8 +312,11 @@ def main() -> int:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epsilons", default="inf,8,3,1")
+    parser.add_argument("--public-images", type=int, default=1000, help="pretrained part")
+    parser.add_argument("--public-epochs", type=int, default=40, help="pretrained part")
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench-privacy")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     epsilons = [float(e) for e in args.epsilons.split(",")]
     folders = prepare(args.work / "data", args.train_images)
@@ -254,12 +331,18 @@ def main() -> int:
         rows += [central_row(eps, folders, args, eval_set) for eps in epsilons]
     if args.part in ("all", "federated"):
         rows += [federated_row(eps, folders, args, eval_set) for eps in epsilons]
-    measured = {(r["setting"].split(" ")[0], r["epsilon_target"]) for r in rows}
+    if args.part in ("all", "pretrained"):
+        rows += pretrained_rows(epsilons, folders, args, eval_set)
+    measured = {(_part(r), r["epsilon_target"]) for r in rows}
+    replaced = {_part(r) for r in rows if r.get("part") == "pretrained"}  # its setting changes
     kept = [  # rows of the other parts and epsilons stay, from their own runs
         r for r in previous["rows"]
-        if (r["setting"].split(" ")[0], r["epsilon_target"]) not in measured
+        if (_part(r), r["epsilon_target"]) not in measured and _part(r) not in replaced
     ]  # fmt: skip
-    rows = sorted(kept + rows, key=lambda r: (r["setting"], -r["epsilon_target"]))
+    order = {"central": 0, "pretrained": 1, "federated": 2}
+    rows = sorted(
+        kept + rows, key=lambda r: (order.get(_part(r), 3), r["setting"], -r["epsilon_target"])
+    )
     record = {
         "rows": [{**r, "epsilon_target": str(r["epsilon_target"])} for r in rows],
         "settings": {k: str(v) for k, v in vars(args).items()},

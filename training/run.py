@@ -28,6 +28,8 @@ from training.privacy import (
     plan,
     public_batchnorm_record,
     public_images,
+    public_pretrain,
+    public_pretrain_record,
     set_public_batchnorm,
 )
 from training.provenance import (
@@ -316,10 +318,16 @@ def train_private(
         dp, dataset_size=len(fit[1]), batch_size=config.batch_size, epochs=config.max_epochs
     )
     public = public_images(arch, settings.dp_public_images, settings.seed)
+    if settings.dp_public_pretrain_epochs:
+        public_pretrain(model, public, settings.dp_public_pretrain_epochs, settings.seed)
     set_public_batchnorm(model, public[0])
     result = dp_train(model, fit, calibration, evaluation, config, dp, dp_plan=dp_plan)
     record = result.record()
     record["batchnorm"] = public_batchnorm_record(settings.dp_public_images, settings.seed)
+    if settings.dp_public_pretrain_epochs:
+        record["initialisation"] = public_pretrain_record(
+            settings.dp_public_images, settings.seed, settings.dp_public_pretrain_epochs
+        )
     record["unfamiliarity_detector"] = "fitted on the public generated images"
     record["not_covered"] = (
         "the temperature and the decision threshold (two scalars fitted on the private "

@@ -125,6 +125,13 @@ class TrainSettings:
             "the unfamiliarity detector (never the private data)"
         ),
     )
+    dp_public_pretrain_epochs: int = field(
+        default=0,
+        metadata=flag(
+            "DP: first train on the public generated images for this many epochs without DP "
+            "(they are public: no epsilon spent), then fine-tune with DP-SGD (0 = from scratch)"
+        ),
+    )
     mint: bool = field(
         default=False,
         metadata=flag(
@@ -174,6 +181,12 @@ class TrainSettings:
             raise ValueError("--dp-epsilon must be >= 0 (0 = no differential privacy)")
         if self.dp_epsilon and self.dp_public_images < 8:
             raise ValueError("--dp-public-images must be >= 8")
+        if self.dp_public_pretrain_epochs < 0:
+            raise ValueError("--dp-public-pretrain-epochs must be >= 0")
+        if self.dp_public_pretrain_epochs and not self.dp_epsilon:
+            raise ValueError(
+                "--dp-public-pretrain-epochs needs --dp-epsilon (it prepares DP fine-tuning)"
+            )
         self.dp_config()  # a DP budget must be well formed
         if self.training_run_out is None:
             object.__setattr__(self, "training_run_out", Path("models") / f"{self.backbone}.pth")

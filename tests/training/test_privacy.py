@@ -25,9 +25,11 @@ from training.privacy import (
     epsilon_spent,
     plan,
     public_images,
+    public_pretrain,
     set_public_batchnorm,
 )
 from training.privacy_audit import advantage, attack_auc, loss_attack
+from training.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[2]
 ARCH = Architecture("lenet", 32, "quad")
@@ -131,6 +133,30 @@ def test_cli_refuses_an_impossible_budget_and_writes_nothing(tmp_path: Path) -> 
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
+def test_public_pretraining_trains_on_public_images_and_needs_a_dp_run() -> None:
+    """--dp-public-pretrain-epochs: the network learns from the public images (weights and
+    BatchNorm statistics move, the same way for the same seed) and is left in eval mode; the
+    flag only prepares DP fine-tuning, so it needs --dp-epsilon."""
+    public = _data(32, 5)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_model(ARCH)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        history = public_pretrain(model, public, 2, seed=0)
+        assert len(history.epochs) == 2 and not model.training
+        assert not torch.equal(model.state_dict()["fc1.weight"], start["fc1.weight"])
+        assert not torch.equal(_first_bn_mean(model), start["bn1.running_mean"])
+        models.append(model.state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    with pytest.raises(ValueError, match="needs --dp-epsilon"):
+        TrainSettings(source_dir_train="a", source_dir_eval="b", dp_public_pretrain_epochs=2)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        TrainSettings(
+            source_dir_train="a", source_dir_eval="b", dp_epsilon=3, dp_public_pretrain_epochs=-1
+        )
+
+
 def test_attack_figures_on_known_scores() -> None:
     members = np.array([3.0, 2.0, 1.0])
     non_members = np.array([0.0, 1.5, -1.0])
@@ -178,7 +204,8 @@ def test_cli_dp_run_records_provenance_and_serves_encrypted(tmp_path: Path) -> N
          "--training-run-out", str(out), "--max-epochs", "2", "--batch-size", "4",
          "--num-threads", "1", "--progress", "False", "--image-size", "32",
          "--dp-epsilon", "3", "--dp-delta", "1e-4", "--max-grad-norm", "1.5",
-         "--dp-public-images", "32", "--bootstrap-resamples", "0"],
+         "--dp-public-images", "32", "--dp-public-pretrain-epochs", "1",
+         "--bootstrap-resamples", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -193,6 +220,9 @@ def test_cli_dp_run_records_provenance_and_serves_encrypted(tmp_path: Path) -> N
     assert dp["epsilon"] == pytest.approx(independent_epsilon(noise, rate, steps, 1e-4), rel=1e-3)
     assert dp["epsilon"] <= 3
     assert "public" in dp["batchnorm"]
+    assert (
+        "pre-trained without DP for 1 epochs on 32 public generated images" in dp["initialisation"]
+    )
     checkpoint = load_checkpoint(out)
     net = checkpoint.model()
     assert not torch.equal(_first_bn_mean(net), torch.zeros(6))  # public statistics, not reset
