@@ -20,6 +20,10 @@ fitted on 128 public generated images (never a member).
     .venv/bin/python scripts/bench_privacy.py --part central  # one part (rows merge)
     .venv/bin/python scripts/bench_privacy.py --part central --epsilons 100000
         # clipping with next to no noise: what the DP pipeline costs before the noise
+    .venv/bin/python scripts/bench_privacy.py --part pretrained
+        # public pre-training (1,000 public generated images, 40 epochs), then fine-tuning
+        # on the members: the pre-trained model alone (epsilon 0: no private image), without
+        # DP, and with DP (batch 64) at each epsilon, all from the same start
 
 Writes ``docs/bench/privacy.json`` and ``docs/bench/privacy.md`` and prints the table.
 """
@@ -36,6 +40,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +176,8 @@ def pretrained_rows(
     public_pretrain(start, public, args.public_epochs, 0)
     pretrain_seconds = time.perf_counter() - started
     setting = (
-        f"central, pre-trained on {args.public_images} public images "
-        f"({args.public_epochs} epochs, {pretrain_seconds:.0f} s)"
+        f"central, pre-trained on {args.public_images} public images ({args.public_epochs} "
+        f"epochs), DP batch {args.dp_batch_size}"
     )
     config = LoopConfig(
         max_epochs=args.epochs, batch_size=args.batch_size, augment=False, progress=False,
@@ -187,7 +192,8 @@ def pretrained_rows(
             train(model, members, empty, empty, config)
         elif eps > 0:
             set_public_batchnorm(model, public[0])
-            result = dp_train(model, members, empty, empty, config, DPConfig(eps, 1e-5, 1.0))
+            fine_tune = replace(config, batch_size=args.dp_batch_size)
+            result = dp_train(model, members, empty, empty, fine_tune, DPConfig(eps, 1e-5, 1.0))
             record = result.record()
         seconds = time.perf_counter() - started
         temperature = fit_temperature(predict_logits(model, held[0]).numpy(), held[1].numpy())
@@ -202,6 +208,7 @@ def pretrained_rows(
                 **_eval_figures(model, temperature, eval_set, args.resamples),
                 "attack": attack.to_dict(),
                 "training_seconds": round(seconds, 1),
+                "pretraining_seconds": round(pretrain_seconds, 1),
                 "members": len(members[1]) if eps else 0,
             }
         )
@@ -314,6 +321,9 @@ def main() -> int:
     parser.add_argument("--epsilons", default="inf,8,3,1")
     parser.add_argument("--public-images", type=int, default=1000, help="pretrained part")
     parser.add_argument("--public-epochs", type=int, default=40, help="pretrained part")
+    parser.add_argument(
+        "--dp-batch-size", type=int, default=64, help="pretrained part: DP fine-tuning's batch"
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench-privacy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
