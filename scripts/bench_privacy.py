@@ -117,6 +117,14 @@ def _interval(intervals: dict[str, Any], key: str) -> list[float]:
     return [i["value"], i["low"], i["high"]]
 
 
+def _recipe(args: argparse.Namespace) -> LoopConfig:
+    """The members' training: no augmentation, the last epoch kept (no early stopping)."""
+    return LoopConfig(
+        max_epochs=args.epochs, batch_size=args.batch_size, augment=False, progress=False,
+        keep="last",
+    )  # fmt: skip
+
+
 def central_row(
     eps: float, folders: dict[str, Path], args: argparse.Namespace, eval_set: ImageFolder
 ) -> dict[str, Any]:
@@ -126,10 +134,7 @@ def central_row(
     members = _folder(folders["members"])
     public = public_images(arch, PUBLIC, 0)
     empty = (members[0][:0], members[1][:0])
-    config = LoopConfig(
-        max_epochs=args.epochs, batch_size=args.batch_size, augment=False, progress=False,
-        keep="last",
-    )  # fmt: skip
+    config = _recipe(args)
     torch.manual_seed(0)
     model = build_model(arch)
     started = time.perf_counter()
@@ -179,10 +184,7 @@ def pretrained_rows(
         f"central, pre-trained on {args.public_images} public images ({args.public_epochs} "
         f"epochs), DP batch {args.dp_batch_size}"
     )
-    config = LoopConfig(
-        max_epochs=args.epochs, batch_size=args.batch_size, augment=False, progress=False,
-        keep="last",
-    )  # fmt: skip
+    config = _recipe(args)
     rows = []
     for eps in [0.0, *epsilons]:
         model = copy.deepcopy(start)
