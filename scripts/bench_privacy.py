@@ -24,6 +24,9 @@ fitted on 128 public generated images (never a member).
         # public pre-training (1,000 public generated images, 40 epochs), then fine-tuning
         # on the members: the pre-trained model alone (epsilon 0: no private image), without
         # DP, and with DP (batch 64) at each epsilon, all from the same start
+    .venv/bin/python scripts/bench_privacy.py --part federated-pretrained
+        # the same in the federation: the model owner pre-trains round 1's model on 1,000
+        # public generated images of its own (--dp-public-pretrain-epochs 40)
 
 Writes ``docs/bench/privacy.json`` and ``docs/bench/privacy.md`` and prints the table.
 """
@@ -55,8 +58,11 @@ from models.nets import Architecture, build_model  # noqa: E402
 from models.preprocessing import Preprocessing  # noqa: E402
 from training.calibration import fit_temperature  # noqa: E402
 from training.data import ImageFolder, list_samples, stratified_split  # noqa: E402
+from training.federated.hospital import from_arrays  # noqa: E402
 from training.federated.local import LocalFederation, LocalHospital  # noqa: E402
+from training.federated.outputs import FederatedPaths, load_arrays  # noqa: E402
 from training.federated.protocol import RunConfig  # noqa: E402
+from training.federated.sites import generate_eval  # noqa: E402
 from training.loop import (  # noqa: E402
     LoopConfig,
     predict_logits,  # noqa: E402
@@ -76,6 +82,7 @@ OUT = ROOT / "docs" / "bench"
 SEED_DATA = ROOT / "data" / "seed"
 EPSILONS = (math.inf, 8.0, 3.0, 1.0)
 PUBLIC = 128  # public generated images: frozen BatchNorm statistics (DP) and the temperature
+PUBLIC_SEED = 4242  # the federated model owner's public folder (data/seed is seed 0)
 log = logging.getLogger("bench_privacy")
 
 
@@ -243,23 +250,34 @@ def _folder(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def federated_row(
-    eps: float, folders: dict[str, Path], args: argparse.Namespace, eval_set: ImageFolder
-) -> dict[str, Any]:
-    out = args.work / "federated" / f"eps-{eps}.pth"
+    eps: float,
+    folders: dict[str, Path],
+    args: argparse.Namespace,
+    eval_set: ImageFolder,
+    public_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """One real federation at ``eps``. With ``public_dir`` the model owner first pre-trains
+    round 1's model on those public images (``--dp-public-pretrain-epochs``), DP runs at
+    ``--dp-batch-size``, and that start is measured too (a row at ε = 0: no private image)."""
+    pretrained = public_dir is not None
+    tag = f"{'pretrained-' if pretrained else ''}eps-{eps}"
+    out = args.work / "federated" / f"{tag}.pth"
+    private = not math.isinf(eps)
     run = RunConfig(
-        rounds=args.rounds, local_epochs=args.epochs // args.rounds, batch_size=args.batch_size,
+        rounds=args.rounds, local_epochs=args.epochs // args.rounds,
+        batch_size=args.dp_batch_size if pretrained and private else args.batch_size,
         min_hospitals=2, round_timeout_s=900.0, out=str(out), eval_dir=str(SEED_DATA / "eval"),
-        dp_epsilon=0.0 if math.isinf(eps) else eps, dp_public_dir=str(folders["public"]),
+        dp_epsilon=eps if private else 0.0, dp_public_dir=str(public_dir or folders["public"]),
+        dp_public_pretrain_epochs=args.public_epochs if pretrained else 0,
         augmentation="none", lr_schedule="constant",  # as the central rows: no augmentation,
         keep_epoch="last",  # and no early stopping (DP rows keep the last epoch anyway)
     )  # fmt: skip
     hospitals = [LocalHospital(n, folders[n]) for n in ("h1", "h2")]
     started = time.perf_counter()
-    with LocalFederation(args.work / "processes" / f"eps-{eps}", hospitals) as federation:
+    with LocalFederation(args.work / "processes" / tag, hospitals) as federation:
         metrics = federation.run(run, timeout=3600)
     seconds = time.perf_counter() - started
     checkpoint = load_checkpoint(out)
-    model = checkpoint.model()
     members_i, members_l = [], []
     for name in ("h1", "h2"):  # each hospital's local training split (as load_site splits)
         site = ImageFolder(folders[name], Preprocessing(64))
@@ -267,19 +285,63 @@ def federated_row(
         members_i.append(site.images[keep])
         members_l.append(site.labels[keep])
     members = (torch.cat(members_i), torch.cat(members_l))
-    attack = loss_attack(model, members, _folder(folders["non_members"]), resamples=args.resamples)
+    non_members = _folder(folders["non_members"])
     last = metrics["rounds"][-1]["hospitals"]
     spent = [h.get("dp_epsilon") for h in last.values() if "dp_epsilon" in h]
-    return {
-        "setting": f"federated (2 hospitals, {args.rounds} rounds x {run.local_epochs} epochs)",
-        "epsilon_target": eps,
-        "epsilon_spent": max(spent) if spent else None,
-        "noise_multiplier": max(h["dp_noise_multiplier"] for h in last.values()) if spent else None,
-        **_eval_figures(model, checkpoint.temperature, eval_set, args.resamples),
-        "attack": attack.to_dict(),
-        "training_seconds": round(seconds, 1),
-        "members": len(members[1]),
-    }
+    setting = f"federated (2 hospitals, {args.rounds} rounds x {run.local_epochs} epochs)"
+    if pretrained:
+        setting = (
+            f"federated, pre-trained by the owner on {args.public_images} public images "
+            f"({args.public_epochs} epochs), DP batch {args.dp_batch_size}"
+        )
+    model = checkpoint.model()
+    rows = [
+        {
+            "part": "federated-pretrained" if pretrained else "federated",
+            "setting": setting,
+            "epsilon_target": eps,
+            "epsilon_spent": max(spent) if spent else None,
+            "noise_multiplier": max(h["dp_noise_multiplier"] for h in last.values())
+            if spent
+            else None,
+            **_eval_figures(model, checkpoint.temperature, eval_set, args.resamples),
+            "attack": loss_attack(model, members, non_members, resamples=args.resamples).to_dict(),
+            "training_seconds": round(seconds, 1),
+            "members": len(members[1]),
+        }
+    ]
+    if public_dir is not None:  # the owner's round-1 model as archived: the public images alone
+        start, _ = load_arrays(
+            FederatedPaths.for_checkpoint(out).updates / "round-000" / "global.npz"
+        )
+        model = from_arrays(run.architecture(), start)
+        held = _folder(folders["public"])  # 128 images neither the owner nor a hospital saw
+        temperature = fit_temperature(predict_logits(model, held[0]).numpy(), held[1].numpy())
+        rows.append(
+            {
+                **rows[0],
+                "setting": f"{setting}: no private image",
+                "epsilon_target": 0.0,
+                "epsilon_spent": 0.0,
+                "noise_multiplier": None,
+                **_eval_figures(model, temperature, eval_set, args.resamples),
+                "attack": loss_attack(
+                    model, members, non_members, resamples=args.resamples
+                ).to_dict(),
+                "training_seconds": 0.0,
+                "members": 0,
+            }
+        )
+    return rows
+
+
+def public_folder(args: argparse.Namespace) -> Path:
+    """The model owner's public images for the federated pretrained part: generated, standard
+    profile, balanced, a seed no member, hospital or eval image comes from."""
+    root = args.work / "data" / f"owner-public-{args.public_images}"
+    if not (root / "manifest.json").exists():
+        generate_eval(root, count=args.public_images, seed=PUBLIC_SEED)
+    return root
 
 
 def _ci(v: list[float]) -> str:
@@ -312,7 +374,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--part", choices=("all", "central", "federated", "pretrained"), default="all"
+        "--part",
+        choices=("all", "central", "federated", "pretrained", "federated-pretrained"),
+        default="all",
     )
     parser.add_argument("--train-images", type=int, default=900)
     parser.add_argument("--epochs", type=int, default=40)
@@ -321,10 +385,10 @@ def main() -> int:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epsilons", default="inf,8,3,1")
-    parser.add_argument("--public-images", type=int, default=1000, help="pretrained part")
-    parser.add_argument("--public-epochs", type=int, default=40, help="pretrained part")
+    parser.add_argument("--public-images", type=int, default=1000, help="pretrained parts")
+    parser.add_argument("--public-epochs", type=int, default=40, help="pretrained parts")
     parser.add_argument(
-        "--dp-batch-size", type=int, default=64, help="pretrained part: DP fine-tuning's batch"
+        "--dp-batch-size", type=int, default=64, help="pretrained parts: DP fine-tuning's batch"
     )
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench-privacy")
     args = parser.parse_args()
@@ -342,16 +406,24 @@ def main() -> int:
     if args.part in ("all", "central"):
         rows += [central_row(eps, folders, args, eval_set) for eps in epsilons]
     if args.part in ("all", "federated"):
-        rows += [federated_row(eps, folders, args, eval_set) for eps in epsilons]
+        for eps in epsilons:
+            rows += federated_row(eps, folders, args, eval_set)
+    if args.part in ("all", "federated-pretrained"):
+        public_dir = public_folder(args)
+        for eps in epsilons:
+            found = federated_row(eps, folders, args, eval_set, public_dir)
+            rows += found if eps == epsilons[0] else found[:1]  # one ε = 0 row: same start
     if args.part in ("all", "pretrained"):
         rows += pretrained_rows(epsilons, folders, args, eval_set)
     measured = {(_part(r), r["epsilon_target"]) for r in rows}
-    replaced = {_part(r) for r in rows if r.get("part") == "pretrained"}  # its setting changes
+    replaced = {  # their settings change with their flags
+        _part(r) for r in rows if r.get("part") in ("pretrained", "federated-pretrained")
+    }
     kept = [  # rows of the other parts and epsilons stay, from their own runs
         r for r in previous["rows"]
         if (_part(r), r["epsilon_target"]) not in measured and _part(r) not in replaced
     ]  # fmt: skip
-    order = {"central": 0, "pretrained": 1, "federated": 2}
+    order = {"central": 0, "pretrained": 1, "federated": 2, "federated-pretrained": 3}
     rows = sorted(
         kept + rows, key=lambda r: (order.get(_part(r), 3), r["setting"], -r["epsilon_target"])
     )

@@ -226,11 +226,19 @@ def public_pretrain(
     return history
 
 
-def public_pretrain_record(count: int, seed: int, epochs: int) -> str:
+def public_pretrain_record(count: int, epochs: int, source: str) -> str:
+    """The provenance line for :func:`public_pretrain` on ``count`` images of ``source``."""
     return (
-        f"pre-trained without DP for {epochs} epochs on {count} public generated images "
-        f"(training.synthetic, standard difficulty, seed {seed}, random stream {PUBLIC_STREAM}, "
-        "mild augmentation), then fine-tuned with DP-SGD: epsilon covers the private images"
+        f"pre-trained without DP for {epochs} epochs on {count} {source} (mild augmentation, "
+        "the last epoch kept): no private image, so no epsilon spent"
+    )
+
+
+def generated_public_source(seed: int) -> str:
+    """What :func:`public_images` draws from, for provenance."""
+    return (
+        f"public generated images (training.synthetic, standard difficulty, seed {seed}, "
+        f"random stream {PUBLIC_STREAM})"
     )
 
 
@@ -263,9 +271,9 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 def public_batchnorm_record(count: int, seed: int) -> str:
     return (
-        f"frozen: running statistics from {count} public generated images (training.synthetic, "
-        f"standard difficulty, seed {seed}, random stream {PUBLIC_STREAM}: no private image), "
-        "BatchNorm layers in eval mode without gradient; they fold into the encrypted program"
+        f"frozen: running statistics from {count} {generated_public_source(seed)}: no private "
+        "image; BatchNorm layers in eval mode without gradient; they fold into the encrypted "
+        "program"
     )
 
 

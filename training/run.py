@@ -25,6 +25,7 @@ from training.plots import plot_curves, plot_reliability
 from training.privacy import (
     DPConfig,
     dp_train,
+    generated_public_source,
     plan,
     public_batchnorm_record,
     public_images,
@@ -325,8 +326,13 @@ def train_private(
     record = result.record()
     record["batchnorm"] = public_batchnorm_record(settings.dp_public_images, settings.seed)
     if settings.dp_public_pretrain_epochs:
-        record["initialisation"] = public_pretrain_record(
-            settings.dp_public_images, settings.seed, settings.dp_public_pretrain_epochs
+        record["initialisation"] = (
+            public_pretrain_record(
+                settings.dp_public_images,
+                settings.dp_public_pretrain_epochs,
+                generated_public_source(settings.seed),
+            )
+            + "; then fine-tuned with DP-SGD: epsilon covers the private images"
         )
     record["unfamiliarity_detector"] = "fitted on the public generated images"
     record["not_covered"] = (

@@ -279,6 +279,51 @@ def test_the_owner_applies_server_momentum_and_archives_the_step(
         np.testing.assert_allclose(after - before, 2.5 if weight else 2.0, rtol=1e-5)
 
 
+def test_the_owner_pre_trains_the_first_model_on_its_public_images(
+    site_folder: Path, tmp_path: Path
+) -> None:
+    from training.federated.outputs import FederatedPaths, load_arrays
+    from training.federated.owner import Federation
+
+    def owner(name: str, **change: object) -> Federation:
+        run = RunConfig(
+            image_size=32, eval_dir=str(site_folder), dp_public_dir=str(site_folder),
+            out=str(tmp_path / name / "fed.pth"), **change,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return Federation(run, {})
+
+    plain, pre, again = (
+        owner("plain"),
+        owner("pre", dp_public_pretrain_epochs=1),
+        owner("again", dp_public_pretrain_epochs=1),
+    )
+    assert plain.initialisation == "random weights (seed 0)"
+    assert "pre-trained without DP for 1 epochs on 24 public images" in pre.initialisation
+    floats = [i for i, a in enumerate(plain.arrays) if a.dtype.kind == "f"]
+    assert all(not np.array_equal(plain.arrays[i], pre.arrays[i]) for i in floats)
+    for a, b in zip(pre.arrays, again.arrays, strict=True):  # same seed, same start
+        np.testing.assert_array_equal(a, b)
+    archived, _ = load_arrays(  # what every hospital and the contribution replay start from
+        FederatedPaths.for_checkpoint(tmp_path / "pre" / "fed.pth").updates
+        / "round-000"
+        / "global.npz"
+    )
+    for a, b in zip(archived, pre.arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"dp_public_pretrain_epochs": 1}, "needs --dp-public-dir"),
+        ({"dp_public_pretrain_epochs": -1, "dp_public_dir": "public"}, ">= 0"),
+    ],
+)
+def test_public_pre_training_needs_public_images(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        RunConfig(**change)  # type: ignore[arg-type]
+
+
 def test_pooled_calibration_matches_central_calibration_on_the_union() -> None:
     rng = np.random.default_rng(0)
     stats: list[CalibrationStats] = []

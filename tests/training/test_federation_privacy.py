@@ -48,6 +48,7 @@ def test_each_hospitals_epsilon_covers_every_round(tmp_path: Path) -> None:
         rounds=2, local_epochs=1, min_hospitals=2, round_timeout_s=300.0, batch_size=8,
         out=str(tmp_path / "out" / "federated.pth"), eval_dir=str(eval_dir),
         dp_epsilon=3.0, dp_delta=1e-5, max_grad_norm=1.0, dp_public_dir=str(public_dir),
+        dp_public_pretrain_epochs=1,
     )  # fmt: skip
     hospitals = [LocalHospital("h1", data / "h1"), LocalHospital("h2", data / "h2")]
     with LocalFederation(tmp_path / "processes", hospitals) as federation:
@@ -58,6 +59,8 @@ def test_each_hospitals_epsilon_covers_every_round(tmp_path: Path) -> None:
     )
     dp = provenance["differential_privacy"]
     assert dp["target_epsilon"] == 3.0 and dp["accountant"] == "rdp"
+    assert "pre-trained without DP for 1 epochs on 32 public images" in dp["initialisation"]
+    assert provenance["training"]["initialisation"] == dp["initialisation"]
     for name in ("h1", "h2"):
         first = metrics["rounds"][0]["hospitals"][name]
         last = dp["per_hospital"][name]
@@ -69,7 +72,7 @@ def test_each_hospitals_epsilon_covers_every_round(tmp_path: Path) -> None:
         )
         assert last["epsilon"] == pytest.approx(whole_run, rel=1e-9)
         assert first["dp_epsilon"] < last["epsilon"] <= 3.0
-    # BatchNorm kept the owner's public statistics through both rounds
+    # BatchNorm kept the owner's public statistics (after its pre-training) through both rounds
     model = load_checkpoint(run.out).model()
     public_model = from_arrays(run.architecture(), _public_initial(run))
     for got, want in zip(batchnorm_layers(model), batchnorm_layers(public_model), strict=True):

@@ -33,7 +33,13 @@ from training.federated.protocol import RunConfig
 from training.loop import predict_logits
 from training.metrics import classification_report
 from training.plots import plot_reliability
-from training.privacy import ACCOUNTANT, ACCOUNTANT_NOTE, set_public_batchnorm
+from training.privacy import (
+    ACCOUNTANT,
+    ACCOUNTANT_NOTE,
+    public_pretrain,
+    public_pretrain_record,
+    set_public_batchnorm,
+)
 from training.provenance import data_record, write_json
 
 log = logging.getLogger("training.federated")
@@ -71,10 +77,25 @@ class Federation:
         torch.manual_seed(run.seed)
         self.model = build_model(self.arch)
         self.public_images = 0
-        if run.dp_epsilon:  # BatchNorm statistics from public images, frozen at the hospitals
+        self.initialisation = f"random weights (seed {run.seed})"
+        if run.dp_epsilon or run.dp_public_pretrain_epochs:
             public = ImageFolder(Path(run.dp_public_dir), Preprocessing(self.arch.image_size))
-            set_public_batchnorm(self.model, public.images)
             self.public_images = len(public)
+            if run.dp_public_pretrain_epochs:  # public images only: no hospital's data, no ε
+                public_pretrain(
+                    self.model, (public.images, public.labels), run.dp_public_pretrain_epochs,
+                    run.seed,
+                )  # fmt: skip
+                self.initialisation = (
+                    public_pretrain_record(
+                        len(public),
+                        run.dp_public_pretrain_epochs,
+                        f"public images ({run.dp_public_dir})",
+                    )
+                    + "; by the model owner before round 1"
+                )
+            if run.dp_epsilon:  # BatchNorm statistics from public images, frozen at the hospitals
+                set_public_batchnorm(self.model, public.images)
         self.arrays = to_arrays(self.model)
         self.is_weight = weight_mask(self.arch)
         self.last_step: list[np.ndarray] | None = None  # server momentum's memory
@@ -304,6 +325,7 @@ class Federation:
                 "secure_aggregation": "SecAgg+" if self.run.secagg else None,
                 "rounds": self.run.rounds,
                 "local_epochs": self.run.local_epochs,
+                "initialisation": self.initialisation,
                 "min_hospitals_per_round": self.run.min_hospitals,
                 "round_timeout_s": self.run.round_timeout_s,
             },
@@ -362,6 +384,7 @@ class Federation:
                 "sampling": "poisson",
                 "batchnorm": f"frozen: running statistics from {self.public_images} public "
                 f"images ({self.run.dp_public_dir}), set by the model owner before round 1",
+                "initialisation": self.initialisation,
                 "per_hospital": per_hospital,
                 "per_hospital_note": "epsilon as each hospital's accountant reported it with its "
                 "last update (under SecAgg+ the reports do not reach the model owner)",

@@ -70,6 +70,10 @@ class RunConfig:
     max_grad_norm: float = 1.0
     #: the model owner's folder of public (generated) images for the frozen BatchNorm statistics
     dp_public_dir: str = ""
+    #: the model owner first trains round 1's starting model this many epochs on the
+    #: ``dp_public_dir`` images, without DP (public images cost no epsilon); 0 = random weights.
+    #: Without ``dp_epsilon`` it gives the non-DP baseline the same start.
+    dp_public_pretrain_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -103,6 +107,15 @@ class RunConfig:
             raise ValueError(
                 "differential privacy needs --dp-public-dir: public images for the frozen "
                 "BatchNorm statistics (statistics of the hospitals' data would leak)"
+            )
+        if self.dp_public_pretrain_epochs < 0:
+            raise ValueError(
+                f"dp_public_pretrain_epochs must be >= 0, got {self.dp_public_pretrain_epochs}"
+            )
+        if self.dp_public_pretrain_epochs and not self.dp_public_dir:
+            raise ValueError(
+                "--dp-public-pretrain-epochs needs --dp-public-dir: the public images the "
+                "model owner pre-trains on"
             )
 
     def round_lr(self, round_number: int) -> float:
