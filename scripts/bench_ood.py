@@ -1,6 +1,6 @@
 """Benchmark: how well the model knows what it does not know, and what the bit costs encrypted.
 
-    python scripts/bench_ood.py [--model models/lenet.pth] [--baseline runs/b18/basic/lenet.pth]
+    python scripts/bench_ood.py [--model models/lenet.pth] [--baseline runs/b18/robust/lenet.pth]
         [--data data/seed] [--shifts data/shifts] [--rtt-ms 10,50] [--reps 5]
 
 Needs the training data the model was trained on (``--data``, ``<data>/train`` and
@@ -9,14 +9,15 @@ Needs the training data the model was trained on (``--data``, ``<data>/train`` a
 1. **Choosing the detector (dev shift sets only).** Every candidate is fitted on the model's
    own fit split (the split its training run used), and scored as AUROC against in-distribution
    eval on the *dev* near, orientation and far sets: energy (plaintext only), feature norm and
-   Mahalanobis (class-conditional and pooled) on the conv or the penultimate features.
+   Mahalanobis (class-conditional and pooled) on the conv, conv + Laplacian energy
+   (``conv_laplacian``) or the penultimate features.
 2. **Final figures (held-out shift sets, never used to choose).** For the model's own detector
    (the one in its checkpoint, threshold chosen on its calibration split): AUROC per shift and
    per variant, the flagged fraction at the deployed threshold and at the threshold flagging
    <= 5 % of in-distribution eval.
 3. **Robustness.** Accuracy and AUC on the labelled shifted sets (near, orientation) and on
    in-distribution eval, for the model and for ``--baseline`` (the same recipe trained with
-   basic augmentation only).
+   ``--augmentation robust``).
 4. **Encrypted cost.** Two real parties on loopback (and, as root, across two network
    namespaces with 10 and 50 ms RTT, ``scripts/twohosts.py``): s/img, rounds and MB with and
    without the unfamiliarity bit, same run, batch 1 and 8.
@@ -65,6 +66,8 @@ CANDIDATES = (
     ("pooled_mahalanobis", "penultimate"),
     ("mahalanobis", "conv"),
     ("pooled_mahalanobis", "conv"),
+    ("mahalanobis", "conv_laplacian"),
+    ("pooled_mahalanobis", "conv_laplacian"),
 )
 PORT = 29911
 
@@ -404,8 +407,8 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "lenet.pth")
-    parser.add_argument("--baseline", type=Path, default=ROOT / "runs/b18/basic/lenet.pth",
-                        help="the same recipe with basic augmentation (flips, shifts)")  # fmt: skip
+    parser.add_argument("--baseline", type=Path, default=ROOT / "runs/b18/robust/lenet.pth",
+                        help="the same recipe with --augmentation robust (the README's command)")  # fmt: skip
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "seed")
     parser.add_argument("--shifts", type=Path, default=ROOT / "data" / "shifts")
     parser.add_argument("--rtt-ms", default="10,50", help="as root: netns RTTs ('' = none)")

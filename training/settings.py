@@ -91,7 +91,11 @@ class TrainSettings:
         metadata=flag(f"unfamiliarity detector: {', '.join(DETECTORS)} or none"),
     )
     unfamiliarity_features: str = field(
-        default="conv", metadata=flag(f"what the detector reads: {', '.join(FEATURE_SETS)}")
+        default="conv_laplacian",
+        metadata=flag(
+            f"what the detector reads: {', '.join(FEATURE_SETS)} (the conv sets: lenet only; "
+            "other backbones read penultimate)"
+        ),
     )
     unfamiliar_flag_rate: float = field(
         default=0.05,
@@ -159,7 +163,7 @@ class TrainSettings:
             raise ValueError(f"--unfamiliarity must be one of {DETECTORS} or none")
         if self.unfamiliarity_features not in FEATURE_SETS:
             raise ValueError(f"--unfamiliarity-features must be one of {FEATURE_SETS}")
-        if self.unfamiliarity_features == "conv" and self.backbone != "lenet":
+        if self.unfamiliarity_features.startswith("conv") and self.backbone != "lenet":
             object.__setattr__(self, "unfamiliarity_features", "penultimate")
         if not 0.0 < self.unfamiliar_flag_rate < 0.5:
             raise ValueError("--unfamiliar-flag-rate must be in (0, 0.5)")

@@ -48,7 +48,7 @@ def fitted(features: str = "conv", method: str = "mahalanobis"):
     return model, params, detector.with_threshold(threshold, 0.05)
 
 
-@pytest.mark.parametrize("features", ["conv", "penultimate"])
+@pytest.mark.parametrize("features", ["conv", "conv_laplacian", "penultimate"])
 @pytest.mark.parametrize("method", ["mahalanobis", "pooled_mahalanobis", "feature_norm"])
 def test_plaintext_program_flags_what_the_detector_flags(features, method):
     _, params, detector = fitted(features, method)
@@ -120,8 +120,12 @@ def _party(rank, checkpoint_path, images):
     from models.encrypted_unfamiliarity import feature_blocks
 
     share = share_images(crypten, own_images, tuple(images.shape), rank)
+    assert classifier.card.detector is not None
     blocks, _ = feature_blocks(
-        classifier.card.architecture, classifier.encrypted_model, share, "conv"
+        classifier.card.architecture,
+        classifier.encrypted_model,
+        share,
+        classifier.card.detector.features,
     )
     assert classifier.encrypted_detector is not None
     margins = unfamiliarity_margins(classifier.encrypted_detector, blocks).get_plain_text(dst=0)
@@ -129,23 +133,24 @@ def _party(rank, checkpoint_path, images):
     return predictions, opened, None if margins is None else margins.tolist(), classifier.card
 
 
-def test_encrypted_unfamiliarity_agrees_and_opens_only_the_documented_bits(tmp_path):
-    model, params, detector = fitted()
+@pytest.mark.parametrize("features", ["conv", "conv_laplacian"])
+def test_encrypted_unfamiliarity_agrees_and_opens_only_the_documented_bits(tmp_path, features):
+    model, params, detector = fitted(features)
     path = tmp_path / "lenet.pth"
     save_checkpoint(path, model, ARCH, 1.3, detector=detector, decision_threshold=0.4)
     images = torch.cat([familiar_images(3, 11), unfamiliar_images(3, 12)])
     results = run_parties(_party, str(path), images)
     (predictions, opened, margin_list, card), (nothing, opened1, none_margins, card1) = results
     margins = torch.tensor(margin_list)
-    sizes = block_sizes(ARCH, "conv")
+    sizes = block_sizes(ARCH, features)
     plain_margins = unfamiliarity_margins(
         fold_detector(detector, sizes),
-        list(torch.split(plain_features(ARCH, params, images, "conv"), sizes, dim=1)),
+        list(torch.split(plain_features(ARCH, params, images, features), sizes, dim=1)),
     )
     # the encrypted score agrees with the plaintext score
     assert margins.shape == plain_margins.shape
     assert (margins - plain_margins).abs().max() < 1e-2 * max(1.0, plain_margins.abs().max())
-    plain_flags = detector.flags(plain_features(ARCH, params, images, "conv"))
+    plain_flags = detector.flags(plain_features(ARCH, params, images, features))
     assert [p.unfamiliar for p in predictions] == plain_flags.tolist()
     assert plain_flags[3:].all() and not plain_flags[:3].any()
     # exactly two openings, both to party 0: the logit difference and the flag, per image
