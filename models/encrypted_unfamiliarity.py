@@ -5,11 +5,10 @@ Same pattern as the classifier: party 1 (the model owner) folds its fitted detec
 parties run :func:`unfamiliar_flags` on the secret-shared activations of the one forward
 pass; the same code runs on torch tensors (the plaintext check) and CrypTen tensors.
 
-What it computes, all on secret shares: per feature block ``k`` the projection
-``f_k @ W_k`` (the whitening split by rows, so no encrypted concatenation is needed), its
-squared distance to each class centre, divided by ``D``, minus the threshold; one
-comparison ``> 0`` per class, and the product of the class bits (unfamiliar = far from
-every class). Only that product is opened, to party 0: one bit per image. The distance,
+What it computes, all on secret shares: the feature blocks concatenated (local on shares)
+and projected with the whitening ``f @ W`` in one multiplication, the squared distance to
+each class centre, divided by ``D``, minus the threshold; one comparison ``> 0`` per class,
+and the product of the class bits (unfamiliar = far from every class). Only that product is opened, to party 0: one bit per image. The distance,
 the threshold, the features and the detector's tensors stay secret.
 
 Feature sets (``Detector.features``):
@@ -121,19 +120,17 @@ def fold_detector(detector: Detector, block_sizes: list[int]) -> Params:
     if sum(block_sizes) != detector.dim:
         raise ValueError("feature blocks do not add up to the detector's dimension")
     params: Params = OrderedDict()
-    start = 0
-    for index, size in enumerate(block_sizes):
-        params[f"ood.w{index}"] = detector.whitening[start : start + size].float().contiguous()
-        start += size
+    params["ood.w"] = detector.whitening.float().contiguous()
     params["ood.centres"] = (detector.means.double() @ detector.whitening.double()).float()
     params["ood.threshold"] = torch.tensor([detector.threshold], dtype=torch.float32)
     return params
 
 
 def detector_shapes(card: DetectorCard, block_sizes: list[int]) -> OrderedDict[str, torch.Size]:
+    if sum(block_sizes) != card.dim:
+        raise ValueError("feature blocks do not add up to the detector's dimension")
     shapes: OrderedDict[str, torch.Size] = OrderedDict()
-    for index, size in enumerate(block_sizes):
-        shapes[f"ood.w{index}"] = torch.Size([size, card.dim])
+    shapes["ood.w"] = torch.Size([card.dim, card.dim])
     shapes["ood.centres"] = torch.Size([card.classes, card.dim])
     shapes["ood.threshold"] = torch.Size([1])
     return shapes
@@ -154,9 +151,8 @@ def unfamiliarity_margins(
     detector: Mapping[str, TensorLike], blocks: list[TensorLike]
 ) -> TensorLike:
     """``(B, C)`` distance to each class centre minus the threshold (> 0: far from that class)."""
-    projected = blocks[0].matmul(detector["ood.w0"])
-    for index in range(1, len(blocks)):
-        projected = projected + blocks[index].matmul(detector[f"ood.w{index}"])
+    features = torch.cat(list(blocks), 1) if len(blocks) > 1 else blocks[0]  # CrypTen's too
+    projected = features.matmul(detector["ood.w"])  # one multiplication for all blocks
     centres = detector["ood.centres"]
     dim = centres.shape[1]
     diff = projected.unsqueeze(1) - centres.unsqueeze(0)  # (B, C, D)
