@@ -171,22 +171,45 @@ def head(arch: Architecture, params: Mapping[str, TensorLike], features: TensorL
     return _linear(features, params, "fc3" if arch.backbone == "lenet" else "fc")
 
 
+def _activate_and_square(
+    x: TensorLike, activation: str, other: TensorLike
+) -> tuple[TensorLike, TensorLike]:
+    """``(act(x), other²)``. With the quadratic activation both squares are one
+    multiplication on shares (one round): concatenated, squared, split (all local but the
+    square)."""
+    if activation != "quad":
+        return _activate(x, activation), other.square()
+    shifted = (x + 2.0).flatten(1)
+    both = torch.cat([shifted, other.flatten(1)], 1).square()
+    size = shifted.shape[1]
+    return both[:, :size].view(x.shape) / 8, both[:, size:].view(other.shape)
+
+
 def lenet_trunk(
-    arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike
-) -> tuple[TensorLike, TensorLike, TensorLike]:
-    """LeNet's activations after conv1, after conv2 and the penultimate features, in one pass."""
+    arch: Architecture,
+    params: Mapping[str, TensorLike],
+    x: TensorLike,
+    square_too: TensorLike | None = None,
+) -> tuple[TensorLike, TensorLike, TensorLike, TensorLike | None]:
+    """LeNet's activations after conv1, after conv2 and the penultimate features, in one pass,
+    and ``square_too²`` when given, squared in conv1's activation round (None otherwise)."""
     act = arch.activation
-    conv1 = _activate(_avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2), act)
+    pre1 = _avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2)
+    squared = None
+    if square_too is None:
+        conv1 = _activate(pre1, act)
+    else:
+        conv1, squared = _activate_and_square(pre1, act, square_too)
     conv2 = _activate(_avg_pool(_conv(conv1, params, "conv2", padding=2), 2), act)
     x = _activate(_linear(conv2.flatten(1), params, "fc1"), act)
-    return conv1, conv2, _activate(_linear(x, params, "fc2"), act)
+    return conv1, conv2, _activate(_linear(x, params, "fc2"), act), squared
 
 
 def penultimate(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike) -> TensorLike:
     """Features ``(B, D)`` the last layer reads (what the unfamiliarity score measures)."""
     act = arch.activation
     if arch.backbone == "lenet":
-        return lenet_trunk(arch, params, x)[-1]
+        return lenet_trunk(arch, params, x)[2]
     # resnet18: torchvision's blocks (activation in the branch and after the sum);
     # resnet18-mpc: one activation per block, in the branch only (models.nets.MPCBlock).
     after_sum = arch.backbone == "resnet18"

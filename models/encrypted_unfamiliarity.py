@@ -21,7 +21,7 @@ Feature sets (``Detector.features``):
   (64 values). Heavy noise, a strong bias field and another contrast profile change that
   energy where the network's early features barely move (measured with
   ``scripts/bench_ood.py``). The Laplacian is a public kernel, so it is local on shares;
-  the square costs one multiplication.
+  its square shares conv1's activation multiplication, so it adds no round.
 * ``penultimate``: the features the last layer reads.
 """
 
@@ -79,13 +79,14 @@ def feature_blocks(
     if features in ("conv", "conv_laplacian"):
         if arch.backbone != "lenet":
             raise ValueError(f"the {features} feature set exists for lenet only")
-        conv1, conv2, last = lenet_trunk(arch, params, x)
+        edges = laplacian(x) if features == "conv_laplacian" else None
+        conv1, conv2, last, energy = lenet_trunk(arch, params, x, square_too=edges)
         blocks = [
             _avg_pool(conv1, conv1.shape[-1] // 2).flatten(1),
             _avg_pool(conv2, conv2.shape[-1] // 2).flatten(1),
         ]
-        if features == "conv_laplacian":
-            blocks.append(laplacian_energy(x))
+        if energy is not None:  # squared in conv1's activation round: no round of its own
+            blocks.append(_avg_pool(energy, x.shape[-1] // LAPLACIAN_GRID).flatten(1))
         return blocks, last
     if features == "penultimate":
         last = penultimate(arch, params, x)
@@ -93,18 +94,14 @@ def feature_blocks(
     raise ValueError(f"unknown feature set {features!r}; choose from {FEATURE_SETS}")
 
 
-def laplacian_energy(x: TensorLike) -> TensorLike:
-    """``(B, LAPLACIAN_GRID**2)``: the squared 3 x 3 Laplacian of the images, average-pooled.
-
-    The kernel is public: on shares the convolution is local; the square is one
-    multiplication. Images are clipped to ±6 by preprocessing, so a value is at most 48 and
-    its square stays far inside CrypTen's fixed-point range."""
+def laplacian(x: TensorLike) -> TensorLike:
+    """The 3 x 3 Laplacian of the images ``(B, 1, S, S)``. The kernel is public, so on shares
+    this is local. Images are clipped to ±6 by preprocessing, so a value is at most 48 and its
+    square (the energy the detector pools to a ``LAPLACIAN_GRID`` grid) stays far inside
+    CrypTen's fixed-point range."""
     if _is_plain(x):
-        edges = F.conv2d(x, _LAPLACIAN.to(x.dtype), padding=1)
-    else:
-        edges = x.conv2d(_LAPLACIAN, padding=1)
-    pooled = _avg_pool(edges.square(), x.shape[-1] // LAPLACIAN_GRID)
-    return pooled.flatten(1)
+        return F.conv2d(x, _LAPLACIAN.to(x.dtype), padding=1)
+    return x.conv2d(_LAPLACIAN, padding=1)
 
 
 def plain_features(
