@@ -9,7 +9,8 @@ The project never uses CrypTen's ONNX path (``crypten.nn.from_pytorch``) nor
 (``models.encrypted``), which sidesteps CrypTen's ONNX-exporter and pickle breakages. The
 patches below are the failure met on the path the project does use (with a test in
 ``tests/models/test_crypten_compat.py`` that fails without it) and two measured slownesses
-(config reads; the transport of the two parties' rounds, :func:`use_peer_link`).
+(config reads; the transport of the two parties' rounds, :func:`use_peer_link`), and one
+missing API (:func:`encoded_like`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def load_crypten() -> types.ModuleType:
 
     _fast_config_reads()
     return crypten
+
+
+def encoded_like(x: Any, like: Any) -> Any:
+    """Missing API: ``x`` (a CrypTen tensor) re-encoded to ``like``'s fixed-point scale.
+
+    CrypTen's comparisons return 0/1 shares at scale 1, its arithmetic at scale 2^16, and a
+    concatenation joins raw shares, so the two cannot share an opening as they are.
+    ``ArithmeticSharedTensor.encode_as_`` rescales (locally: the shares times the public
+    ratio of the scales, exact) but ``MPCTensor`` does not expose it."""
+    out = x.clone()
+    out._tensor.encode_as_(like._tensor)
+    return out
 
 
 def use_peer_link(communicator: Any, link: PeerLink) -> None:

@@ -6,10 +6,11 @@ parties run :func:`unfamiliar_flags` on the secret-shared activations of the one
 pass; the same code runs on torch tensors (the plaintext check) and CrypTen tensors.
 
 What it computes, all on secret shares: the feature blocks concatenated (local on shares)
-and projected with the whitening ``f @ W`` in one multiplication, the squared distance to
-each class centre, divided by ``D``, minus the threshold; one comparison ``> 0`` per class,
-and the product of the class bits (unfamiliar = far from every class). Only that product is opened, to party 0: one bit per image. The distance,
-the threshold, the features and the detector's tensors stay secret.
+and projected with the whitening ``f @ W / sqrt(D)`` in one multiplication (party 1 folds
+the ``1/sqrt(D)`` into ``W``), the squared distance to each class centre (the score),
+minus the threshold; one comparison ``> 0`` per class, and the product of the class bits
+(unfamiliar = far from every class). Only that product is opened, to party 0: one bit per
+image. The distance, the threshold, the features and the detector's tensors stay secret.
 
 Feature sets (``Detector.features``):
 * ``conv`` (LeNet): the activations after conv1 and after conv2, each average-pooled to a
@@ -27,6 +28,7 @@ Feature sets (``Detector.features``):
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -96,9 +98,10 @@ def feature_blocks(
 
 def laplacian(x: TensorLike) -> TensorLike:
     """The 3 x 3 Laplacian of the images ``(B, 1, S, S)``. The kernel is public, so on shares
-    this is local. Images are clipped to ±6 by preprocessing, so a value is at most 48 and its
-    square (the energy the detector pools to a ``LAPLACIAN_GRID`` grid) stays far inside
-    CrypTen's fixed-point range."""
+    this is local (measured 0.17 ms per 64 x 64 image, against 0.85 ms as shifted slices and
+    adds: CrypTen's cost is per operation). Images are clipped to ±6 by preprocessing, so a
+    value is at most 48 and its square (the energy the detector pools to a
+    ``LAPLACIAN_GRID`` grid) stays far inside CrypTen's fixed-point range."""
     if _is_plain(x):
         return F.conv2d(x, _LAPLACIAN.to(x.dtype), padding=1)
     return x.conv2d(_LAPLACIAN, padding=1)
@@ -116,9 +119,11 @@ def fold_detector(detector: Detector, block_sizes: list[int]) -> Params:
     """Party 1's plaintext detector tensors, in the order both parties share them."""
     if sum(block_sizes) != detector.dim:
         raise ValueError("feature blocks do not add up to the detector's dimension")
+    # the score's 1/D folded in: |(f - mu) W / sqrt(D)|^2 = |(f - mu) W|^2 / D, no division
+    whitening = detector.whitening.double() / math.sqrt(detector.dim)
     params: Params = OrderedDict()
-    params["ood.w"] = detector.whitening.float().contiguous()
-    params["ood.centres"] = (detector.means.double() @ detector.whitening.double()).float()
+    params["ood.w"] = whitening.float().contiguous()
+    params["ood.centres"] = (detector.means.double() @ whitening).float()
     params["ood.threshold"] = torch.tensor([detector.threshold], dtype=torch.float32)
     return params
 
@@ -150,10 +155,8 @@ def unfamiliarity_margins(
     """``(B, C)`` distance to each class centre minus the threshold (> 0: far from that class)."""
     features = torch.cat(list(blocks), 1) if len(blocks) > 1 else blocks[0]  # CrypTen's too
     projected = features.matmul(detector["ood.w"])  # one multiplication for all blocks
-    centres = detector["ood.centres"]
-    dim = centres.shape[1]
-    diff = projected.unsqueeze(1) - centres.unsqueeze(0)  # (B, C, D)
-    return diff.square().sum(2).div(dim) - detector["ood.threshold"]
+    diff = projected.unsqueeze(1) - detector["ood.centres"].unsqueeze(0)  # (B, C, D)
+    return diff.square().sum(2) - detector["ood.threshold"]  # 1/D is folded into W
 
 
 def unfamiliar_flags(detector: Mapping[str, TensorLike], blocks: list[TensorLike]) -> TensorLike:

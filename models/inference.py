@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from models.crypten_compat import encoded_like
 from models.encrypted import (
     Prediction,
     TensorLike,
@@ -140,7 +141,8 @@ class EncryptedClassifier:
         self, images: torch.Tensor | None, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Party 0: revealed ``(B,)`` scaled logit differences and ``(B,)`` unfamiliar bits
-        (None without a detector); party 1: None. Exactly these two are opened, to party 0."""
+        (None without a detector); party 1: None. Exactly these two are opened, to party 0,
+        in one opening."""
         if self.encrypted_detector is None or self.card.detector is None:
             differences = self.logit_differences(images, batch_size)
             return None if differences is None else (differences, None)
@@ -152,11 +154,13 @@ class EncryptedClassifier:
             self.card.detector.features,
             image_share,
         )
-        difference = encrypted_difference.get_plain_text(dst=IMAGE_OWNER)
-        flags = encrypted_flags.get_plain_text(dst=IMAGE_OWNER)
-        if difference is None:
+        # one opening (one round) for both: column 0 the difference, column 1 the bit
+        flags = encoded_like(encrypted_flags, encrypted_difference).view(-1, 1)
+        both: TensorLike = torch.cat([encrypted_difference.view(-1, 1), flags], 1)
+        plain = both.get_plain_text(dst=IMAGE_OWNER)
+        if plain is None:
             return None
-        return difference.view(-1), flags.view(-1).round()
+        return plain[:, 0], plain[:, 1].round()
 
     def predict(self, images: torch.Tensor | None, batch_size: int) -> list[Prediction] | None:
         revealed = self.outputs(images, batch_size)

@@ -105,7 +105,7 @@ class Detector:
 
 def class_scores(features: Any, means: Any, whitening: Any) -> Any:
     """``(N, C)`` distances ``|(f - mu_c) W|^2 / D`` (torch; the encrypted twin is in
-    ``models.encrypted.unfamiliarity_margins``)."""
+    ``models.encrypted_unfamiliarity.unfamiliarity_margins``)."""
     projected = features @ whitening  # (N, D)
     centres = means @ whitening  # (C, D)
     diff = projected.unsqueeze(1) - centres.unsqueeze(0)  # (N, C, D)

@@ -412,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "seed")
     parser.add_argument("--shifts", type=Path, default=ROOT / "data" / "shifts")
     parser.add_argument("--rtt-ms", default="10,50", help="as root: netns RTTs ('' = none)")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--reps", type=int, default=15, help="alternating repeats (ms-scale times are noisy here)"
+    )
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--skip-encrypted", action="store_true")
