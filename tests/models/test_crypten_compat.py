@@ -46,3 +46,22 @@ def test_fast_config_reads_keep_crypten_config_semantics():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_comparison_joins_fixed_point_values_only_once_re_encoded():
+    result = run_python(
+        "import torch\n"
+        "from models.crypten_compat import encoded_like, load_crypten\n"
+        "crypten = load_crypten()\n"
+        "crypten.init()\n"
+        "x = crypten.cryptensor(torch.tensor([1.5, -2.0]))\n"
+        "bits = x > 0\n"
+        "raw = torch.cat([x, bits], 0).get_plain_text()\n"
+        "assert raw[2] < 1e-3  # the bit at scale 1 reads as 2**-16: the failure\n"
+        "joined = torch.cat([x, encoded_like(bits, x)], 0).get_plain_text()\n"
+        "assert joined.tolist() == [1.5, -2.0, 1.0, 0.0], joined\n"
+        "assert bits.get_plain_text().tolist() == [1.0, 0.0]  # the original is untouched\n"
+        "print('ok')"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
