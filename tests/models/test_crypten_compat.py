@@ -11,6 +11,13 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+def assert_prints_ok(code: str) -> None:
+    """``code`` (ending in ``print('ok')``) runs to its end in a fresh interpreter."""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_plain_import_of_crypten_fails_on_this_torch():
     result = run_python("import crypten")
     assert result.returncode != 0
@@ -28,7 +35,7 @@ def test_load_crypten_applies_the_registration_alias():
 
 
 def test_fast_config_reads_keep_crypten_config_semantics():
-    result = run_python(
+    assert_prints_ok(
         "from models.crypten_compat import load_crypten\n"
         "from omegaconf import OmegaConf\n"
         "cfg = load_crypten().cfg\n"
@@ -44,12 +51,10 @@ def test_fast_config_reads_keep_crypten_config_semantics():
         "assert cfg.mpc.provider == 'TFP'\n"
         "print('ok')"
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
 
 
 def test_a_comparison_joins_fixed_point_values_only_once_re_encoded():
-    result = run_python(
+    assert_prints_ok(
         "import torch\n"
         "from models.crypten_compat import encoded_like, load_crypten\n"
         "crypten = load_crypten()\n"
@@ -63,5 +68,3 @@ def test_a_comparison_joins_fixed_point_values_only_once_re_encoded():
         "assert bits.get_plain_text().tolist() == [1.0, 0.0]  # the original is untouched\n"
         "print('ok')"
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
