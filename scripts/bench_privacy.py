@@ -255,10 +255,12 @@ def federated_row(
     args: argparse.Namespace,
     eval_set: ImageFolder,
     public_dir: Path | None = None,
+    measure_start: bool = False,
 ) -> list[dict[str, Any]]:
     """One real federation at ``eps``. With ``public_dir`` the model owner first pre-trains
-    round 1's model on those public images (``--dp-public-pretrain-epochs``), DP runs at
-    ``--dp-batch-size``, and that start is measured too (a row at ε = 0: no private image)."""
+    round 1's model on those public images (``--dp-public-pretrain-epochs``) and DP runs at
+    ``--dp-batch-size``; with ``measure_start`` too, that start (the same for every ε) gets
+    a row of its own at ε = 0 (no private image)."""
     pretrained = public_dir is not None
     tag = f"{'pretrained-' if pretrained else ''}eps-{eps}"
     out = args.work / "federated" / f"{tag}.pth"
@@ -310,7 +312,7 @@ def federated_row(
             "members": len(members[1]),
         }
     ]
-    if public_dir is not None:  # the owner's round-1 model as archived: the public images alone
+    if measure_start:  # the owner's round-1 model as archived: the public images alone
         start, _ = load_arrays(
             FederatedPaths.for_checkpoint(out).updates / "round-000" / "global.npz"
         )
@@ -411,8 +413,9 @@ def main() -> int:
     if args.part in ("all", "federated-pretrained"):
         public_dir = public_folder(args)
         for eps in epsilons:
-            found = federated_row(eps, folders, args, eval_set, public_dir)
-            rows += found if eps == epsilons[0] else found[:1]  # one ε = 0 row: same start
+            rows += federated_row(
+                eps, folders, args, eval_set, public_dir, measure_start=eps == epsilons[0]
+            )
     if args.part in ("all", "pretrained"):
         rows += pretrained_rows(epsilons, folders, args, eval_set)
     measured = {(_part(r), r["epsilon_target"]) for r in rows}
