@@ -199,7 +199,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str]
                 action="store_const",
                 const=not on,
                 default=None,
-                help=f"{leaf.meta.help} {env_help}".strip(),
+                help=_escaped(f"{leaf.meta.help} {env_help}".strip()),
             )
             continue
         shown = (
@@ -210,8 +210,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str]
             dest=leaf.name,
             default=None,
             metavar=leaf.name.upper(),
-            help=f"{leaf.meta.help} {env_help}{shown}".strip(),
+            help=_escaped(f"{leaf.meta.help} {env_help}{shown}".strip()),
         )
+
+
+def _escaped(help_text: str) -> str:
+    """argparse formats help with ``%``: a literal one (``95% intervals``) must be doubled."""
+    return help_text.replace("%", "%%")
 
 
 def settings_from(

@@ -36,7 +36,7 @@ class Policy:
 
 @dataclass(frozen=True)
 class Example:
-    port: int = field(default=8080, metadata=flag("the port"))
+    port: int = field(default=8080, metadata=flag("the port (95% of users keep it)"))
     model_path: Path | None = None
     ocean: bool = True
     verbose: bool = False
@@ -63,6 +63,14 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     assert settings.policy.pricing == Pricing(base=700, steepness=3.0)
     assert settings.policy.window == timedelta(seconds=60)
     assert settings.policy.rules == Rules()  # not marked configurable: defaults stand
+
+
+def test_help_prints_every_flag_even_with_a_percent_sign_in_its_text(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_settings(Example, ["--help"], {})
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "95% of users" in out and "--bounty-base" in out
 
 
 def test_valued_bool_flags_take_true_or_false():
