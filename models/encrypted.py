@@ -97,6 +97,8 @@ _RESNETS = {"resnet18": ResNet18, "resnet18-mpc": ResNet18MPC}
 def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Params:
     """Plaintext parameters of the MPC program, in the order both parties share them."""
     model = model.eval()
+    if not _runs_announced_activations(model, arch):
+        raise ValueError(f"a {type(model).__name__} does not match the announced {arch}")
     params: Params = OrderedDict()
     if arch.backbone == "lenet" and isinstance(model, LeNet):
         _conv_entry(params, "conv1", model.conv1, model.bn1)
@@ -117,6 +119,21 @@ def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Para
     else:
         raise ValueError(f"a {type(model).__name__} does not match the announced {arch}")
     return OrderedDict((k, v.detach().float().contiguous()) for k, v in params.items())
+
+
+def _runs_announced_activations(model: nn.Module, arch: Architecture) -> bool:
+    """Activations are not parameters: a network with other activations folds to the same
+    tensors but is another program, so check them against the card."""
+    if isinstance(model, LeNet):
+        return model.activation == arch.activation
+    if isinstance(model, ResNet18MPC):
+        stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+        return model.activation == arch.activation and all(
+            getattr(block, "activation", None) == arch.stage_activation(stage)
+            for stage, layer in enumerate(stages, 1)
+            for block in layer
+        )
+    return True
 
 
 def parameter_shapes(arch: Architecture) -> OrderedDict[str, torch.Size]:
@@ -219,7 +236,8 @@ def penultimate(arch: Architecture, params: Mapping[str, TensorLike], x: TensorL
         for index in range(2):
             name = f"layer{layer}.{index}"
             stride = 2 if layer > 1 and index == 0 else 1
-            out = _activate(_conv(x, params, f"{name}.conv1", stride=stride, padding=1), act)
+            stage_act = arch.stage_activation(layer) if not after_sum else act
+            out = _activate(_conv(x, params, f"{name}.conv1", stride=stride, padding=1), stage_act)
             out = _conv(out, params, f"{name}.conv2", padding=1)
             shortcut = (
                 _conv(x, params, f"{name}.down", stride=stride) if f"{name}.down.w" in params else x

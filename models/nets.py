@@ -18,7 +18,10 @@ are almost free; every ReLU and max-pool comparison costs rounds and megabytes. 
   layers instead of 17), and by default the quadratic activation (one multiplication, one
   round, instead of a ~10-round comparison circuit). Every activation's input comes straight
   out of a batch norm; at inference the batch norms fold into the convolutions. Measured
-  (README, *Training*): 4 epochs at 128 px leave it far below the ReLU ResNet-18 in AUC.
+  (README, *Training*): at 128 px the all-quadratic network stays far below the ReLU
+  ResNet-18 in AUC. ``relu_stages`` N puts ReLU back in the last N residual stages only,
+  where feature maps are small (stage 4 at 128 px: 4 x 4 x 512), so a comparison there costs
+  few bytes but its ~9 rounds per layer.
 
 Both return two logits; calibration (temperature) lives beside the weights in the checkpoint.
 """
@@ -56,6 +59,9 @@ class Architecture:
     backbone: str = "lenet"
     image_size: int = 64
     activation: str = "quad"
+    #: resnet18-mpc with the quadratic activation: the last N of its 4 residual stages use
+    #: ReLU instead (0: none)
+    relu_stages: int = 0
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -69,6 +75,14 @@ class Architecture:
                 "resnet18 uses ReLU (17 layers of squares are numerically unstable); "
                 "resnet18-mpc is the ResNet-18 designed for the quadratic activation"
             )
+        if not 0 <= self.relu_stages <= 4:
+            raise ValueError("relu_stages must be between 0 and 4")
+        if self.relu_stages and (self.backbone != "resnet18-mpc" or self.activation != "quad"):
+            raise ValueError("relu_stages applies to resnet18-mpc with the quad activation only")
+
+    def stage_activation(self, stage: int) -> str:
+        """The activation of residual stage ``stage`` (1-4; 0 is the stem) of resnet18-mpc."""
+        return "relu" if stage > 4 - self.relu_stages else self.activation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,16 +142,19 @@ class MPCBlock(BasicBlock):
 
 class ResNet18MPC(ResNet):
     """ResNet-18 for two-party MPC: 9 activation layers (stem + one per block), quadratic by
-    default; same parameters and names as ``ResNet18``."""
+    default, ReLU in the last ``relu_stages`` residual stages; same parameters and names as
+    ``ResNet18``."""
 
-    def __init__(self, activation: str = "quad") -> None:
+    def __init__(self, activation: str = "quad", relu_stages: int = 0) -> None:
         super().__init__(MPCBlock, [2, 2, 2, 2], num_classes=2)
+        arch = Architecture("resnet18-mpc", activation=activation, relu_stages=relu_stages)
         self.activation = activation
         self.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.maxpool = nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
-        for module in self.modules():
-            if isinstance(module, MPCBlock):
-                module.activation = activation
+        for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), 1):
+            for block in layer:
+                assert isinstance(block, MPCBlock)
+                block.activation = arch.stage_activation(stage)
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         x = activate(self.maxpool(self.bn1(self.conv1(x))), self.activation)
@@ -150,7 +167,7 @@ def build_model(arch: Architecture) -> nn.Module:
     if arch.backbone == "lenet":
         return LeNet(arch.image_size, arch.activation)
     if arch.backbone == "resnet18-mpc":
-        return ResNet18MPC(arch.activation)
+        return ResNet18MPC(arch.activation, arch.relu_stages)
     return ResNet18()
 
 

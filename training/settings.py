@@ -49,6 +49,10 @@ class TrainSettings:
             f"one of {', '.join(ACTIVATIONS)}; default quad for lenet, relu for resnet18"
         ),
     )
+    relu_stages: int = field(
+        default=0,
+        metadata=flag("resnet18-mpc: the last N of its 4 residual stages use ReLU (0-4)"),
+    )
     image_size: int = field(default=64, metadata=flag("input side in pixels (multiple of 16)"))
     max_epochs: int = field(default=5, metadata=flag("epochs; the best one is kept"))
     batch_size: int = field(default=32, metadata=flag("images per training step"))
@@ -221,6 +225,7 @@ class TrainSettings:
             backbone=self.backbone,
             image_size=self.image_size,
             activation=self.activation or base.activation,
+            relu_stages=self.relu_stages,
         )
 
     def dp_config(self) -> DPConfig | None:

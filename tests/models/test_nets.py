@@ -53,6 +53,31 @@ def test_folded_program_computes_the_scaled_logit_difference(backbone, size):
     torch.testing.assert_close(program, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("relu_stages", [1, 2])
+def test_folded_hybrid_resnet_computes_the_scaled_logit_difference(relu_stages):
+    arch = Architecture("resnet18-mpc", 64, "quad", relu_stages)
+    model = trained_like(arch)
+    stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+    assert [b.activation for layer in stages for b in layer] == (
+        ["quad"] * (8 - 2 * relu_stages) + ["relu"] * (2 * relu_stages)
+    )
+    images = torch.randn(4, 1, 64, 64)
+    with torch.no_grad():
+        logits = model(images)
+        program = forward(arch, fold(model, arch), images).view(-1)
+    torch.testing.assert_close(program, logits[:, 1] - logits[:, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_fold_refuses_a_network_whose_activations_are_not_the_announced_ones():
+    # same tensors, another program: the activations must be the card's
+    hybrid = build_model(Architecture("resnet18-mpc", 64, "quad", 2)).eval()
+    with pytest.raises(ValueError, match="does not match"):
+        fold(hybrid, default_architecture("resnet18-mpc"))
+    lenet = build_model(Architecture("lenet", 64, "relu")).eval()
+    with pytest.raises(ValueError, match="does not match"):
+        fold(lenet, default_architecture("lenet"))
+
+
 def test_parameter_shapes_need_only_the_public_architecture():
     arch = default_architecture("lenet")
     assert dict(parameter_shapes(arch)) == {
@@ -102,3 +127,9 @@ def test_architecture_validation():
     assert default_architecture("resnet18-mpc").activation == "quad"
     with pytest.raises(ValueError):
         Architecture("lenet", 50)
+    with pytest.raises(ValueError, match="relu_stages"):
+        Architecture("resnet18-mpc", 64, "quad", 5)
+    with pytest.raises(ValueError, match="relu_stages"):
+        Architecture("lenet", 64, "quad", 1)
+    with pytest.raises(ValueError, match="relu_stages"):
+        Architecture("resnet18-mpc", 64, "relu", 1)

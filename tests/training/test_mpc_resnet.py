@@ -31,7 +31,7 @@ def test_trained_mpc_resnet_encrypted_argmax_agrees_with_plaintext(tmp_path):
     assert code == 0
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["architecture"] == {
-        "backbone": "resnet18-mpc", "image_size": 32, "activation": "quad"
+        "backbone": "resnet18-mpc", "image_size": 32, "activation": "quad", "relu_stages": 0
     }  # fmt: skip
     encrypted = metrics["encrypted_validation"]
     assert encrypted["images"] == 100
