@@ -9,14 +9,15 @@ The project never uses CrypTen's ONNX path (``crypten.nn.from_pytorch``) nor
 (``models.encrypted``), which sidesteps CrypTen's ONNX-exporter and pickle breakages. The
 patches below are the failure met on the path the project does use (with a test in
 ``tests/models/test_crypten_compat.py`` that fails without it) and two measured slownesses
-(config reads; the transport of the two parties' rounds, :func:`use_peer_link`), and one
-missing API (:func:`encoded_like`).
+(config reads; the transport of the two parties' rounds, :func:`use_peer_link`), and two
+missing APIs (:func:`encoded_like`, :func:`multiply_together`).
 """
 
 from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -126,6 +127,49 @@ def encoded_like(x: Any, like: Any) -> Any:
     out = x.clone()
     out._tensor.encode_as_(like._tensor)
     return out
+
+
+def multiply_together(pairs: Sequence[tuple[str, Any, Any]]) -> list[Any]:
+    """Missing API: independent multiplications of secret-shared CrypTen tensors in one round.
+
+    ``pairs`` are ``(op, x, y)`` with ``op`` ``"mul"`` or ``"matmul"`` and ``x``, ``y``
+    MPCTensors at CrypTen's fixed-point scale; the result is ``[op(x, y), ...]``. CrypTen's
+    own multiplication (``crypten.mpc.primitives.beaver``) opens its masked operands
+    ``x - a`` and ``y - b`` in a round of its own; multiplications that do not depend on
+    each other can open theirs together, which is all this does differently: the same
+    provider's triples, one ``reveal_batch`` for every pair, then CrypTen's product and its
+    truncation for each."""
+    import crypten
+    import torch
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    operands = [(op, x._tensor, y._tensor) for op, x, y in pairs]
+    scales = {t.encoder.scale for _, x, y in operands for t in (x, y)}
+    if len(scales) != 1 or scales == {1}:
+        raise ValueError("multiply_together takes fixed-point operands at one scale")
+    if any(op not in ("mul", "matmul") for op, _, _ in operands):
+        raise ValueError("multiply_together multiplies with mul or matmul")
+    scale = scales.pop()
+    provider = crypten.mpc.get_default_provider()
+    triples = [
+        provider.generate_additive_triple(x.size(), y.size(), op, device=x.device)
+        for op, x, y in operands
+    ]
+    masked = []
+    for (_, x, y), (a, b, _) in zip(operands, triples, strict=True):
+        with IgnoreEncodings([a, b, x, y]):
+            masked += [x - a, y - b]
+    opened = ArithmeticSharedTensor.reveal_batch(masked)  # the one round
+    products = []
+    for i, ((op, _, _), (a, b, c)) in enumerate(zip(operands, triples, strict=True)):
+        epsilon, delta = opened[2 * i], opened[2 * i + 1]
+        multiply = getattr(torch, op)
+        c.share += multiply(epsilon, b.share) + multiply(a.share, delta)
+        c += multiply(epsilon, delta)  # public: added by party 0 only
+        product = ArithmeticSharedTensor.from_shares(c.share).div_(scale)  # scale^2 -> scale
+        products.append(crypten.mpc.MPCTensor.from_shares(product.share))
+    return products
 
 
 def use_peer_link(communicator: Any, link: PeerLink) -> None:

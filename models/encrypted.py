@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeAlias
@@ -202,14 +202,24 @@ def _activate_and_square(
     return both[:, :size].view(x.shape) / 8, both[:, size:].view(other.shape)
 
 
-def lenet_trunk(
+def multiply_together(pairs: Sequence[tuple[str, TensorLike, TensorLike]]) -> list[TensorLike]:
+    """``[op(x, y), ...]`` for ``op`` ``"mul"`` or ``"matmul"``: on shares, independent
+    multiplications in one round (``models.crypten_compat.multiply_together``)."""
+    if all(_is_plain(x) for _, x, _ in pairs):
+        return [getattr(torch, op)(x, y) for op, x, y in pairs]
+    from models.crypten_compat import multiply_together as together
+
+    return together(pairs)
+
+
+def lenet_convs(
     arch: Architecture,
     params: Mapping[str, TensorLike],
     x: TensorLike,
     square_too: TensorLike | None = None,
-) -> tuple[TensorLike, TensorLike, TensorLike, TensorLike | None]:
-    """LeNet's activations after conv1, after conv2 and the penultimate features, in one pass,
-    and ``square_too²`` when given, squared in conv1's activation round (None otherwise)."""
+) -> tuple[TensorLike, TensorLike, TensorLike | None]:
+    """LeNet's activations after conv1 and after conv2, and ``square_too²`` when given,
+    squared in conv1's activation round (None otherwise)."""
     act = arch.activation
     pre1 = _avg_pool(_conv(x, params, "conv1", stride=2, padding=2), 2)
     squared = None
@@ -218,15 +228,20 @@ def lenet_trunk(
     else:
         conv1, squared = _activate_and_square(pre1, act, square_too)
     conv2 = _activate(_avg_pool(_conv(conv1, params, "conv2", padding=2), 2), act)
-    x = _activate(_linear(conv2.flatten(1), params, "fc1"), act)
-    return conv1, conv2, _activate(_linear(x, params, "fc2"), act), squared
+    return conv1, conv2, squared
+
+
+def lenet_fc(arch: Architecture, params: Mapping[str, TensorLike], conv2: TensorLike) -> TensorLike:
+    """LeNet's penultimate features from conv2's activations (fc1, fc2)."""
+    x = _activate(_linear(conv2.flatten(1), params, "fc1"), arch.activation)
+    return _activate(_linear(x, params, "fc2"), arch.activation)
 
 
 def penultimate(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike) -> TensorLike:
     """Features ``(B, D)`` the last layer reads (what the unfamiliarity score measures)."""
     act = arch.activation
     if arch.backbone == "lenet":
-        return lenet_trunk(arch, params, x)[2]
+        return lenet_fc(arch, params, lenet_convs(arch, params, x)[1])
     # resnet18: torchvision's blocks (activation in the branch and after the sum);
     # resnet18-mpc: one activation per block, in the branch only (models.nets.MPCBlock).
     after_sum = arch.backbone == "resnet18"

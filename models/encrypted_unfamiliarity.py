@@ -10,7 +10,14 @@ and projected with the whitening ``f @ W / sqrt(D)`` in one multiplication (part
 the ``1/sqrt(D)`` into ``W``), the squared distance to each class centre (the score),
 minus the threshold; one comparison ``> 0`` per class, and the product of the class bits
 (unfamiliar = far from every class). Only that product is opened, to party 0: one bit per
-image. The distance, the threshold, the features and the detector's tensors stay secret.
+image, in the same opening as the logit difference. The distance, the threshold, the
+features and the detector's tensors stay secret.
+
+With LeNet's conv feature sets the detector runs inside LeNet's program
+(:func:`classify`): each of its multiplications shares a round with one of LeNet's (the
+whitening with fc1's, the distances' squares with fc1's activation, the AND of the class
+bits with fc2's: ``models.crypten_compat.multiply_together``), so the bit adds only the
+comparison's rounds (a test counts them).
 
 Feature sets (``Detector.features``):
 * ``conv`` (LeNet): the activations after conv1 and after conv2, each average-pooled to a
@@ -38,13 +45,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from models.crypten_compat import encoded_like
 from models.encrypted import (
     Params,
     TensorLike,
+    _activate,
+    _activate_and_square,
     _avg_pool,
     _is_plain,
     head,
-    lenet_trunk,
+    lenet_convs,
+    lenet_fc,
+    multiply_together,
     penultimate,
 )
 from models.nets import Architecture
@@ -79,21 +91,33 @@ def feature_blocks(
     """``(blocks, penultimate)``: the detector's feature blocks ``(B, D_k)`` and the features
     the classifier head reads, from one forward pass."""
     if features in ("conv", "conv_laplacian"):
-        if arch.backbone != "lenet":
-            raise ValueError(f"the {features} feature set exists for lenet only")
+        _require_lenet(arch, features)
         edges = laplacian(x) if features == "conv_laplacian" else None
-        conv1, conv2, last, energy = lenet_trunk(arch, params, x, square_too=edges)
-        blocks = [
-            _avg_pool(conv1, conv1.shape[-1] // 2).flatten(1),
-            _avg_pool(conv2, conv2.shape[-1] // 2).flatten(1),
-        ]
-        if energy is not None:  # squared in conv1's activation round: no round of its own
-            blocks.append(_avg_pool(energy, x.shape[-1] // LAPLACIAN_GRID).flatten(1))
-        return blocks, last
+        conv1, conv2, energy = lenet_convs(arch, params, x, square_too=edges)
+        return _conv_blocks(x, conv1, conv2, energy), lenet_fc(arch, params, conv2)
     if features == "penultimate":
         last = penultimate(arch, params, x)
         return [last], last
     raise ValueError(f"unknown feature set {features!r}; choose from {FEATURE_SETS}")
+
+
+def _require_lenet(arch: Architecture, features: str) -> None:
+    if arch.backbone != "lenet":
+        raise ValueError(f"the {features} feature set exists for lenet only")
+
+
+def _conv_blocks(
+    x: TensorLike, conv1: TensorLike, conv2: TensorLike, energy: TensorLike | None
+) -> list[TensorLike]:
+    """The ``conv`` blocks (each activation pooled to 2 x 2) and, with ``conv_laplacian``,
+    the Laplacian's energy pooled to the ``LAPLACIAN_GRID`` grid."""
+    blocks = [
+        _avg_pool(conv1, conv1.shape[-1] // 2).flatten(1),
+        _avg_pool(conv2, conv2.shape[-1] // 2).flatten(1),
+    ]
+    if energy is not None:
+        blocks.append(_avg_pool(energy, x.shape[-1] // LAPLACIAN_GRID).flatten(1))
+    return blocks
 
 
 def laplacian(x: TensorLike) -> TensorLike:
@@ -153,16 +177,36 @@ def unfamiliarity_margins(
     detector: Mapping[str, TensorLike], blocks: list[TensorLike]
 ) -> TensorLike:
     """``(B, C)`` distance to each class centre minus the threshold (> 0: far from that class)."""
-    features = torch.cat(list(blocks), 1) if len(blocks) > 1 else blocks[0]  # CrypTen's too
-    projected = features.matmul(detector["ood.w"])  # one multiplication for all blocks
-    diff = projected.unsqueeze(1) - detector["ood.centres"].unsqueeze(0)  # (B, C, D)
-    return diff.square().sum(2) - detector["ood.threshold"]  # 1/D is folded into W
+    projected = _joined(blocks).matmul(detector["ood.w"])  # one multiplication for all blocks
+    return _margins(detector, _distance_terms(detector, projected).square())
+
+
+def _joined(blocks: list[TensorLike]) -> TensorLike:
+    return torch.cat(list(blocks), 1) if len(blocks) > 1 else blocks[0]  # CrypTen's too
+
+
+def _distance_terms(detector: Mapping[str, TensorLike], projected: TensorLike) -> TensorLike:
+    """``(B, C, D)``: the whitened features minus each whitened class centre."""
+    return projected.unsqueeze(1) - detector["ood.centres"].unsqueeze(0)
+
+
+def _margins(detector: Mapping[str, TensorLike], squared_terms: TensorLike) -> TensorLike:
+    return squared_terms.sum(2) - detector["ood.threshold"]  # 1/D is folded into W
+
+
+def _bits(margins: TensorLike, like: TensorLike) -> TensorLike:
+    """``(B, C)`` 1 where the margin is > 0; on shares CrypTen's comparison (its rounds), its
+    0/1 result re-encoded to ``like``'s fixed point (local) so it multiplies and opens
+    beside ordinary values."""
+    if _is_plain(margins):
+        return (margins > 0).to(margins.dtype)
+    return encoded_like(margins > 0, like)
 
 
 def unfamiliar_flags(detector: Mapping[str, TensorLike], blocks: list[TensorLike]) -> TensorLike:
     """``(B,)`` 1 = unfamiliar (far from every class centre), 0 = familiar."""
     margins = unfamiliarity_margins(detector, blocks)
-    bits = (margins > 0).float() if _is_plain(margins) else margins > 0
+    bits = _bits(margins, margins)
     flags = bits[:, 0]
     for c in range(1, margins.shape[1]):
         flags = flags * bits[:, c]
@@ -176,9 +220,55 @@ def classify(
     features: str,
     x: TensorLike,
 ) -> tuple[TensorLike, TensorLike]:
-    """One pass: ``(scaled logit difference (B, 1), unfamiliar flags (B,))``."""
-    blocks, last = feature_blocks(arch, params, x, features)
-    return head(arch, params, last), unfamiliar_flags(detector, blocks)
+    """One pass: ``(scaled logit difference (B, 1), unfamiliar flags (B,))``, the flags at
+    the difference's fixed-point encoding (so both open together)."""
+    if features == "penultimate":
+        blocks, last = feature_blocks(arch, params, x, features)
+        return head(arch, params, last), unfamiliar_flags(detector, blocks)
+    _require_lenet(arch, features)
+    return _lenet_with_detector(arch, params, detector, features, x)
+
+
+def _lenet_with_detector(
+    arch: Architecture,
+    params: Mapping[str, TensorLike],
+    detector: Mapping[str, TensorLike],
+    features: str,
+    x: TensorLike,
+) -> tuple[TensorLike, TensorLike]:
+    """LeNet and the detector as one program: every multiplication of the detector shares a
+    round with one of LeNet's, so the bit adds only the comparison's rounds.
+
+    Rounds beside LeNet's own: the Laplacian is squared in conv1's activation; the whitening
+    is multiplied in fc1's round, the distances squared in fc1's activation; the comparison
+    runs between fc1 and fc2; the AND of the class bits is multiplied in fc2's round.
+    ``models.encrypted.lenet_convs`` + ``lenet_fc`` + ``head`` is the same classifier
+    without the detector (the tests check that both give the same difference)."""
+    act = arch.activation
+    edges = laplacian(x) if features == "conv_laplacian" else None
+    conv1, conv2, energy = lenet_convs(arch, params, x, square_too=edges)
+    pre_fc1, projected = multiply_together(
+        [
+            ("matmul", conv2.flatten(1), params["fc1.w"].t()),
+            ("matmul", _joined(_conv_blocks(x, conv1, conv2, energy)), detector["ood.w"]),
+        ]
+    )
+    fc1, squared = _activate_and_square(
+        pre_fc1 + params["fc1.b"], act, _distance_terms(detector, projected)
+    )
+    bits = _bits(_margins(detector, squared), fc1)
+    flags = bits[:, 0]
+    fc2_weights = params["fc2.w"].t()
+    if bits.shape[1] > 1:
+        pre_fc2, flags = multiply_together(
+            [("matmul", fc1, fc2_weights), ("mul", flags, bits[:, 1])]
+        )
+        for c in range(2, bits.shape[1]):
+            flags = flags * bits[:, c]
+    else:
+        pre_fc2 = fc1.matmul(fc2_weights)
+    fc2 = _activate(pre_fc2 + params["fc2.b"], act)
+    return head(arch, params, fc2), flags
 
 
 def share_detector(

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from models.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from models.crypten_compat import encoded_like
 from models.encrypted import (
     Prediction,
     TensorLike,
@@ -155,7 +154,7 @@ class EncryptedClassifier:
             image_share,
         )
         # one opening (one round) for both: column 0 the difference, column 1 the bit
-        flags = encoded_like(encrypted_flags, encrypted_difference).view(-1, 1)
+        flags = encrypted_flags.view(-1, 1)  # classify encodes it like the difference
         both: TensorLike = torch.cat([encrypted_difference.view(-1, 1), flags], 1)
         plain = both.get_plain_text(dst=IMAGE_OWNER)
         if plain is None:

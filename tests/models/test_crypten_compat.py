@@ -68,3 +68,46 @@ def test_a_comparison_joins_fixed_point_values_only_once_re_encoded():
         "assert bits.get_plain_text().tolist() == [1.0, 0.0]  # the original is untouched\n"
         "print('ok')"
     )
+
+
+def _rounds_of_multiplications(rank: int) -> dict[str, object]:
+    """In a party: two products CrypTen's way and together; rounds and opened values."""
+    import torch
+
+    from models.crypten_compat import load_crypten, multiply_together
+
+    crypten = load_crypten()
+    crypten.cfg.communicator.verbose = True
+    comm = crypten.communicator.get()
+    torch.manual_seed(0)  # both parties: the same public test values
+    x, w, u, v = torch.randn(3, 5), torch.randn(5, 4), torch.randn(6), torch.randn(6)
+    ex, ew = crypten.cryptensor(x, src=0), crypten.cryptensor(w, src=1)
+    eu, ev = crypten.cryptensor(u, src=0), crypten.cryptensor(v, src=1)
+    comm.reset_communication_stats()
+    separately = [ex.matmul(ew), eu * ev]
+    rounds_separately = comm.get_communication_stats()["rounds"]
+    comm.reset_communication_stats()
+    together = multiply_together([("matmul", ex, ew), ("mul", eu, ev)])
+    rounds_together = comm.get_communication_stats()["rounds"]
+    errors = []
+    for got, alone, want in zip(together, separately, (x @ w, u * v), strict=True):
+        plain, plain_alone = got.get_plain_text(), alone.get_plain_text()
+        errors.append(
+            max(float((plain - want).abs().max()), float((plain - plain_alone).abs().max()))
+        )
+    refused = ""
+    try:
+        multiply_together([("mul", eu > 0, eu)])  # a comparison's 0/1 shares are at scale 1
+    except ValueError as error:
+        refused = str(error)
+    return {"separately": rounds_separately, "together": rounds_together, "errors": errors,
+            "refused": refused}  # fmt: skip
+
+
+def test_independent_multiplications_share_one_round():
+    from models.mpc import run_parties
+
+    for result in run_parties(_rounds_of_multiplications):
+        assert result["separately"] == 2 and result["together"] == 1, result
+        assert max(result["errors"]) < 1e-3, result
+        assert "one scale" in result["refused"]

@@ -129,8 +129,25 @@ def _party(rank, checkpoint_path, images):
     )
     assert classifier.encrypted_detector is not None
     margins = unfamiliarity_margins(classifier.encrypted_detector, blocks).get_plain_text(dst=0)
+    # rounds: the bit adds only its comparison's (every multiplication shares LeNet's rounds)
+    from models.inference import measure_forward
+
+    rounds = {
+        "classifier": measure_forward(classifier, len(images), 1).rounds,
+        "with_bit": measure_forward(classifier, len(images), 1, unfamiliarity=True).rounds,
+    }
+    comm = crypten.communicator.get()
+    comm.reset_communication_stats()
+    _ = crypten.cryptensor(torch.zeros(len(images), 2)) > 0
+    rounds["comparison"] = comm.get_communication_stats()["rounds"]
     # plain lists: tensors in the result queue would need this process alive to unpickle
-    return predictions, opened, None if margins is None else margins.tolist(), classifier.card
+    return (
+        predictions,
+        opened,
+        None if margins is None else margins.tolist(),
+        classifier.card,
+        rounds,
+    )
 
 
 @pytest.mark.parametrize("features", ["conv", "conv_laplacian"])
@@ -140,7 +157,9 @@ def test_encrypted_unfamiliarity_agrees_and_opens_only_the_documented_bits(tmp_p
     save_checkpoint(path, model, ARCH, 1.3, detector=detector, decision_threshold=0.4)
     images = torch.cat([familiar_images(3, 11), unfamiliar_images(3, 12)])
     results = run_parties(_party, str(path), images)
-    (predictions, opened, margin_list, card), (nothing, opened1, none_margins, card1) = results
+    (predictions, opened, margin_list, card, rounds), (nothing, opened1, none_margins, card1, _) = (
+        results
+    )
     margins = torch.tensor(margin_list)
     sizes = block_sizes(ARCH, features)
     plain_margins = unfamiliarity_margins(
@@ -168,6 +187,7 @@ def test_encrypted_unfamiliarity_agrees_and_opens_only_the_documented_bits(tmp_p
     assert all(plain is None for _, _, plain in opened1)
     assert nothing is None and none_margins is None
     assert card == card1 and card.detector is not None and card.decision_threshold == 0.4
+    assert rounds["with_bit"] == rounds["classifier"] + rounds["comparison"], rounds
     # the revealed difference gives the screening label and its calibrated probability
     with torch.no_grad():
         logits = model(images)
