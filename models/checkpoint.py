@@ -103,23 +103,29 @@ def file_sha256(path: Path | str) -> str:
 
 
 def benchmark_checkpoint(
-    models_dir: Path, backbone: str, workdir: Path, image_size: int | None = None
+    models_dir: Path, model: str, workdir: Path, image_size: int | None = None
 ) -> tuple[Path, str]:
-    """``models_dir/<backbone>.pth`` if trained (at ``image_size``, when given), else freshly
-    initialised weights in ``workdir``.
+    """``models_dir/<model>.pth`` if trained (at ``image_size``, when given), else freshly
+    initialised weights in ``workdir``. ``model`` is a backbone, or ``resnet18-mpc+reluN``:
+    that backbone with ReLU in its last N residual stages (``Architecture.relu_stages``).
 
     For timing runs: encrypted latency does not depend on the weights' values. The second
     item says which one was used, for the benchmark's table.
     """
-    trained = Path(models_dir) / f"{backbone}.pth"
+    backbone, _, relu = model.partition("+relu")
+    relu_stages = int(relu) if relu else 0
+    trained = Path(models_dir) / f"{model}.pth"
     if trained.exists():
-        size = load_checkpoint(trained).architecture.image_size
-        if image_size is None or size == image_size:
+        arch = load_checkpoint(trained).architecture
+        if (image_size is None or arch.image_size == image_size) and (
+            arch.backbone,
+            arch.relu_stages,
+        ) == (backbone, relu_stages):
             return trained, "trained"
     from models.nets import Architecture, default_architecture
 
     base = default_architecture(backbone)
-    arch = Architecture(backbone, image_size or base.image_size, base.activation)
-    path = Path(workdir) / f"{backbone}-{arch.image_size}-random.pth"
+    arch = Architecture(backbone, image_size or base.image_size, base.activation, relu_stages)
+    path = Path(workdir) / f"{model}-{arch.image_size}-random.pth"
     save_checkpoint(path, build_model(arch).eval(), arch, 1.0)
     return path, "random init"

@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument(
         "--backbones",
         default="lenet,resnet18,resnet18-mpc,resnet18-mpc@128,resnet18@128",
-        help="each BACKBONE[@IMAGE_SIZE]",
+        help="each BACKBONE[@IMAGE_SIZE]; resnet18-mpc+reluN: ReLU in its last N stages",
     )
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     args = parser.parse_args()

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backbones",
         default="probe,lenet,resnet18,resnet18-mpc,resnet18@128,resnet18-mpc@128",
-        help="models, each BACKBONE[@IMAGE_SIZE][:TRANSPORT], or 'probe' (the round-trip probe)",
+        help="models, each BACKBONE[@IMAGE_SIZE][:TRANSPORT] (resnet18-mpc+reluN: ReLU in its last N stages), or 'probe' (the round-trip probe)",
     )
     parser.add_argument("--links", default="veth", help="veth, wireguard or both (comma)")
     parser.add_argument("--transports", default="link,gloo", help="link, gloo or both (comma)")

@@ -133,3 +133,20 @@ def test_architecture_validation():
         Architecture("lenet", 64, "quad", 1)
     with pytest.raises(ValueError, match="relu_stages"):
         Architecture("resnet18-mpc", 64, "relu", 1)
+
+
+def test_benchmark_checkpoint_builds_the_hybrid_resnet_it_is_named_after(tmp_path):
+    from models.checkpoint import benchmark_checkpoint
+
+    path, weights = benchmark_checkpoint(tmp_path, "resnet18-mpc+relu1", tmp_path, 32)
+    assert weights == "random init"
+    assert load_checkpoint(path).architecture == Architecture("resnet18-mpc", 32, "quad", 1)
+    # a trained file of another program under that name is not used
+    save_checkpoint(
+        tmp_path / "resnet18-mpc+relu1.pth",
+        trained_like(default_architecture("resnet18-mpc")),
+        default_architecture("resnet18-mpc"),
+        1.0,
+    )
+    _, weights = benchmark_checkpoint(tmp_path, "resnet18-mpc+relu1", tmp_path, 64)
+    assert weights == "random init"
