@@ -1,0 +1,228 @@
+"""Benchmark: one encrypted SGD step of the served LeNet (models.encrypted_training), against
+the same step in plaintext and CrypTen's own training used the plain way, in the same run.
+
+Not a test. Writes ``docs/bench/finetune.json`` and ``docs/bench/finetune.md``.
+
+    .venv/bin/python scripts/bench_finetune.py [--batch 8] [--reps 10]    # about 2 minutes
+
+Ours: the serving program itself (``models.encrypted.forward``) with CrypTen's autograd,
+the logistic loss of the logit difference, one opening of the batch gradient to party 1
+(``models/lenet.pth`` when present, else fresh weights: the cost does not depend on them).
+The baseline runs ``../shared/bench/crypten_baseline.py``'s max-pool ReLU LeNet through
+``crypten.nn.from_pytorch``, encrypted by party 1, trained with ``crypten.nn``'s
+cross-entropy, ``backward`` and ``update_parameters`` (CrypTen's tutorial way) in a child
+process that loads that file for its network and its patches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.checkpoint import benchmark_checkpoint, load_checkpoint  # noqa: E402
+from models.encrypted import fold  # noqa: E402
+from models.encrypted_training import plaintext_step  # noqa: E402
+from models.mpc import run_parties  # noqa: E402
+from models.nets import Architecture  # noqa: E402
+
+BASELINE = ROOT.parent / "shared" / "bench" / "crypten_baseline.py"
+OUT = ROOT / "docs" / "bench"
+LR = 0.01
+
+_BASELINE_STEP = r"""
+import json, statistics, sys, time, importlib.util
+path, batch, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.argv = [path, "lenet", "64", str(batch), str(reps)]
+spec = importlib.util.spec_from_file_location("crypten_baseline", path)
+base = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(base)  # its patches and its network; its run() is not called
+import torch, crypten, crypten.mpc as mpc, crypten.communicator as comm
+
+@mpc.run_multiprocess(world_size=2)
+def train():
+    torch.set_num_threads(1)
+    crypten.cfg.communicator.verbose = True
+    model = base.build("lenet", 64).train()
+    enc = crypten.nn.from_pytorch(model, torch.empty(1, 1, 64, 64)).encrypt(src=1)
+    enc.train()
+    loss_fn = crypten.nn.CrossEntropyLoss()
+    x = crypten.cryptensor(torch.randn(batch, 1, 64, 64), src=0)
+    labels = torch.tensor([i % 2 for i in range(batch)])
+    y = crypten.cryptensor(torch.nn.functional.one_hot(labels, 2).float(), src=0)
+    times, rounds, sent = [], [], []
+    for rep in range(reps + 1):
+        comm.get().reset_communication_stats()
+        t = time.perf_counter()
+        enc.zero_grad()
+        loss = loss_fn(enc(x), y)
+        loss.backward()
+        enc.update_parameters(0.01)
+        if rep:  # the first step warms up
+            times.append(time.perf_counter() - t)
+            stats = comm.get().get_communication_stats()
+            rounds.append(stats["rounds"]); sent.append(stats["bytes"])
+    if comm.get().get_rank() == 0:
+        print(json.dumps({"s_per_step": statistics.median(times), "rounds": statistics.median(rounds),
+                          "bytes": statistics.median(sent)}), flush=True)
+
+train()
+"""
+
+
+def _encrypted_party(
+    rank: int, params: dict[str, torch.Tensor] | None, arch: Architecture, batch: int, reps: int
+) -> dict[str, Any]:
+    from models.crypten_compat import load_crypten
+    from models.encrypted_training import encrypted_step
+
+    crypten = load_crypten()
+    crypten.cfg.communicator.verbose = True
+    comm = crypten.communicator.get()
+    size = arch.image_size
+    images = torch.randn(batch, 1, size, size) if rank == 0 else None
+    labels = torch.tensor([i % 2 for i in range(batch)], dtype=torch.float32)
+    mine = params if rank == 1 else None
+    times: list[float] = []
+    rounds: list[float] = []
+    sent: list[float] = []
+    for rep in range(reps + 1):
+        comm.reset_communication_stats()
+        started = time.perf_counter()
+        updated = encrypted_step(crypten, rank, arch, mine, images, labels, LR)
+        if rep:  # the first step warms up
+            times.append(time.perf_counter() - started)
+            stats = comm.get_communication_stats()
+            rounds.append(stats["rounds"])
+            sent.append(stats["bytes"])
+        mine = updated if rank == 1 else None
+    return {
+        "s_per_step": statistics.median(times),
+        "all_s": [round(t, 4) for t in times],
+        "rounds": statistics.median(rounds),
+        "bytes": statistics.median(sent),
+    }
+
+
+def ours(batch: int, reps: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as workdir:
+        path, weights = benchmark_checkpoint(ROOT / "models", "lenet", Path(workdir))
+        checkpoint = load_checkpoint(path)
+        arch = checkpoint.architecture
+        params = fold(checkpoint.model(), arch, checkpoint.temperature)
+    encrypted = run_parties(_encrypted_party, dict(params), arch, batch, reps)[0]
+    torch.set_num_threads(1)
+    images = torch.randn(batch, 1, arch.image_size, arch.image_size)
+    labels = torch.tensor([i % 2 for i in range(batch)], dtype=torch.float32)
+    plaintext_step(arch, params, images, labels, LR)
+    plain = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        plaintext_step(arch, params, images, labels, LR)
+        plain.append(time.perf_counter() - started)
+    return {
+        "system": "crypto-doctor",
+        "model": f"LeNet ({arch.activation}, avg pool), whole network",
+        "weights": weights,
+        "batch": batch,
+        "enc_s_per_step": encrypted["s_per_step"],
+        "enc_all_s": encrypted["all_s"],
+        "plain_s_per_step": statistics.median(plain),
+        "rounds": encrypted["rounds"],
+        "mb_per_step": encrypted["bytes"] / 1e6,
+    }
+
+
+def baseline(batch: int, reps: int) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "system": "CrypTen from_pytorch (plain way)",
+        "model": "LeNet (ReLU, max pool), whole network",
+        "weights": "random init",
+        "batch": batch,
+    }
+    if not BASELINE.exists():
+        return row | {"error": f"{BASELINE} not found"}
+    result = subprocess.run(
+        [sys.executable, "-c", _BASELINE_STEP, str(BASELINE), str(batch), str(reps)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
+    lines = [x for x in result.stdout.splitlines() if x.startswith("{")]
+    if not lines:
+        return row | {"error": result.stderr[-800:]}
+    measured = json.loads(lines[-1])
+    return row | {
+        "enc_s_per_step": measured["s_per_step"],
+        "rounds": measured["rounds"],
+        "mb_per_step": measured["bytes"] / 1e6,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {report['measured']} on {report['machine']}, two parties on loopback, one "
+        f"thread each, TFP; load before {report['load_before']}, after {report['load_after']}; "
+        f"medians of {report['reps']} steps after a warm-up step.",
+        "",
+        "| system | network | batch | s/step encrypted | s/step plaintext | rounds/step | MB/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['system']} | {row['model']} | {row['batch']} | failed | | | |")
+            continue
+        plain = row.get("plain_s_per_step")
+        lines.append(
+            f"| {row['system']} | {row['model']} | {row['batch']} | {row['enc_s_per_step']:.3f} "
+            f"| {'' if plain is None else f'{plain:.4f}'} | {row['rounds']:.0f} "
+            f"| {row['mb_per_step']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--out-dir", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = [ours(args.batch, args.reps)]
+    print(json.dumps(rows[-1]), flush=True)
+    if not args.skip_baseline:
+        rows.append(baseline(args.batch, args.reps))
+        print(json.dumps(rows[-1]), flush=True)
+    report = {
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_before": load_before,
+        "load_after": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "reps": args.reps,
+        "rows": rows,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out_dir / "finetune.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
