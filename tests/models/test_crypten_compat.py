@@ -53,6 +53,27 @@ def test_fast_config_reads_keep_crypten_config_semantics():
     )
 
 
+def test_negative_values_open_exactly():
+    code = (
+        "import torch\n"
+        "{load}\n"
+        "from crypten.encoder import FixedPointEncoder\n"
+        "encoded = torch.tensor([-14 * 65536 + 3, -65536, -5 * 65536 + 1, 14 * 65536 + 3])\n"
+        "decoded = FixedPointEncoder().decode(encoded)\n"
+        "assert torch.equal(decoded, (encoded.double() / 65536).float()), decoded.tolist()\n"
+        "print('ok')"
+    )
+    unpatched = run_python(
+        code.format(
+            load="import models.crypten_compat as c; c._alias_onnx_registration(); import crypten"
+        )
+    )
+    assert unpatched.returncode != 0 and "-14.99995" in unpatched.stderr  # CrypTen's bug
+    assert_prints_ok(
+        code.format(load="from models.crypten_compat import load_crypten; load_crypten()")
+    )
+
+
 def test_a_comparison_joins_fixed_point_values_only_once_re_encoded():
     assert_prints_ok(
         "import torch\n"
