@@ -20,17 +20,31 @@ the step: 10 % in conv1 and conv2 and 3 % in fc1 without the scale; at most 0.22
 2^6, 0.15 % with 2^10 (the default) and 0.39 % with 2^14 (large values lose more to the
 truncation of products).
 
-What this step does not do yet: clip per-image gradients and add noise party 1 cannot
-remove. An opened batch gradient is a function of the images and small-batch gradients can
-be inverted, so the step must not open real patients' gradients to party 1 before that
-exists; it is here, measured and tested, as the part the rest builds on.
+Differential privacy (``DPStep``). An opened batch gradient is a function of the images,
+and small-batch gradients can be inverted, so a step whose gradient reaches party 1 clips
+every image's gradient and adds Gaussian noise party 1 cannot remove, all on shares:
+* per image, its own forward and backward pass (per-image gradients), ``r = |g| / C``;
+* the clip factor ``min(1, 1/r)``: CrypTen's inverse square root of ``r^2`` (Newton's
+  method, good for ``r^2`` below about 100 and wrong far above, measured), so one
+  comparison of ``r^2`` with 1 and 100 picks: factor 1 below 1, ``1/r`` between, and 0 above
+  100 (an image whose gradient is over 10 C is left out of the step: still a function of
+  that image alone, so the sum's sensitivity stays C; party 1 does not learn which);
+* noise ``N(0, (sigma C)^2)`` per coordinate, drawn by party 0 and secret-shared by it:
+  party 1 never knows it, so it cannot subtract it (party 0 never sees the gradient);
+* the clipped sum plus noise is the one value opened, to party 1, which divides by the
+  batch size and steps.
+The noise comes from torch's generator seeded from the operating system's entropy (like
+Opacus without ``secure_mode``), not a cryptographically secure generator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import secrets
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -42,6 +56,26 @@ from models.nets import Architecture
 MODEL_OWNER = 1
 #: the loss gradient's multiplier on shares (see the module's docstring)
 GRADIENT_SCALE = 2.0**10
+#: an image whose gradient norm is over this many C is left out of a DP step
+DROP_ABOVE_CLIPS = 10.0
+#: per-image gradients are multiplied by this / (C x scale) before squaring: coordinates
+#: near 1 (no precision lost to 16 fractional bits) and squares far below the overflow
+_NORM_HEADROOM = 2.0**8
+
+
+@dataclass(frozen=True)
+class DPStep:
+    """DP-SGD's two knobs for one step: the per-image gradient norm bound ``clip`` (C) and
+    the ``noise_multiplier`` (sigma; the noise on the summed gradient has std sigma C)."""
+
+    clip: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"the clipping norm must be > 0, got {self.clip}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError(f"the noise multiplier must be >= 0, got {self.noise_multiplier}")
 
 
 def logistic_gradient(difference: TensorLike, labels: torch.Tensor, scale: float) -> TensorLike:
@@ -82,16 +116,62 @@ def _no_grad(like: TensorLike) -> Iterator[None]:
         yield
 
 
+def per_image_scaled_gradients(
+    arch: Architecture,
+    params: Mapping[str, TensorLike],
+    images: TensorLike,
+    labels: torch.Tensor,
+    scale: float = GRADIENT_SCALE,
+) -> TensorLike:
+    """``(B, P)``: each image's own ``scale`` x gradient, all parameters joined (one forward
+    and backward pass per image)."""
+    rows = []
+    for i in range(labels.shape[0]):
+        for param in params.values():
+            param.grad = None
+        gradients = scaled_gradients(arch, params, images[i : i + 1], labels[i : i + 1], scale)
+        rows.append(torch.cat([g.flatten() for g in gradients.values()]).unsqueeze(0))
+    return torch.cat(rows, 0)
+
+
+def clipped_sum(per_image: TensorLike, clip: float, scale: float = GRADIENT_SCALE) -> TensorLike:
+    """``(P,)``: the sum of the per-image gradients (at ``scale``), each clipped to norm
+    ``clip`` (x ``scale``); an image over ``DROP_ABOVE_CLIPS`` x ``clip`` adds nothing."""
+    headroom = _NORM_HEADROOM / (clip * scale)
+    ratio2 = (per_image * headroom).square().sum(1) / _NORM_HEADROOM**2  # (|g| / C)^2, (B,)
+    limit = DROP_ABOVE_CLIPS**2
+    if _is_plain(per_image):
+        small, big = (ratio2 < 1).to(ratio2.dtype), (ratio2 > limit).to(ratio2.dtype)
+        inverse = ratio2.clamp(min=1e-12).rsqrt()
+    else:
+        from models.crypten_compat import encoded_like
+
+        # one comparison for both thresholds
+        bits = encoded_like(torch.stack([1 - ratio2, ratio2 - limit]) > 0, ratio2)
+        small, big = bits[0], bits[1]
+        inverse = (ratio2 + (1 - ratio2) * big).inv_sqrt()  # 1 where it would be out of range
+    factor = small + (1 - small - big) * inverse
+    return (per_image * factor.unsqueeze(1)).sum(0)
+
+
 def plaintext_step(
     arch: Architecture,
     params: Params,
     images: torch.Tensor,
     labels: torch.Tensor,
     lr: float,
+    clip: float | None = None,
 ) -> Params:
-    """The same SGD step in plaintext (for checks and the benchmark's comparison)."""
+    """The same SGD step in plaintext (for checks and the benchmark's comparison); with
+    ``clip``, DP's clipped step without its noise."""
     tracked = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in params.items())
-    gradients = scaled_gradients(arch, tracked, images, labels, 1.0)
+    if clip is None:
+        gradients = scaled_gradients(arch, tracked, images, labels, 1.0)
+    else:
+        summed = clipped_sum(
+            per_image_scaled_gradients(arch, tracked, images, labels, 1.0), clip, 1.0
+        )
+        gradients = _split(summed / len(labels), tracked) or OrderedDict()
     return OrderedDict((k, (params[k] - lr * gradients[k]).detach()) for k in params)
 
 
@@ -104,10 +184,12 @@ def encrypted_step(
     labels: torch.Tensor,
     lr: float,
     scale: float = GRADIENT_SCALE,
+    dp: DPStep | None = None,
 ) -> Params | None:
     """One SGD step under MPC. Party 1 passes its folded parameters and gets the updated
     ones; party 0 passes the preprocessed images ``(B, 1, S, S)`` and gets None. Both pass
-    the same public labels ``(B,)``. One opening, to party 1: the summed gradient."""
+    the same public labels ``(B,)`` and ``dp``. One opening, to party 1: the summed
+    gradient (with ``dp``: per-image clipped, plus party 0's noise)."""
     if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
         raise ValueError("party 1 passes the parameters, party 0 the images")
     encrypted = _share_parameters(crypten, arch, params, rank)
@@ -115,24 +197,51 @@ def encrypted_step(
         param.requires_grad = True
     size = arch.image_size
     shared_images = share_images(crypten, images, (len(labels), 1, size, size), rank)
-    gradients = scaled_gradients(arch, encrypted, shared_images, labels, scale)
-    opened = open_to_owner(gradients)
+    if dp is None:
+        gradients = scaled_gradients(arch, encrypted, shared_images, labels, scale)
+        opened = open_to_owner(gradients)
+        step = lr / scale
+    else:
+        per_image = per_image_scaled_gradients(arch, encrypted, shared_images, labels, scale)
+        with crypten.no_grad():
+            summed = clipped_sum(per_image, dp.clip, scale) + _party0_noise(
+                crypten, rank, int(per_image.shape[1]), dp.noise_multiplier * dp.clip * scale
+            )
+        shapes = OrderedDict((k, torch.empty(v.shape)) for k, v in encrypted.items())
+        opened = _split(summed.get_plain_text(dst=MODEL_OWNER), shapes)
+        step = lr / (scale * len(labels))
     if params is None or opened is None:
         return None
-    return OrderedDict((k, params[k] - (lr / scale) * opened[k]) for k in params)
+    return OrderedDict((k, params[k] - step * opened[k]) for k in params)
+
+
+def _party0_noise(crypten: ModuleType, rank: int, count: int, std: float) -> TensorLike:
+    """``N(0, std^2)`` per coordinate, drawn by party 0 and secret-shared by it (party 1
+    passes an empty tensor of the public shape and learns nothing of it)."""
+    noise = torch.empty(count)
+    if rank == 0:
+        generator = torch.Generator().manual_seed(secrets.randbits(63))
+        noise = torch.normal(0.0, std, (count,), generator=generator) if std > 0 else noise.zero_()
+    return crypten.cryptensor(noise, src=0)
 
 
 def open_to_owner(gradients: Mapping[str, TensorLike]) -> OrderedDict[str, torch.Tensor] | None:
     """Open every gradient to party 1 in one opening (flattened and joined: local); party 0
     gets None."""
     joined: TensorLike = torch.cat([g.flatten() for g in gradients.values()])
-    plain = joined.get_plain_text(dst=MODEL_OWNER)
+    return _split(joined.get_plain_text(dst=MODEL_OWNER), gradients)
+
+
+def _split(
+    plain: torch.Tensor | None, like: Mapping[str, TensorLike]
+) -> OrderedDict[str, torch.Tensor] | None:
+    """A joined flat vector back into tensors shaped like ``like``'s (None stays None)."""
     if plain is None:
         return None
     opened: OrderedDict[str, torch.Tensor] = OrderedDict()
     offset = 0
-    for name, gradient in gradients.items():
-        count = gradient.numel() if _is_plain(gradient) else int(gradient.nelement())
-        opened[name] = plain[offset : offset + count].view(gradient.shape)
+    for name, tensor in like.items():
+        count = tensor.numel() if _is_plain(tensor) else int(tensor.nelement())
+        opened[name] = plain[offset : offset + count].view(tensor.shape)
         offset += count
     return opened

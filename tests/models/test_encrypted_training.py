@@ -3,11 +3,12 @@ batch gradient."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from models.encrypted import fold, forward
-from models.encrypted_training import plaintext_step, scaled_gradients
+from models.encrypted_training import DPStep, clipped_sum, plaintext_step, scaled_gradients
 from models.mpc import run_parties
 from models.nets import build_model, default_architecture
 
@@ -58,7 +59,7 @@ def test_the_gradient_is_the_logistic_loss_gradient_scaled():
         torch.testing.assert_close(gradient, 8.0 * want, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _party(rank: int, params, images, labels, steps: int, lr: float):
+def _party(rank: int, params, images, labels, steps: int, lr: float, dp=None):
     from models.crypten_compat import load_crypten
     from models.encrypted_training import encrypted_step
 
@@ -77,7 +78,7 @@ def _party(rank: int, params, images, labels, steps: int, lr: float):
     history = []
     try:
         for _ in range(steps):
-            mine = encrypted_step(crypten, rank, ARCH, mine, own_images, labels, lr)
+            mine = encrypted_step(crypten, rank, ARCH, mine, own_images, labels, lr, dp=dp)
             history.append(None if mine is None else {k: v.tolist() for k, v in mine.items()})
             mine = mine if rank == 1 else None
     finally:
@@ -112,3 +113,54 @@ def test_loss_falls_over_20_encrypted_steps():
     for _ in range(20):
         plain = plaintext_step(ARCH, plain, images, labels, 0.05)
     assert abs(losses[-1] - loss(plain, images, labels)) < 0.1 * losses[0], losses
+
+
+def test_clipping_bounds_every_image_and_leaves_out_the_far_ones():
+    directions = torch.eye(3, 4)
+    per_image = directions * torch.tensor([[0.5], [2.0], [50.0]]) * 4.0  # norms x scale 4
+    summed = clipped_sum(per_image, clip=1.0, scale=4.0)
+    # 0.5 C kept as is, 2 C scaled to C, 50 C (over 10 C) left out
+    torch.testing.assert_close(summed, torch.tensor([0.5, 1.0, 0.0, 0.0]) * 4.0)
+    with pytest.raises(ValueError):
+        DPStep(clip=0.0, noise_multiplier=1.0)
+
+
+@pytest.mark.parametrize("clip", [3.6, 0.4])
+def test_dp_step_without_noise_is_the_clipped_step(clip):
+    params = fresh_lenet()
+    images, labels = batch(4, 3)
+    norms = [float(g.norm()) for g in scaled_gradients_per_image(params, images, labels)]
+    # measured 3.29 to 4.19: at 3.6 some are kept and some clipped, at 0.4 some clipped and
+    # one left out (over 10 C)
+    boundary = clip if clip > 1 else 10 * clip
+    assert min(norms) < boundary < max(norms), norms
+    expected = plaintext_step(ARCH, params, images, labels, 0.5, clip=clip)
+    quiet = DPStep(clip, noise_multiplier=0.0)
+    (_, opened0), (history, opened1) = run_parties(_party, params, images, labels, 1, 0.5, quiet)
+    updated = {k: torch.tensor(v) for k, v in history[0].items()}
+    for name in params:
+        step, want = updated[name] - params[name], expected[name] - params[name]
+        error = float((step - want).abs().max() / want.abs().max())
+        assert error < 0.02, (name, error)
+    count = sum(v.numel() for v in params.values())
+    assert opened1 == [((count,), 1, True)] and opened0 == [((count,), 1, False)]
+
+
+def test_dp_noise_is_drawn_by_party_0_with_the_stated_spread():
+    params = fresh_lenet()
+    images, labels = batch(4, 3)
+    lr, clip = 0.5, 1.0
+    expected = plaintext_step(ARCH, params, images, labels, lr, clip=clip)
+    noisy = DPStep(clip, noise_multiplier=1.0)
+    _, (history, _) = run_parties(_party, params, images, labels, 1, lr, noisy)
+    # the update moved by lr x N(0, (sigma C)^2) / B per coordinate, away from the clipped step
+    moved = torch.cat([(torch.tensor(history[0][k]) - expected[k]).flatten() for k in params])
+    assert abs(float(moved.std()) / (lr * clip / len(labels)) - 1.0) < 0.05
+    assert abs(float(moved.mean())) < 0.05 * lr * clip / len(labels)
+
+
+def scaled_gradients_per_image(params, images, labels) -> list[torch.Tensor]:
+    from models.encrypted_training import per_image_scaled_gradients
+
+    tracked = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    return list(per_image_scaled_gradients(ARCH, tracked, images, labels, 1.0))
