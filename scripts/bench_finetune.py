@@ -3,11 +3,12 @@ the same step in plaintext and CrypTen's own training used the plain way, in the
 
 Not a test. Writes ``docs/bench/finetune.json`` and ``docs/bench/finetune.md``.
 
-    .venv/bin/python scripts/bench_finetune.py [--batch 8] [--reps 10]    # about 2 minutes
+    .venv/bin/python scripts/bench_finetune.py [--batch 8] [--reps 10]    # about 3 minutes
 
-Ours: the serving program itself (``models.encrypted.forward``) with CrypTen's autograd,
-the logistic loss of the logit difference, one opening of the batch gradient to party 1
-(``models/lenet.pth`` when present, else fresh weights: the cost does not depend on them).
+Ours, without and with DP (per-image clipping and party 0's noise): the serving program
+itself (``models.encrypted.forward``) with CrypTen's autograd, the logistic loss of the logit
+difference, one opening of the batch gradient to party 1 (``models/lenet.pth`` when
+present, else fresh weights: the cost does not depend on them).
 The baseline runs ``../shared/bench/crypten_baseline.py``'s max-pool ReLU LeNet through
 ``crypten.nn.from_pytorch``, encrypted by party 1, trained with ``crypten.nn``'s
 cross-entropy, ``backward`` and ``update_parameters`` (CrypTen's tutorial way) in a child
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.checkpoint import benchmark_checkpoint, load_checkpoint  # noqa: E402
 from models.encrypted import fold  # noqa: E402
-from models.encrypted_training import plaintext_step  # noqa: E402
+from models.encrypted_training import DPStep, plaintext_step  # noqa: E402
 from models.mpc import run_parties  # noqa: E402
 from models.nets import Architecture  # noqa: E402
 
@@ -84,7 +85,12 @@ train()
 
 
 def _encrypted_party(
-    rank: int, params: dict[str, torch.Tensor] | None, arch: Architecture, batch: int, reps: int
+    rank: int,
+    params: dict[str, torch.Tensor] | None,
+    arch: Architecture,
+    batch: int,
+    reps: int,
+    dp: DPStep | None,
 ) -> dict[str, Any]:
     from models.crypten_compat import load_crypten
     from models.encrypted_training import encrypted_step
@@ -102,7 +108,7 @@ def _encrypted_party(
     for rep in range(reps + 1):
         comm.reset_communication_stats()
         started = time.perf_counter()
-        updated = encrypted_step(crypten, rank, arch, mine, images, labels, LR)
+        updated = encrypted_step(crypten, rank, arch, mine, images, labels, LR, dp=dp)
         if rep:  # the first step warms up
             times.append(time.perf_counter() - started)
             stats = comm.get_communication_stats()
@@ -117,25 +123,27 @@ def _encrypted_party(
     }
 
 
-def ours(batch: int, reps: int) -> dict[str, Any]:
+def ours(batch: int, reps: int, dp: DPStep | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
         path, weights = benchmark_checkpoint(ROOT / "models", "lenet", Path(workdir))
         checkpoint = load_checkpoint(path)
         arch = checkpoint.architecture
         params = fold(checkpoint.model(), arch, checkpoint.temperature)
-    encrypted = run_parties(_encrypted_party, dict(params), arch, batch, reps)[0]
+    encrypted = run_parties(_encrypted_party, dict(params), arch, batch, reps, dp)[0]
     torch.set_num_threads(1)
     images = torch.randn(batch, 1, arch.image_size, arch.image_size)
     labels = torch.tensor([i % 2 for i in range(batch)], dtype=torch.float32)
-    plaintext_step(arch, params, images, labels, LR)
+    clip = None if dp is None else dp.clip
+    plaintext_step(arch, params, images, labels, LR, clip)
     plain = []
     for _ in range(reps):
         started = time.perf_counter()
-        plaintext_step(arch, params, images, labels, LR)
+        plaintext_step(arch, params, images, labels, LR, clip)  # DP: clipping, not the noise
         plain.append(time.perf_counter() - started)
     return {
         "system": "crypto-doctor",
-        "model": f"LeNet ({arch.activation}, avg pool), whole network",
+        "model": f"LeNet ({arch.activation}, avg pool), whole network"
+        + ("" if dp is None else f", DP (C {dp.clip:g}, sigma {dp.noise_multiplier:g})"),
         "weights": weights,
         "batch": batch,
         "enc_s_per_step": encrypted["s_per_step"],
@@ -203,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=OUT)
     args = parser.parse_args(argv)
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    rows = [ours(args.batch, args.reps)]
-    print(json.dumps(rows[-1]), flush=True)
+    rows = []
+    for dp in (None, DPStep(clip=1.0, noise_multiplier=1.0)):
+        rows.append(ours(args.batch, args.reps, dp))
+        print(json.dumps(rows[-1]), flush=True)
     if not args.skip_baseline:
         rows.append(baseline(args.batch, args.reps))
         print(json.dumps(rows[-1]), flush=True)
