@@ -1,7 +1,7 @@
 """Benchmark: how well the model knows what it does not know, and what the bit costs encrypted.
 
     python scripts/bench_ood.py [--model models/lenet.pth] [--baseline runs/b18/robust/lenet.pth]
-        [--data data/seed] [--shifts data/shifts] [--rtt-ms 10,50] [--reps 5]
+        [--data data/seed] [--shifts data/shifts] [--rtt-ms 10,50] [--reps 60]
 
 Needs the training data the model was trained on (``--data``, ``<data>/train`` and
 ``<data>/eval``) and the shift sets (``python scripts/generate_shifts.py --out data/shifts``).
@@ -371,19 +371,40 @@ def markdown(report: dict[str, Any]) -> str:
         f"with the bit measured alternately, {report['reps']} times each after a warm-up "
         "pass each, medians):",
         "",
-        "| link | RTT (ms) | batch | s/img without → with | added | rounds without → with "
+        "| link | RTT (ms) | batch | s/img without → with | added [95 % CI] | rounds without → with "
         "| MB/img without → with |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["encrypted"]:
         a, b, n = r["without"], r["with"], r["batch"]
         added = (b["seconds"] - a["seconds"]) / a["seconds"]
+        low, high = added_interval(a["all_seconds"], b["all_seconds"])
         lines.append(
-            f"| {r['link']} | {_rtt(r)} | {n} | {a['seconds'] / n:.3f} → "
-            f"{b['seconds'] / n:.3f} | {added:+.0%} | {a['rounds']:.0f} → {b['rounds']:.0f} | "
+            f"| {r['link']} | {_rtt(r)} | {n} | {a['seconds'] / n:.4f} → "
+            f"{b['seconds'] / n:.4f} | {added:+.0%} [{low:+.0%}, {high:+.0%}] | "
+            f"{a['rounds']:.0f} → {b['rounds']:.0f} | "
             f"{a['bytes'] / 1e6 / n:.2f} → {b['bytes'] / 1e6 / n:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def added_interval(
+    without: list[float], with_bit: list[float], resamples: int = 2000
+) -> tuple[float, float]:
+    """95 % bootstrap interval of the added fraction (ratio of medians - 1), resampling the
+    alternating repeats in pairs (a pair saw the same moment of machine load)."""
+    import random
+    import statistics
+
+    rng = random.Random(0)
+    pairs = list(zip(without, with_bit, strict=True))
+    ratios = []
+    for _ in range(resamples):
+        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        base = statistics.median(p[0] for p in sample)
+        ratios.append(statistics.median(p[1] for p in sample) / base - 1)
+    ratios.sort()
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
 def _augmentation(checkpoint_path: Path) -> str:
@@ -413,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shifts", type=Path, default=ROOT / "data" / "shifts")
     parser.add_argument("--rtt-ms", default="10,50", help="as root: netns RTTs ('' = none)")
     parser.add_argument(
-        "--reps", type=int, default=15, help="alternating repeats (ms-scale times are noisy here)"
+        "--reps", type=int, default=60, help="alternating repeats (ms-scale times are noisy here)"
     )
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
