@@ -113,11 +113,12 @@ def _exact_decode() -> None:
     opens as ``-14.99995``.
 
     ``FixedPointEncoder.decode`` floor-divides a negative value by ``scale - 1`` instead of
-    ``scale``, which is one too low whenever the value's fractional part, counted in units
-    of 2^-16, is smaller than its integer part: for ``-14`` about 14 values in 65,536. One
+    ``scale``, which is one too low whenever ``value = -k + r / 2^16`` (integer ``k``,
+    ``0 < r < 2^16``) has ``r < k``: ``k - 1`` in 65,536 values between ``-k`` and
+    ``-k + 1``, so never above -1 and 13 in 65,536 between -14 and -13. One
     opened gradient of 136,000 values then holds a few coordinates off by 1 (found by
-    ``tests/models/test_encrypted_training.py``), and a logit difference of -5 can open as
-    -6. Decode as integer part plus remainder, both by ``scale``.
+    ``tests/models/test_encrypted_training.py``), and a logit difference just above -6 can
+    open as about -7. Decode as integer part plus remainder, both by ``scale``.
     """
     import torch
     from crypten.encoder import FixedPointEncoder
