@@ -98,13 +98,26 @@ class PatientSide:
 PATIENT_SIDE = web.AppKey("patient_side", PatientSide)
 
 
-async def _read_upload(request: web.Request, limit: int) -> bytes:
-    """The ``file`` part of a multipart form, refusing to buffer more than ``limit`` bytes."""
+#: the ``consent`` form field's accepted answers (absent: no)
+_CONSENT = {"yes": True, "true": True, "no": False, "false": False}
+
+
+async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, bool]:
+    """The ``file`` part of a multipart form, refusing to buffer more than ``limit`` bytes,
+    and the patient's answer in the optional ``consent`` part (may the settled case teach
+    the model; default no)."""
     if not request.content_type.startswith("multipart/"):
         raise MalformedUpload('send the image as multipart form field "file"')
     reader = await request.multipart()
+    data: bytes | None = None
+    consent = False
     async for part in reader:
-        if not isinstance(part, BodyPartReader) or part.name != "file":
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "consent":
+            consent = await _read_consent(part)
+            continue
+        if part.name != "file" or data is not None:
             continue
         chunks, size = [], 0
         while chunk := await part.read_chunk(64 * 1024):
@@ -112,8 +125,22 @@ async def _read_upload(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise UploadTooLarge(f"upload exceeds {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
-    raise MalformedUpload('no multipart field named "file"')
+        data = b"".join(chunks)
+    if data is None:
+        raise MalformedUpload('no multipart field named "file"')
+    return data, consent
+
+
+async def _read_consent(part: BodyPartReader) -> bool:
+    text = b""
+    while chunk := await part.read_chunk():
+        text += chunk
+        if len(text) > 64:
+            break
+    answer = text.decode("utf-8", "replace").strip().lower()
+    if answer not in _CONSENT:
+        raise MalformedUpload('consent must be "yes" or "no"', code="bad_consent")
+    return _CONSENT[answer]
 
 
 @routes.post("/image")
@@ -121,7 +148,7 @@ async def post_image(request: web.Request) -> web.Response:
     side = request.app[PATIENT_SIDE]
     limit = side.settings.max_upload_bytes
     try:
-        data = await _read_upload(request, limit)
+        data, consent = await _read_upload(request, limit)
         accepted = validate_image(data, max_bytes=limit, max_pixels=side.settings.max_image_pixels)
     except UploadRejected as exc:
         side.metrics.uploads_rejected.labels(exc.code).inc()
@@ -134,6 +161,7 @@ async def post_image(request: web.Request) -> web.Response:
         side.queue,
         accepted,
         now=datetime.now(UTC),
+        teaching_consent=consent,
     )
     side.metrics.cases_submitted.inc()
     status_url = f"/case/{submission.case_id}"

@@ -33,8 +33,10 @@ def submit_case(
     image: AcceptedImage,
     *,
     now: datetime,
+    teaching_consent: bool = False,
 ) -> Submission:
     """Store the image and its case durably, then queue it for encrypted inference.
+    ``teaching_consent``: the patient's choice that the settled case may teach the model.
 
     The image is written (fsync) under a temporary name before the case row exists and
     renamed once the row is committed, so a failure leaves neither an orphan case nor a
@@ -44,7 +46,12 @@ def submit_case(
     staged = images.stage(image.data, image.content_type)
     try:
         with sessions() as session:
-            case_id = cases.create_case(session, patient_token_hash=hash_token(token), now=now)
+            case_id = cases.create_case(
+                session,
+                patient_token_hash=hash_token(token),
+                now=now,
+                teaching_consent=teaching_consent,
+            )
     except BaseException:
         staged.unlink(missing_ok=True)
         raise

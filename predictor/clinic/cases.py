@@ -86,6 +86,8 @@ class PatientView:
     prediction: ModelPrediction | None
     diagnosis: Diagnosis | None
     failure_reason: str | None
+    #: the patient's choice at upload: the settled case may teach the model
+    teaching_consent: bool = False
 
     def to_json(self) -> dict[str, object]:
         view: dict[str, object] = {
@@ -119,6 +121,7 @@ class PatientView:
         view["unfamiliar"] = unfamiliar
         if unfamiliar:
             view["unfamiliar_note"] = UNFAMILIAR_NOTE
+        view["teaching_consent"] = self.teaching_consent
         if self.status is CaseStatus.FAILED:
             view["failure_reason"] = self.failure_reason
         return view
@@ -130,14 +133,19 @@ def _require_aware(now: datetime) -> None:
 
 
 @unit_of_work
-def create_case(session: Session, *, patient_token_hash: str, now: datetime) -> str:
+def create_case(
+    session: Session, *, patient_token_hash: str, now: datetime, teaching_consent: bool = False
+) -> str:
     """Store a new ``queued`` case and return its unguessable id (uuid4 hex).
 
     The case is held by its upload (no worker takes it) until
     :func:`predictor.clinic.queue.release_upload`, once its image is stored.
+    ``teaching_consent``: the patient's choice that the settled case may teach the model.
     """
     if not _SHA256_HEX.fullmatch(patient_token_hash or ""):
         raise InvalidInput("patient_token_hash must be a lowercase sha256 hex digest")
+    if not isinstance(teaching_consent, bool):
+        raise InvalidInput("teaching_consent must be true or false")
     _require_aware(now)
     case_id = uuid.uuid4().hex
     session.add(
@@ -148,6 +156,7 @@ def create_case(session: Session, *, patient_token_hash: str, now: datetime) -> 
             submitted_at=now,
             lease_owner=UPLOAD_OWNER,
             lease_expires_at=now + UPLOAD_HOLD,
+            teaching_consent=teaching_consent,
         )
     )
     return case_id
@@ -329,6 +338,7 @@ def patient_view(session: Session, case_id: str, patient_token_hash: str) -> Pat
         prediction=prediction,
         diagnosis=diagnosis,
         failure_reason=case.failure_reason if status is CaseStatus.FAILED else None,
+        teaching_consent=bool(case.teaching_consent),
     )
 
 

@@ -70,6 +70,8 @@ class PatientCase(ClinicBase):
     model_version: Mapped[str | None] = mapped_column(String(80))
     passport_id: Mapped[str | None] = mapped_column(String(42))
     model_attested: Mapped[bool | None] = mapped_column(Boolean)
+    # The patient's choice at upload (issue 19): the case may teach the model once settled.
+    teaching_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def case_status(self) -> CaseStatus:

@@ -157,3 +157,31 @@ def test_the_patient_token_is_accepted_only_in_the_authorization_header(patient_
         f"{url}/case/{submitted['case_id']}?token={submitted['patient_token']}", timeout=10
     )
     assert in_query.status_code == 401
+
+
+def test_the_patients_teaching_consent_is_asked_at_upload_and_shown(
+    patient_app, mri_images, tmp_path
+):
+    url, _ = patient_app
+    image = mri_images["no"][0]
+
+    def upload(*consent: str) -> requests.Response:
+        fields = {"consent": consent[0]} if consent else None
+        files = {"file": (image.name, image.read_bytes(), "image/jpeg")}
+        return requests.post(f"{url}/image", files=files, data=fields, timeout=10)
+
+    def shown(reply: requests.Response) -> bool:
+        assert reply.status_code == 202, reply.text
+        answer = reply.json()
+        auth = {"Authorization": f"Bearer {answer['patient_token']}"}
+        return requests.get(f"{url}/case/{answer['case_id']}", headers=auth, timeout=10).json()[
+            "teaching_consent"
+        ]
+
+    assert shown(upload()) is False  # not asked: no
+    assert shown(upload("yes")) is True
+    assert shown(upload("No")) is False
+    stored = sorted((tmp_path / "party0" / "images").glob("*.*"))
+    refused = upload("maybe")
+    assert refused.status_code == 400 and refused.json()["error"] == "bad_consent"
+    assert sorted((tmp_path / "party0" / "images").glob("*.*")) == stored  # nothing stored
