@@ -121,6 +121,37 @@ def fold(model: nn.Module, arch: Architecture, temperature: float = 1.0) -> Para
     return OrderedDict((k, v.detach().float().contiguous()) for k, v in params.items())
 
 
+@torch.no_grad()
+def unfold_lenet(params: Mapping[str, torch.Tensor], arch: Architecture) -> nn.Module:
+    """The torch LeNet whose :func:`fold` (at temperature 1) is ``params``: the weights as
+    folded, batch norms that compute the identity, and a last layer whose two logits are 0
+    and the scaled logit difference. For weights changed on the folded program (encrypted
+    fine-tuning, ``models.encrypted_training``): they are saved as an ordinary checkpoint."""
+    if arch.backbone != "lenet":
+        raise ValueError(f"unfold_lenet unfolds a LeNet, not a {arch.backbone}")
+    model = build_model(arch)
+    assert isinstance(model, LeNet)
+    for bn in (model.bn1, model.bn2, model.bn3):
+        assert bn.running_mean is not None and bn.running_var is not None
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0)
+        bn.weight.fill_(math.sqrt(1.0 + bn.eps))  # (x - 0) / sqrt(1 + eps) * sqrt(1 + eps)
+        bn.bias.zero_()
+    for layer in ("conv1", "conv2"):
+        conv = getattr(model, layer)
+        conv.weight.copy_(params[f"{layer}.w"])
+        conv.bias.copy_(params[f"{layer}.b"].view(-1))
+    for layer in ("fc1", "fc2"):
+        linear = getattr(model, layer)
+        linear.weight.copy_(params[f"{layer}.w"])
+        linear.bias.copy_(params[f"{layer}.b"])
+    model.fc3.weight.zero_()
+    model.fc3.bias.zero_()
+    model.fc3.weight[1].copy_(params["fc3.w"].view(-1))
+    model.fc3.bias[1] = params["fc3.b"].view(())
+    return model.eval()
+
+
 def _runs_announced_activations(model: nn.Module, arch: Architecture) -> bool:
     """Activations are not parameters: a network with other activations folds to the same
     tensors but is another program, so check them against the card."""

@@ -28,7 +28,10 @@ every image's gradient and adds Gaussian noise party 1 cannot remove, all on sha
   method, good for ``r^2`` below about 100 and wrong far above, measured), so one
   comparison of ``r^2`` with 1 and 100 picks: factor 1 below 1, ``1/r`` between, and 0 above
   100 (an image whose gradient is over 10 C is left out of the step: still a function of
-  that image alone, so the sum's sensitivity stays C; party 1 does not learn which);
+  that image alone, so the sum's sensitivity stays C; party 1 does not learn which). ``r^2``
+  is taken at two fixed-point scales (:func:`clipped_sum`), so a large gradient cannot
+  overflow into a small-looking norm: the check holds while every coordinate of an image's
+  gradient is below 46,000 C;
 * noise ``N(0, (sigma C)^2)`` per coordinate, drawn by party 0 and secret-shared by it:
   party 1 never knows it, so it cannot subtract it (party 0 never sees the gradient);
 * the clipped sum plus noise is the one value opened, to party 1, which divides by the
@@ -136,21 +139,30 @@ def per_image_scaled_gradients(
 
 def clipped_sum(per_image: TensorLike, clip: float, scale: float = GRADIENT_SCALE) -> TensorLike:
     """``(P,)``: the sum of the per-image gradients (at ``scale``), each clipped to norm
-    ``clip`` (x ``scale``); an image over ``DROP_ABOVE_CLIPS`` x ``clip`` adds nothing."""
-    headroom = _NORM_HEADROOM / (clip * scale)
-    ratio2 = (per_image * headroom).square().sum(1) / _NORM_HEADROOM**2  # (|g| / C)^2, (B,)
+    ``clip`` (x ``scale``); an image over ``DROP_ABOVE_CLIPS`` x ``clip`` adds nothing.
+
+    The squared norm is taken twice, in one multiplication: finely (coordinates x
+    ``_NORM_HEADROOM / C``: exact near C, but a coordinate over 180 C overflows 64 bits when
+    squared) and coarsely (coordinates / C: good to 1 % near 10 C, overflows only above
+    46,000 C). The coarse one decides "over 10 C" (left out), so the fine one is only read
+    where it cannot have overflowed."""
+    count = per_image.shape[1]
+    fine = per_image * (_NORM_HEADROOM / (clip * scale))
+    both = torch.cat([fine, per_image * (1.0 / (clip * scale))], 1).square()
+    ratio2 = both[:, :count].sum(1) / _NORM_HEADROOM**2  # (|g| / C)^2, (B,)
+    coarse2 = both[:, count:].sum(1)
     limit = DROP_ABOVE_CLIPS**2
     if _is_plain(per_image):
-        small, big = (ratio2 < 1).to(ratio2.dtype), (ratio2 > limit).to(ratio2.dtype)
+        small, big = (ratio2 < 1).to(ratio2.dtype), (coarse2 > limit).to(ratio2.dtype)
         inverse = ratio2.clamp(min=1e-12).rsqrt()
     else:
         from models.crypten_compat import encoded_like
 
         # one comparison for both thresholds
-        bits = encoded_like(torch.stack([1 - ratio2, ratio2 - limit]) > 0, ratio2)
+        bits = encoded_like(torch.stack([1 - ratio2, coarse2 - limit]) > 0, ratio2)
         small, big = bits[0], bits[1]
         inverse = (ratio2 + (1 - ratio2) * big).inv_sqrt()  # 1 where it would be out of range
-    factor = small + (1 - small - big) * inverse
+    factor = (1 - big) * (small + (1 - small) * inverse)
     return (per_image * factor.unsqueeze(1)).sum(0)
 
 
@@ -185,11 +197,14 @@ def encrypted_step(
     lr: float,
     scale: float = GRADIENT_SCALE,
     dp: DPStep | None = None,
+    mean_over: float | None = None,
 ) -> Params | None:
     """One SGD step under MPC. Party 1 passes its folded parameters and gets the updated
     ones; party 0 passes the preprocessed images ``(B, 1, S, S)`` and gets None. Both pass
     the same public labels ``(B,)`` and ``dp``. One opening, to party 1: the summed
-    gradient (with ``dp``: per-image clipped, plus party 0's noise)."""
+    gradient (with ``dp``: per-image clipped, plus party 0's noise). With ``dp`` the noisy
+    sum is divided by ``mean_over`` (default B; DP-SGD with Poisson sampling divides by the
+    expected batch size)."""
     if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
         raise ValueError("party 1 passes the parameters, party 0 the images")
     encrypted = _share_parameters(crypten, arch, params, rank)
@@ -209,7 +224,7 @@ def encrypted_step(
             )
         shapes = OrderedDict((k, torch.empty(v.shape)) for k, v in encrypted.items())
         opened = _split(summed.get_plain_text(dst=MODEL_OWNER), shapes)
-        step = lr / (scale * len(labels))
+        step = lr / (scale * (len(labels) if mean_over is None else mean_over))
     if params is None or opened is None:
         return None
     return OrderedDict((k, params[k] - step * opened[k]) for k in params)

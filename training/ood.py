@@ -27,8 +27,6 @@ from training.synthetic.shifts import NO_LABEL, read_shift_manifest
 if TYPE_CHECKING:
     from torch import nn
 
-    from training.settings import TrainSettings
-
 
 @dataclass(frozen=True)
 class Outputs:
@@ -133,22 +131,21 @@ def fit_unfamiliarity(
     model: nn.Module,
     arch: Architecture,
     temperature: float,
-    settings: TrainSettings,
     fit_split: tuple[torch.Tensor, torch.Tensor],
     calibration_images: torch.Tensor,
+    *,
+    method: str,
+    features: str,
+    flag_rate: float,
 ) -> Detector:
-    """The detector on the fit split; its threshold flags the chosen share of calibration."""
-    features = settings.unfamiliarity_features
+    """The detector on the fit split; its threshold flags ``flag_rate`` of calibration."""
     images, labels = fit_split
     detector = fit(
-        settings.unfamiliarity,
-        features,
-        detector_features(model, arch, temperature, images, features),
-        labels,
+        method, features, detector_features(model, arch, temperature, images, features), labels
     )
     calib = detector_features(model, arch, temperature, calibration_images, features)
-    threshold = threshold_for_rate(detector.scores(calib), settings.unfamiliar_flag_rate)
-    return detector.with_threshold(threshold, settings.unfamiliar_flag_rate)
+    threshold = threshold_for_rate(detector.scores(calib), flag_rate)
+    return detector.with_threshold(threshold, flag_rate)
 
 
 def unfamiliarity_record(

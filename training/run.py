@@ -216,10 +216,12 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         # Under DP the detector's statistics would leak the private images: public ones instead.
         half = len(public[0]) // 2 if public is not None else 0
         detector = fit_unfamiliarity(
-            model, arch, temperature, settings,
+            model, arch, temperature,
             (public[0][:half], public[1][:half]) if public is not None
             else (train_set.images[keep], train_set.labels[keep]),
             public[0][half:] if public is not None else train_set.images[calib_idx],
+            method=settings.unfamiliarity, features=settings.unfamiliarity_features,
+            flag_rate=settings.unfamiliar_flag_rate,
         )  # fmt: skip
     calib_p = _p_tumor(calib_logits, temperature)
     eval_p = _p_tumor(eval_logits, temperature)

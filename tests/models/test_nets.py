@@ -78,6 +78,25 @@ def test_fold_refuses_a_network_whose_activations_are_not_the_announced_ones():
         fold(lenet, default_architecture("lenet"))
 
 
+def test_unfold_gives_the_lenet_whose_fold_is_the_parameters():
+    from models.encrypted import unfold_lenet
+
+    arch = default_architecture("lenet")
+    params = fold(trained_like(arch), arch, temperature=1.7)
+    model = unfold_lenet(params, arch)
+    for name, tensor in fold(model, arch).items():
+        torch.testing.assert_close(tensor, params[name], rtol=1e-5, atol=1e-6, msg=name)
+    images = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        logits = model(images)
+    torch.testing.assert_close(logits[:, 0], torch.zeros(3))
+    torch.testing.assert_close(
+        logits[:, 1], forward(arch, params, images).view(-1), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError):
+        unfold_lenet(params, default_architecture("resnet18"))
+
+
 def test_parameter_shapes_need_only_the_public_architecture():
     arch = default_architecture("lenet")
     assert dict(parameter_shapes(arch)) == {

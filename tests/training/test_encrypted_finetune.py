@@ -1,0 +1,73 @@
+"""Encrypted fine-tuning's CLI and its promotion gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.checkpoint import file_sha256, load_checkpoint
+from training.compare import PairedAUC
+from training.encrypted_finetune import REFUSED, GatePolicy, judge, main
+from training.synthetic import generate_dataset
+
+SEED_MODEL = Path(__file__).resolve().parents[2] / "models" / "lenet.pth"
+
+
+def paired(difference: float) -> PairedAUC:
+    return PairedAUC(2000, 0.85, 0.85 + difference, difference, difference - 0.01,
+                     difference + 0.01, 0.95, 2000)  # fmt: skip
+
+
+def test_the_gate_promotes_only_within_its_bounds():
+    policy = GatePolicy(max_auc_drop=0.0, max_ece_increase=0.02)
+    assert judge(policy, paired(+0.004), 0.03, 0.04).promoted
+    worse = judge(policy, paired(-0.001), 0.03, 0.04)
+    assert not worse.promoted and "AUC fell by 0.0010" in worse.reasons[0]
+    drifting = judge(policy, paired(+0.01), 0.03, 0.06)
+    assert not drifting.promoted and "ECE rose from 0.0300 to 0.0600" in drifting.reasons[0]
+    blind = judge(policy, paired(+0.01), 0.03, 0.03, detector_lost=True)
+    assert not blind.promoted and "unfamiliar" in blind.reasons[0]
+    assert judge(GatePolicy(max_auc_drop=0.005), paired(-0.004), 0.03, 0.03).promoted
+
+
+def _flipped(root: Path, out: Path, count: int) -> Path:
+    """``count`` images per class of ``root`` under the other class: a poisoned panel."""
+    for label, other in (("yes", "no"), ("no", "yes")):
+        (out / other).mkdir(parents=True)
+        for path in sorted((root / label).iterdir())[:count]:
+            shutil.copy(path, out / other / path.name)
+    return out
+
+
+@pytest.mark.slow
+def test_a_candidate_taught_flipped_labels_is_refused_and_the_parent_untouched(tmp_path):
+    data = generate_dataset(tmp_path / "mri", seed=11, train=80, eval=200)
+    cases = _flipped(data / "train", tmp_path / "cases", 16)
+    parent = tmp_path / "parent.pth"
+    shutil.copy(SEED_MODEL, parent)
+    before = file_sha256(parent)
+    out = tmp_path / "candidate" / "lenet.pth"
+    argv = [
+        "--checkpoint", str(parent), "--cases-dir", str(cases), "--owner-dir",
+        str(data / "train"), "--eval-dir", str(data / "eval"), "--out", str(out),
+        "--epochs", "3", "--lr", "0.1", "--dp-epsilon", "50", "--resamples", "200",
+    ]  # fmt: skip
+    assert main(argv) == REFUSED
+    assert file_sha256(parent) == before  # the serving model is never written
+    record = json.loads(out.with_suffix(".provenance.json").read_text())
+    assert record["checkpoint_sha256"] == file_sha256(out)  # the refused candidate is kept
+    assert record["parent"]["sha256"] == before
+    assert record["taught_by"]["settled_cases"] == 32
+    assert not record["gate"]["promoted"]
+    assert any("AUC fell" in reason for reason in record["gate"]["reasons"])
+    dp = record["differential_privacy"]
+    assert dp["epsilon"] <= 50 and dp["noise_multiplier"] > 0
+    candidate = load_checkpoint(out)
+    assert candidate.detector is not None  # refitted on the owner's data
+    # refused before anything runs: too few cases for one batch, or the parent as --out
+    assert main([*argv[:-8], "--batch-size", "64"]) == 2
+    with pytest.raises(SystemExit):
+        main([*argv[:8], "--out", str(parent)])
