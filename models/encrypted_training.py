@@ -17,8 +17,10 @@ opened at that scale, and party 1 divides and steps in float: nothing small is e
 fixed point. Measured on the fresh LeNet and batch of 8 of
 ``tests/models/test_encrypted_training.py``, the largest error of one step against the plaintext step, relative to
 the step: 10 % in conv1 and conv2 and 3 % in fc1 without the scale; at most 0.22 % with
-2^6, 0.15 % with 2^10 (the default) and 0.39 % with 2^14 (large values lose more to the
-truncation of products).
+2^6 (the default), 0.15 % with 2^10 and 0.39 % with 2^14. Larger is not better: CrypTen's
+two-party truncation turns a value to garbage with a probability that grows with its size
+(and large values lose more to the truncation of products), so the default is the smallest
+scale that keeps the error near its floor.
 
 Differential privacy (``DPStep``). An opened batch gradient is a function of the images,
 and small-batch gradients can be inverted, so a step whose gradient reaches party 1 clips
@@ -43,12 +45,14 @@ Opacus without ``secure_mode``), not a cryptographically secure generator.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -57,13 +61,19 @@ from models.encrypted import share_parameters as _share_parameters
 from models.nets import Architecture
 
 MODEL_OWNER = 1
+log = logging.getLogger(__name__)
 #: the loss gradient's multiplier on shares (see the module's docstring)
-GRADIENT_SCALE = 2.0**10
+GRADIENT_SCALE = 2.0**6
 #: an image whose gradient norm is over this many C is left out of a DP step
 DROP_ABOVE_CLIPS = 10.0
 #: per-image gradients are multiplied by this / (C x scale) before squaring: coordinates
 #: near 1 (no precision lost to 16 fractional bits) and squares far below the overflow
 _NORM_HEADROOM = 2.0**8
+#: the coarsest norm's divisor (see :func:`clipped_sum`)
+_COARSEST = 2.0**12
+#: party 1 zeroes an opened coordinate beyond (B + this x sigma) x C: no clipped sum plus
+#: noise reaches it (probability below 1e-15 per coordinate), a truncation error does
+_IMPOSSIBLE_SIGMAS = 8.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ def scaled_gradients(
     with _no_grad(difference):
         upstream = logistic_gradient(difference, labels.reshape(-1, 1).float(), scale)
     difference.backward(upstream)
-    return OrderedDict((name, param.grad) for name, param in params.items())
+    return OrderedDict((name, p.grad) for name, p in params.items() if p.requires_grad)
 
 
 @contextlib.contextmanager
@@ -141,28 +151,37 @@ def clipped_sum(per_image: TensorLike, clip: float, scale: float = GRADIENT_SCAL
     """``(P,)``: the sum of the per-image gradients (at ``scale``), each clipped to norm
     ``clip`` (x ``scale``); an image over ``DROP_ABOVE_CLIPS`` x ``clip`` adds nothing.
 
-    The squared norm is taken twice, in one multiplication: finely (coordinates x
+    The squared norm is taken at three scales, in one multiplication: finely (coordinates x
     ``_NORM_HEADROOM / C``: exact near C, but a coordinate over 180 C overflows 64 bits when
-    squared) and coarsely (coordinates / C: good to 1 % near 10 C, overflows only above
-    46,000 C). The coarse one decides "over 10 C" (left out), so the fine one is only read
-    where it cannot have overflowed."""
+    squared), coarsely (coordinates / C: good to 1 % near 10 C, overflows above 46,000 C) and
+    coarsest (/ 4096 C: overflows only above 1.9e8 C, more than any value the 64-bit ring
+    holds at this scale, so also a coordinate that a truncation error turned to garbage).
+    Each scale is read only where the coarser one says it cannot have overflowed: coarsest
+    over 40,960 C or coarse over 10 C leaves the image out."""
     count = per_image.shape[1]
-    fine = per_image * (_NORM_HEADROOM / (clip * scale))
-    both = torch.cat([fine, per_image * (1.0 / (clip * scale))], 1).square()
-    ratio2 = both[:, :count].sum(1) / _NORM_HEADROOM**2  # (|g| / C)^2, (B,)
-    coarse2 = both[:, count:].sum(1)
+    unit = 1.0 / (clip * scale)
+    scaled = [per_image * (unit * s) for s in (_NORM_HEADROOM, 1.0, 1.0 / _COARSEST)]
+    squares = torch.cat(scaled, 1).square()  # one multiplication for the three
+    ratio2 = squares[:, :count].sum(1) / _NORM_HEADROOM**2  # (|g| / C)^2, (B,)
+    coarse2 = squares[:, count : 2 * count].sum(1)
+    coarsest2 = squares[:, 2 * count :].sum(1)
     limit = DROP_ABOVE_CLIPS**2
+    tests = [1 - ratio2, coarse2 - limit, coarsest2 - limit]  # > 0: small, big, huge
     if _is_plain(per_image):
-        small, big = (ratio2 < 1).to(ratio2.dtype), (coarse2 > limit).to(ratio2.dtype)
-        inverse = ratio2.clamp(min=1e-12).rsqrt()
+        small, big, huge = ((t > 0).to(ratio2.dtype) for t in tests)
     else:
         from models.crypten_compat import encoded_like
 
-        # one comparison for both thresholds
-        bits = encoded_like(torch.stack([1 - ratio2, coarse2 - limit]) > 0, ratio2)
-        small, big = bits[0], bits[1]
-        inverse = (ratio2 + (1 - ratio2) * big).inv_sqrt()  # 1 where it would be out of range
-    factor = (1 - big) * (small + (1 - small) * inverse)
+        bits = encoded_like(torch.stack(tests) > 0, ratio2)  # one comparison for all three
+        small, big, huge = bits[0], bits[1], bits[2]
+    # "big" is read only where "huge" is not (where the coarse norm cannot have overflowed)
+    dropped = huge + (1 - huge) * big
+    if _is_plain(per_image):
+        inverse = ratio2.clamp(min=1e-12).rsqrt()
+    else:
+        in_range: Any = ratio2 + (1 - ratio2) * dropped  # 1 where out of the Newton range
+        inverse = in_range.inv_sqrt()
+    factor = (1 - dropped) * (small + (1 - small) * inverse)
     return (per_image * factor.unsqueeze(1)).sum(0)
 
 
@@ -173,18 +192,30 @@ def plaintext_step(
     labels: torch.Tensor,
     lr: float,
     clip: float | None = None,
+    trainable: Collection[str] | None = None,
 ) -> Params:
     """The same SGD step in plaintext (for checks and the benchmark's comparison); with
     ``clip``, DP's clipped step without its noise."""
-    tracked = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in params.items())
+    tracked = OrderedDict(
+        (k, v.detach().clone().requires_grad_(trainable is None or k in trainable))
+        for k, v in params.items()
+    )
     if clip is None:
         gradients = scaled_gradients(arch, tracked, images, labels, 1.0)
     else:
         summed = clipped_sum(
             per_image_scaled_gradients(arch, tracked, images, labels, 1.0), clip, 1.0
         )
-        gradients = _split(summed / len(labels), tracked) or OrderedDict()
-    return OrderedDict((k, (params[k] - lr * gradients[k]).detach()) for k in params)
+        trained = OrderedDict((k, v) for k, v in tracked.items() if v.requires_grad)
+        gradients = _split(summed / len(labels), trained) or OrderedDict()
+    return _stepped(params, gradients, lr)
+
+
+def _stepped(params: Params, gradients: Mapping[str, torch.Tensor], step: float) -> Params:
+    """``params`` with ``step`` x gradient taken from those that have one."""
+    return OrderedDict(
+        (k, (v - step * gradients[k]).detach() if k in gradients else v) for k, v in params.items()
+    )
 
 
 def encrypted_step(
@@ -198,18 +229,20 @@ def encrypted_step(
     scale: float = GRADIENT_SCALE,
     dp: DPStep | None = None,
     mean_over: float | None = None,
+    trainable: Collection[str] | None = None,
 ) -> Params | None:
     """One SGD step under MPC. Party 1 passes its folded parameters and gets the updated
     ones; party 0 passes the preprocessed images ``(B, 1, S, S)`` and gets None. Both pass
     the same public labels ``(B,)`` and ``dp``. One opening, to party 1: the summed
     gradient (with ``dp``: per-image clipped, plus party 0's noise). With ``dp`` the noisy
     sum is divided by ``mean_over`` (default B; DP-SGD with Poisson sampling divides by the
-    expected batch size)."""
+    expected batch size). ``trainable``: the parameters that learn (default all); only their
+    gradient is computed, noised and opened."""
     if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
         raise ValueError("party 1 passes the parameters, party 0 the images")
     encrypted = _share_parameters(crypten, arch, params, rank)
-    for param in encrypted.values():
-        param.requires_grad = True
+    for name, param in encrypted.items():
+        param.requires_grad = trainable is None or name in trainable
     size = arch.image_size
     shared_images = share_images(crypten, images, (len(labels), 1, size, size), rank)
     if dp is None:
@@ -222,12 +255,25 @@ def encrypted_step(
             summed = clipped_sum(per_image, dp.clip, scale) + _party0_noise(
                 crypten, rank, int(per_image.shape[1]), dp.noise_multiplier * dp.clip * scale
             )
-        shapes = OrderedDict((k, torch.empty(v.shape)) for k, v in encrypted.items())
-        opened = _split(summed.get_plain_text(dst=MODEL_OWNER), shapes)
+        shapes = OrderedDict(
+            (k, torch.empty(v.shape)) for k, v in encrypted.items() if v.requires_grad
+        )
+        plain = summed.get_plain_text(dst=MODEL_OWNER)
+        if plain is not None:  # party 1, post-processing the DP output (still DP)
+            bound = (len(labels) + _IMPOSSIBLE_SIGMAS * dp.noise_multiplier) * dp.clip * scale
+            impossible = plain.abs() > bound
+            if impossible.any():
+                log.warning(
+                    "zeroed %d opened gradient coordinate(s) beyond any clipped sum plus "
+                    "noise (fixed-point truncation errors)",
+                    int(impossible.sum()),
+                )
+                plain = torch.where(impossible, torch.zeros_like(plain), plain)
+        opened = _split(plain, shapes)
         step = lr / (scale * (len(labels) if mean_over is None else mean_over))
     if params is None or opened is None:
         return None
-    return OrderedDict((k, params[k] - step * opened[k]) for k in params)
+    return _stepped(params, opened, step)
 
 
 def _party0_noise(crypten: ModuleType, rank: int, count: int, std: float) -> TensorLike:

@@ -95,7 +95,7 @@ def test_one_encrypted_step_is_the_plaintext_step_and_party_1_sees_only_the_grad
     for name in params:
         step, want = updated[name] - params[name], expected[name] - params[name]
         error = float((step - want).abs().max() / want.abs().max())
-        assert error < 0.01, (name, error)  # measured: at most 0.15 %
+        assert error < 0.01, (name, error)  # measured: at most 0.22 %
     # one opening per step, to party 1: the joined gradient (one value per parameter)
     count = sum(v.numel() for v in params.values())
     assert opened1 == [((count,), 1, True)]

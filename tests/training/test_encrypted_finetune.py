@@ -22,15 +22,20 @@ def paired(difference: float) -> PairedAUC:
 
 
 def test_the_gate_promotes_only_within_its_bounds():
-    policy = GatePolicy(max_auc_drop=0.0, max_ece_increase=0.02)
+    policy = GatePolicy(max_auc_drop=0.002, max_ece_increase=0.02)
     assert judge(policy, paired(+0.004), 0.03, 0.04).promoted
-    worse = judge(policy, paired(-0.001), 0.03, 0.04)
-    assert not worse.promoted and "AUC fell by 0.0010" in worse.reasons[0]
+    assert judge(policy, paired(-0.001), 0.03, 0.04).promoted  # within chance and the bound
+    worse = judge(policy, paired(-0.003), 0.03, 0.04)
+    assert not worse.promoted and "AUC fell by 0.0030" in worse.reasons[0]
+    narrow = PairedAUC(2000, 0.85, 0.849, -0.001, -0.0015, -0.0005, 0.95, 2000)
+    certain = judge(policy, narrow, 0.03, 0.03)
+    assert not certain.promoted and "beyond chance" in certain.reasons[0]
     drifting = judge(policy, paired(+0.01), 0.03, 0.06)
     assert not drifting.promoted and "ECE rose from 0.0300 to 0.0600" in drifting.reasons[0]
     blind = judge(policy, paired(+0.01), 0.03, 0.03, detector_lost=True)
     assert not blind.promoted and "unfamiliar" in blind.reasons[0]
     assert judge(GatePolicy(max_auc_drop=0.005), paired(-0.004), 0.03, 0.03).promoted
+    assert not judge(GatePolicy(max_auc_drop=0.0), paired(-0.001), 0.03, 0.03).promoted
 
 
 def _flipped(root: Path, out: Path, count: int) -> Path:
@@ -53,7 +58,8 @@ def test_a_candidate_taught_flipped_labels_is_refused_and_the_parent_untouched(t
     argv = [
         "--checkpoint", str(parent), "--cases-dir", str(cases), "--owner-dir",
         str(data / "train"), "--eval-dir", str(data / "eval"), "--out", str(out),
-        "--epochs", "3", "--lr", "0.1", "--dp-epsilon", "50", "--resamples", "200",
+        "--train-layers", "all", "--epochs", "3", "--lr", "0.1", "--dp-epsilon", "50",
+        "--resamples", "200",
     ]  # fmt: skip
     assert main(argv) == REFUSED
     assert file_sha256(parent) == before  # the serving model is never written
@@ -68,6 +74,7 @@ def test_a_candidate_taught_flipped_labels_is_refused_and_the_parent_untouched(t
     candidate = load_checkpoint(out)
     assert candidate.detector is not None  # refitted on the owner's data
     # refused before anything runs: too few cases for one batch, or the parent as --out
-    assert main([*argv[:-8], "--batch-size", "64"]) == 2
+    assert main([*argv[:10], "--batch-size", "64"]) == 2
+    assert main([*argv[:10], "--train-layers", "fc9"]) == 2
     with pytest.raises(SystemExit):
         main([*argv[:8], "--out", str(parent)])

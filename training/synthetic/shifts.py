@@ -268,3 +268,27 @@ def read_shift_manifest(folder: Path) -> dict[str, Any]:
         )
     manifest: dict[str, Any] = json.loads(path.read_text())
     return manifest
+
+
+#: the random stream of :func:`generate_hospital` (apart from the shift sets' streams)
+HOSPITAL_STREAM = 21
+
+
+def generate_hospital(root: Path, variant: str, *, train: int, eval: int, seed: int = 0) -> Path:
+    """A hospital whose scanner shows brains as the near-shift ``variant`` does (e.g.
+    ``profile``), in the Kaggle layout: ``root/train`` and ``root/eval``, each with ``yes/``
+    and ``no/`` (half of each split has a lesion). For the encrypted fine-tuning benchmark:
+    cases from a shifted site to learn from, and eval images from the same site."""
+    if variant not in VARIANTS["near"]:
+        raise ValueError(f"unknown near-shift variant {variant!r}; choose from {VARIANTS['near']}")
+    for split, count, code in (("train", train, 1), ("eval", eval, 2)):
+        for label in ("yes", "no"):
+            (Path(root) / split / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            rng = np.random.default_rng([seed, HOSPITAL_STREAM, code, i])
+            tumour = i % 2 == 1
+            pixels = _to_uint8(_near(variant, tumour, rng))
+            data, suffix = encode_image(pixels, rng)
+            folder = Path(root) / split / ("yes" if tumour else "no")
+            (folder / f"{variant}{i + 1:05d}{suffix}").write_bytes(data)
+    return Path(root)
