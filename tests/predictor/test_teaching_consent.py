@@ -3,7 +3,6 @@ on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +11,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
 
 from marketplace.errors import InvalidInput
 from marketplace.storage import make_engine, make_sessionmaker, normalize_url
@@ -20,20 +18,13 @@ from predictor.clinic import cases
 from predictor.clinic.models import ClinicBase
 from predictor.clinic.store import MIGRATIONS_DIR, migrate_clinic
 from tests.marketplace.conftest import empty_db_url  # noqa: F401  (registers the fixture)
+from tests.predictor.test_unfamiliar_case import sessions  # noqa: F401  (the clinic's store)
 
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
 TOKEN_HASH = "ab" * 32
 
 
-@pytest.fixture
-def sessions(empty_db_url: str) -> Iterator[sessionmaker[Session]]:  # noqa: F811
-    migrate_clinic(empty_db_url)
-    engine = make_engine(empty_db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-def test_consent_is_kept_and_shown_and_defaults_to_no(sessions) -> None:
+def test_consent_is_kept_and_shown_and_defaults_to_no(sessions) -> None:  # noqa: F811
     with sessions() as session:
         asked = cases.create_case(
             session, patient_token_hash=TOKEN_HASH, now=T0, teaching_consent=True
