@@ -255,9 +255,6 @@ def encrypted_step(
             summed = clipped_sum(per_image, dp.clip, scale) + _party0_noise(
                 crypten, rank, int(per_image.shape[1]), dp.noise_multiplier * dp.clip * scale
             )
-        shapes = OrderedDict(
-            (k, torch.empty(v.shape)) for k, v in encrypted.items() if v.requires_grad
-        )
         plain = summed.get_plain_text(dst=MODEL_OWNER)
         if plain is not None:  # party 1, post-processing the DP output (still DP)
             bound = (len(labels) + _IMPOSSIBLE_SIGMAS * dp.noise_multiplier) * dp.clip * scale
@@ -269,7 +266,8 @@ def encrypted_step(
                     int(impossible.sum()),
                 )
                 plain = torch.where(impossible, torch.zeros_like(plain), plain)
-        opened = _split(plain, shapes)
+        trained = OrderedDict((k, v) for k, v in encrypted.items() if v.requires_grad)
+        opened = _split(plain, trained)
         step = lr / (scale * (len(labels) if mean_over is None else mean_over))
     if params is None or opened is None:
         return None
