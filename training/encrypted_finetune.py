@@ -26,6 +26,14 @@ The candidate is written to ``--out`` (with ``.provenance.json``: the parent's s
 many cases taught it, the DP budget spent, the gate's figures and verdict) whether promoted
 or refused; ``--checkpoint`` is never written. Exit status 0: promoted; 3: refused (the
 reasons are printed and recorded); 2: bad arguments or a budget that allows no step.
+
+A crash resumes. Party 1 keeps a journal beside ``--out`` (``.journal.pt``: its weights and
+how many steps were taken) and writes it before and after every opening. Run the same
+command again and the parties go on from the last finished step. A step whose opening may
+have reached party 1 before the crash is counted as spent in the DP accounting, since
+party 1 may have seen it, and then taken again. A journal of other inputs (another parent,
+case folder size or setting) is refused, not overwritten: delete it to start over. The
+journal is removed once the candidate and its provenance are written.
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import secrets
 import sys
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +125,79 @@ def judge(
     return Verdict(not reasons, tuple(reasons), auc.to_dict(), ece_parent, ece_candidate)
 
 
+# ----------------------------------------------------------------------------- the journal
+
+JOURNAL_SCHEMA = "crypto-doctor/finetune-journal/1"
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What an interrupted run's journal must match to be resumed."""
+
+    parent_sha256: str
+    cases: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    clip: float
+    lr: float
+    layers: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Party 1's state between steps. ``begun``: steps whose opening may have happened (one
+    more than ``done`` while a step runs); ``lost``: steps opened by a run that crashed before
+    recording them (spent in the accounting, then taken again)."""
+
+    done: int = 0
+    begun: int = 0
+    lost: int = 0
+    resumes: int = 0
+    case_steps: int = 0
+
+
+class JournalMismatch(ValueError):
+    pass
+
+
+def journal_path(out: Path) -> Path:
+    return out.with_name(out.name + ".journal.pt")
+
+
+def read_journal(path: Path, key: RunKey) -> tuple[Progress, OrderedDict[str, torch.Tensor]] | None:
+    """The interrupted run's progress and party 1's weights, or None when there is none."""
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    if state.get("schema") != JOURNAL_SCHEMA or state.get("key") != _key_dict(key):
+        raise JournalMismatch(
+            f"{path} is the journal of a fine-tune with other inputs (parent, number of cases "
+            "or settings); run that command again to resume it, or delete the journal to "
+            "start over (the steps it opened stay spent for those cases)"
+        )
+    return Progress(**state["progress"]), OrderedDict(state["params"])
+
+
+def write_journal(
+    path: Path, key: RunKey, progress: Progress, params: dict[str, torch.Tensor]
+) -> None:
+    """Atomically (temp file, fsync, rename)."""
+    staging = path.with_name(path.name + ".partial")
+    with open(staging, "wb") as handle:
+        torch.save({"schema": JOURNAL_SCHEMA, "key": _key_dict(key),
+                    "progress": asdict(progress), "params": params}, handle)  # fmt: skip
+        handle.flush()
+        os.fsync(handle.fileno())
+    staging.replace(path)
+
+
+def _key_dict(key: RunKey) -> dict[str, Any]:
+    record = asdict(key)
+    record["layers"] = None if key.layers is None else list(key.layers)
+    return record
+
+
 # ------------------------------------------------------------------------------ the parties
 
 
@@ -137,51 +219,62 @@ def _party(
     rank: int,
     checkpoint_path: str,
     cases_dir: str,
-    steps: int,
-    rate: float,
-    lr: float,
-    clip: float,
-    noise_multiplier: float,
-    layers: list[str] | None,
+    key: RunKey,
+    journal: str,
 ) -> dict[str, Any] | None:
+    """One party's DP-SGD steps; party 1 alone reads and writes ``journal``."""
     from models.crypten_compat import load_crypten
     from models.encrypted_training import DPStep, encrypted_step
 
     crypten = load_crypten()
     comm = crypten.communicator.get()
     params = arch = None
+    progress = Progress()
     if rank == 1:
         checkpoint = load_checkpoint(checkpoint_path)
         arch = checkpoint.architecture
         params = fold(checkpoint.model(), arch, checkpoint.temperature)
+        resumed = read_journal(Path(journal), key)
+        if resumed is not None:  # an opening begun and not recorded counts as spent
+            last, params = resumed
+            progress = replace(last, begun=last.done, lost=last.lost + last.begun - last.done,
+                               resumes=last.resumes + 1)  # fmt: skip
     arch = Architecture(**comm.broadcast_obj(None if arch is None else arch.to_dict(), 1))
+    start = comm.broadcast_obj(progress.done if rank == 1 else None, 1)
     images = labels = None
     sampler = torch.Generator().manual_seed(secrets.randbits(63))
     if rank == 0:
         cases = ImageFolder(Path(cases_dir), Preprocessing(arch.image_size))
         images, labels = cases.images, cases.labels.float()
     count = comm.broadcast_obj(None if labels is None else len(labels), 0)
-    dp = DPStep(clip, noise_multiplier)
-    trainable = None if layers is None else trainable_names(arch, layers)
-    taken = 0
-    for _ in range(steps):
+    if count != key.cases:
+        raise RuntimeError(f"party 0 holds {count} cases; the run was planned for {key.cases}")
+    dp = DPStep(key.clip, key.noise_multiplier)
+    trainable = None if key.layers is None else trainable_names(arch, list(key.layers))
+    for step in range(start, key.steps):
         batch_images = drawn = None
         if images is not None and labels is not None:  # party 0: Poisson sampling
-            picked = torch.nonzero(torch.rand(count, generator=sampler) < rate).flatten()
-            batch_images, drawn = images[picked], labels[picked].tolist()
+            picked = torch.nonzero(torch.rand(count, generator=sampler) < key.sample_rate)
+            batch_images, drawn = images[picked.flatten()], labels[picked.flatten()].tolist()
         batch_labels = comm.broadcast_obj(drawn, 0)
-        if not batch_labels:
-            continue  # an empty draw: nothing to open (the accountant still counts the step)
-        updated = encrypted_step(
-            crypten, rank, arch, params, batch_images, torch.tensor(batch_labels), lr,
-            dp=dp, mean_over=rate * count, trainable=trainable,
-        )  # fmt: skip
-        params = updated if rank == 1 else None
-        taken += len(batch_labels)
+        if rank == 1 and params is not None:
+            if batch_labels:  # before the opening: a crash from here on counts the step
+                write_journal(Path(journal), key, replace(progress, begun=step + 1), params)
+        if batch_labels:  # an empty draw opens nothing (the accountant still counts it)
+            updated = encrypted_step(
+                crypten, rank, arch, params, batch_images, torch.tensor(batch_labels),
+                key.lr, dp=dp, mean_over=key.sample_rate * count, trainable=trainable,
+            )  # fmt: skip
+            params = updated if rank == 1 else None
+        progress = replace(progress, done=step + 1, begun=step + 1,
+                           case_steps=progress.case_steps + len(batch_labels))  # fmt: skip
+        if rank == 1 and params is not None:
+            write_journal(Path(journal), key, progress, params)
     if rank != 1 or params is None:
         return None
     return {"params": {k: v.tolist() for k, v in params.items()}, "cases": count,
-            "case_steps": taken}  # fmt: skip
+            "progress": asdict(progress),
+            "resumed_at_step": start if progress.resumes else None}  # fmt: skip
 
 
 # ------------------------------------------------------------------- the owner's plaintext
@@ -253,16 +346,26 @@ def run(args: argparse.Namespace) -> int:
     except PrivacyBudgetError as exc:
         print(exc, file=sys.stderr)
         return 2
-    outcome = run_parties(
-        _party, str(args.checkpoint), str(args.cases_dir), noise.steps, noise.sample_rate,
-        args.lr, dp.max_grad_norm, noise.noise_multiplier, layers,
-    )[1]  # fmt: skip
+    key = RunKey(file_sha256(args.checkpoint), count, noise.steps, noise.sample_rate,
+                 noise.noise_multiplier, dp.max_grad_norm, args.lr,
+                 None if layers is None else tuple(layers))  # fmt: skip
+    journal = journal_path(args.out)
+    try:
+        resumed = read_journal(journal, key)
+    except JournalMismatch as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if resumed is not None:
+        print(f"resuming the interrupted fine-tune at step {resumed[0].done} of {key.steps}",
+              file=sys.stderr)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    outcome = run_parties(_party, str(args.checkpoint), str(args.cases_dir), key, str(journal))[1]
+    progress = Progress(**outcome["progress"])
     params = OrderedDict((k, torch.tensor(v)) for k, v in outcome["params"].items())
     model = unfold_lenet(params, arch)
     temperature, detector, threshold = _owner_calibration(
         model, arch, parent, args.owner_dir, args.seed, args.screening_sensitivity
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = args.out.with_name(args.out.name + ".partial")
     sha = save_checkpoint(
         staging, model, arch, temperature, detector=detector, decision_threshold=threshold
@@ -278,7 +381,9 @@ def run(args: argparse.Namespace) -> int:
         GatePolicy(args.max_auc_drop, args.max_ece_increase), auc, parent_ece, candidate_ece,
         detector_lost=parent.detector is not None and detector is None, finite=finite,
     )  # fmt: skip
-    epsilon = epsilon_spent([(noise.noise_multiplier, noise.sample_rate, noise.steps)], dp.delta)
+    # steps opened by a run that crashed before recording them were taken again: both count
+    spent = noise.steps + progress.lost
+    epsilon = epsilon_spent([(noise.noise_multiplier, noise.sample_rate, spent)], dp.delta)
     record = {
         "schema": "crypto-doctor/finetune-provenance/1",
         "checkpoint_sha256": sha,
@@ -287,15 +392,18 @@ def run(args: argparse.Namespace) -> int:
         "architecture": arch.to_dict(),
         "temperature": temperature,
         "decision_threshold": threshold,
-        "taught_by": {"settled_cases": outcome["cases"], "case_steps": outcome["case_steps"]},
+        "taught_by": {"settled_cases": outcome["cases"], "case_steps": progress.case_steps},
         "how": "DP-SGD under two-party MPC (models.encrypted_training), layers "
         + args.train_layers,
         "differential_privacy": {
             "epsilon": epsilon, "delta": dp.delta, "max_grad_norm": dp.max_grad_norm,
             "noise_multiplier": noise.noise_multiplier, "sample_rate": noise.sample_rate,
-            "steps": noise.steps, "accountant": "RDP (opacus), Poisson sampling",
+            "steps": noise.steps, "steps_spent": spent,
+            "accountant": "RDP (opacus), Poisson sampling",
             "noise_drawn_by": "party 0 (party 1 cannot remove it)",
         },
+        "interruptions": {"resumes": progress.resumes, "last_resumed_at_step":
+                          outcome["resumed_at_step"], "steps_opened_twice": progress.lost},
         "recalibrated_on": str(args.owner_dir),
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                      "train_layers": args.train_layers},
@@ -304,8 +412,10 @@ def run(args: argparse.Namespace) -> int:
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }  # fmt: skip
     write_json(args.out.with_suffix(".provenance.json"), record)
+    journal.unlink(missing_ok=True)  # the run is complete: nothing is left to resume
     print(json.dumps({"candidate": str(args.out), "promoted": verdict.promoted,
                       "reasons": list(verdict.reasons), "epsilon": epsilon,
+                      "resumed_at_step": outcome["resumed_at_step"],
                       "auc_parent": auc.auc_a, "auc_candidate": auc.auc_b}, indent=2))  # fmt: skip
     return 0 if verdict.promoted else REFUSED
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from models.checkpoint import file_sha256, load_checkpoint
 from training.compare import PairedAUC
-from training.encrypted_finetune import REFUSED, GatePolicy, judge, main
+from training.encrypted_finetune import REFUSED, GatePolicy, journal_path, judge, main
 from training.synthetic import generate_dataset
 
-SEED_MODEL = Path(__file__).resolve().parents[2] / "models" / "lenet.pth"
+REPO = Path(__file__).resolve().parents[2]
+SEED_MODEL = REPO / "models" / "lenet.pth"
 
 
 def paired(difference: float) -> PairedAUC:
@@ -78,3 +85,67 @@ def test_a_candidate_taught_flipped_labels_is_refused_and_the_parent_untouched(t
     assert main([*argv[:10], "--train-layers", "fc9"]) == 2
     with pytest.raises(SystemExit):
         main([*argv[:8], "--out", str(parent)])
+
+
+def _cases(root: Path, out: Path, count: int) -> Path:
+    """``count`` images per class of ``root``, labelled as they are: a panel that was right."""
+    for label in ("yes", "no"):
+        (out / label).mkdir(parents=True)
+        for path in sorted((root / label).iterdir())[:count]:
+            shutil.copy(path, out / label / path.name)
+    return out
+
+
+def _journal_done(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["progress"]["done"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def test_a_crash_mid_fine_tune_leaves_the_parent_untouched_and_the_run_resumes(tmp_path):
+    data = generate_dataset(tmp_path / "mri", seed=12, train=40, eval=100)
+    cases = _cases(data / "train", tmp_path / "cases", 20)
+    parent = tmp_path / "parent.pth"
+    shutil.copy(SEED_MODEL, parent)
+    before = file_sha256(parent)
+    out = tmp_path / "candidate" / "lenet.pth"
+    argv = [
+        "--checkpoint", str(parent), "--cases-dir", str(cases), "--owner-dir",
+        str(data / "train"), "--eval-dir", str(data / "eval"), "--out", str(out),
+        "--epochs", "8", "--dp-epsilon", "20", "--resamples", "100",
+    ]  # fmt: skip
+    journal = journal_path(out)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "training.encrypted_finetune", *argv],
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while _journal_done(journal) < 3 and job.poll() is None:
+            assert time.monotonic() < deadline, "the fine-tune took no step in 300 s"
+            time.sleep(0.02)
+        assert job.poll() is None, job.stderr.read().decode() if job.stderr else ""
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the job and both parties, mid-step
+        job.wait()
+    crashed_at = _journal_done(journal)
+    assert 3 <= crashed_at < 40  # 8 epochs of 40 cases at 8 per step: 40 steps
+    assert file_sha256(parent) == before and not out.exists()
+
+    changed = [*argv[:-6], "--lr", "0.1", *argv[-6:]]
+    assert main(changed) == 2  # another run's journal is refused, and kept
+    assert _journal_done(journal) == crashed_at
+
+    assert main(argv) in (0, REFUSED)
+    assert file_sha256(parent) == before
+    record = json.loads(out.with_suffix(".provenance.json").read_text())
+    assert record["checkpoint_sha256"] == file_sha256(out)
+    assert record["interruptions"]["resumes"] == 1
+    assert record["interruptions"]["last_resumed_at_step"] == crashed_at
+    dp = record["differential_privacy"]
+    assert dp["steps"] == 40
+    # the step killed mid-way may have been opened to party 1: it is spent, then taken again
+    assert dp["steps_spent"] == 40 + record["interruptions"]["steps_opened_twice"]
+    assert record["interruptions"]["steps_opened_twice"] in (0, 1)
+    assert not journal.exists()
