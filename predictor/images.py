@@ -57,3 +57,11 @@ class ImageStore:
             if path.exists():
                 return path, content_type
         return None
+
+    def delete(self, case_id: str) -> bool:
+        """Remove a case's stored file; True if there was one."""
+        found = self.find(case_id)
+        if found is None:
+            return False
+        found[0].unlink(missing_ok=True)
+        return True

@@ -61,11 +61,12 @@ from models.preprocessing import Preprocessing
 from models.unfamiliarity import Detector
 from training.calibration import expected_calibration_error, fit_temperature, softmax
 from training.compare import PairedAUC, paired_bootstrap_auc
-from training.data import ImageFolder, list_samples, stratified_split
+from training.data import ImageFolder, fingerprint, list_samples, stratified_split
 from training.loop import predict_logits
 from training.ood import fit_unfamiliarity
 from training.privacy import DPConfig, PrivacyBudgetError, epsilon_spent, plan
-from training.provenance import write_json
+from training.provenance import data_record, write_json
+from training.run import LIMITS
 from training.screening import choose_threshold
 
 REFUSED = 3
@@ -280,6 +281,18 @@ def _party(
 # ------------------------------------------------------------------- the owner's plaintext
 
 
+def limits(cases: int) -> tuple[str, ...]:
+    """What a fine-tuned version's passport says it is not."""
+    return (
+        f"fine-tuned under differential privacy on {cases} settled cases whose labels are a "
+        "doctors' panel's consensus, not confirmed diagnoses; its figures are on the model "
+        "owner's eval set, not on those cases' population",
+        "its parent was trained on generated data only (training.synthetic) and it is evaluated "
+        "on generated data only: figures on real scans are unknown",
+        *LIMITS[1:],
+    )
+
+
 def _owner_calibration(
     model: torch.nn.Module,
     arch: Architecture,
@@ -314,13 +327,28 @@ def _owner_calibration(
     return temperature, detector, threshold
 
 
-def _eval_figures(path: Path, eval_dir: Path) -> tuple[np.ndarray, np.ndarray, float]:
+@dataclass(frozen=True)
+class EvalFigures:
+    """A checkpoint on the owner's eval set: logit differences, ECE, and its operating point."""
+
+    differences: np.ndarray
+    labels: np.ndarray
+    ece: float
+    sensitivity: float
+    specificity: float
+
+
+def _eval_figures(path: Path, data: ImageFolder) -> EvalFigures:
     checkpoint = load_checkpoint(path)
-    data = ImageFolder(eval_dir, Preprocessing(checkpoint.architecture.image_size))
     logits = predict_logits(checkpoint.model(), data.images).detach().numpy()
     labels = data.labels.numpy()
-    ece = expected_calibration_error(softmax(logits, checkpoint.temperature), labels)
-    return logits[:, 1] - logits[:, 0], labels, ece
+    probabilities = softmax(logits, checkpoint.temperature)
+    flagged = probabilities[:, 1] >= checkpoint.decision_threshold
+    return EvalFigures(
+        logits[:, 1] - logits[:, 0], labels,
+        expected_calibration_error(probabilities, labels),
+        float(flagged[labels == 1].mean()), float((~flagged[labels == 0]).mean()),
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,14 +399,15 @@ def run(args: argparse.Namespace) -> int:
         staging, model, arch, temperature, detector=detector, decision_threshold=threshold
     )
     staging.replace(args.out)  # a crash before this line leaves no half-written candidate
-    parent_d, labels, parent_ece = _eval_figures(args.checkpoint, args.eval_dir)
-    candidate_d, labels_c, candidate_ece = _eval_figures(args.out, args.eval_dir)
-    assert np.array_equal(labels, labels_c)
-    finite = bool(np.isfinite(candidate_d).all())
-    candidate_d = np.nan_to_num(candidate_d, nan=0.0, posinf=0.0, neginf=0.0)
-    auc = paired_bootstrap_auc(parent_d, candidate_d, labels, resamples=args.resamples)
+    eval_set = ImageFolder(args.eval_dir, Preprocessing(arch.image_size))
+    before, after = _eval_figures(args.checkpoint, eval_set), _eval_figures(args.out, eval_set)
+    finite = bool(np.isfinite(after.differences).all())
+    candidate_d = np.nan_to_num(after.differences, nan=0.0, posinf=0.0, neginf=0.0)
+    auc = paired_bootstrap_auc(
+        before.differences, candidate_d, before.labels, resamples=args.resamples
+    )
     verdict = judge(
-        GatePolicy(args.max_auc_drop, args.max_ece_increase), auc, parent_ece, candidate_ece,
+        GatePolicy(args.max_auc_drop, args.max_ece_increase), auc, before.ece, after.ece,
         detector_lost=parent.detector is not None and detector is None, finite=finite,
     )  # fmt: skip
     # steps opened by a run that crashed before recording them were taken again: both count
@@ -393,6 +422,14 @@ def run(args: argparse.Namespace) -> int:
         "temperature": temperature,
         "decision_threshold": threshold,
         "taught_by": {"settled_cases": outcome["cases"], "case_steps": progress.case_steps},
+        # what a passport entry reads (models.passport.entry): the run, its figures, its data
+        "training": {"type": "encrypted fine-tune", "settled_cases": outcome["cases"],
+                     "train_layers": args.train_layers},
+        "metrics": {"epochs": args.epochs, "auc": auc.auc_b, "ece": after.ece,
+                    "sensitivity": after.sensitivity, "specificity": after.specificity,
+                    "limits": list(limits(outcome["cases"]))},
+        "eval_data": data_record(args.eval_dir, fingerprint(eval_set.root, eval_set.samples),
+                                 eval_set.class_counts()),
         "how": "DP-SGD under two-party MPC (models.encrypted_training), layers "
         + args.train_layers,
         "differential_privacy": {

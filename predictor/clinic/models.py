@@ -72,10 +72,32 @@ class PatientCase(ClinicBase):
     model_attested: Mapped[bool | None] = mapped_column(Boolean)
     # The patient's choice at upload (issue 19): the case may teach the model once settled.
     teaching_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The fine-tuning round that took the case (``predictor.teach``), and when its image was
+    # deleted: after its round, or when consent's retention ran out first.
+    teaching_round_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("teaching_rounds.id")
+    )
+    image_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     @property
     def case_status(self) -> CaseStatus:
         return CaseStatus(self.status)
+
+
+class TeachingRound(ClinicBase):
+    """One encrypted fine-tune on settled, consenting, familiar cases (``predictor.teach``)."""
+
+    __tablename__ = "teaching_rounds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cases: Mapped[int] = mapped_column(Integer)
+    #: running, promoted, refused or failed (the fine-tune could not run: see ``reasons``)
+    outcome: Mapped[str] = mapped_column(String(16))
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    candidate_sha256: Mapped[str | None] = mapped_column(String(64))
+    epsilon: Mapped[float | None] = mapped_column(Float)
+    reasons: Mapped[str | None] = mapped_column(Text)
 
 
 class Seat(ClinicBase):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from models.checkpoint import file_sha256, load_checkpoint
+from models.passport.entry import full_fields
 from training.compare import PairedAUC
 from training.encrypted_finetune import REFUSED, GatePolicy, journal_path, judge, main
 from training.synthetic import generate_dataset
@@ -149,3 +150,12 @@ def test_a_crash_mid_fine_tune_leaves_the_parent_untouched_and_the_run_resumes(t
     assert dp["steps_spent"] == 40 + record["interruptions"]["steps_opened_twice"]
     assert record["interruptions"]["steps_opened_twice"] in (0, 1)
     assert not journal.exists()
+    # a passport entry of the candidate says what it is (models.passport.entry)
+    entry = full_fields(record)
+    assert entry["checkpoint_sha256"] == file_sha256(out)
+    assert entry["training"]["type"] == "encrypted fine-tune"
+    assert entry["dp_epsilon"] == round(dp["epsilon"], 4)
+    assert entry["metrics"]["auc"] == round(record["gate"]["auc"]["auc_b"], 4)
+    assert [d["role"] for d in entry["datasets"]] == ["eval"]
+    assert "40 settled cases" in entry["limits"][0]
+    assert not any("trained and evaluated on generated data" in limit for limit in entry["limits"])
