@@ -135,6 +135,46 @@ class SeatGranted:
 
 
 @dataclass(frozen=True)
+class CasesTaught:
+    """Clinic → marketplace: these settled cases taught model ``model_sha256`` (a promoted
+    round of encrypted fine-tuning, ``predictor.teach``), fine-tuned from ``parent_sha256``.
+
+    A large round comes in several messages (at most :data:`MAX_CASES` ids each). It tells
+    the marketplace which of its settled cases' patients consented to teaching: the doctor
+    page shows each doctor only a count.
+    """
+
+    TYPE: ClassVar[str] = "cases.taught"
+    MAX_CASES: ClassVar[int] = 2000
+    model_sha256: str
+    parent_sha256: str
+    case_ids: tuple[str, ...]
+    taught_at: datetime
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "model_sha256": self.model_sha256,
+            "parent_sha256": self.parent_sha256,
+            "case_ids": list(self.case_ids),
+            "taught_at": self.taught_at.isoformat(),
+        }
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> CasesTaught:
+        ids = body.get("case_ids")
+        if not isinstance(ids, list) or not 0 < len(ids) <= cls.MAX_CASES:
+            raise MessageError(f"case_ids must be a list of 1 to {cls.MAX_CASES} case ids")
+        if not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids):
+            raise MessageError("case_ids must be short non-empty strings")
+        return cls(
+            model_sha256=_text(body, "model_sha256"),
+            parent_sha256=_text(body, "parent_sha256"),
+            case_ids=tuple(ids),
+            taught_at=_time(body.get("taught_at"), "taught_at"),
+        )
+
+
+@dataclass(frozen=True)
 class CaseSettled:
     """Marketplace → clinic: the panel's diagnosis, for the patient."""
 

@@ -1,5 +1,5 @@
 """A doctor's history at a glance: reputation and earnings after each settled case, agreement
-with the final diagnoses. Rebuilt from what the store keeps (votes, cases, the ledger) by
+with the final diagnoses, and how many of their cases taught the model serving now. Rebuilt from what the store keeps (votes, cases, the ledger) by
 ``domain.track``; only settled cases count, so nothing here depends on a sealed vote."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from marketplace.domain.track import SettledVote, TrackPoint, track
 from marketplace.errors import DoctorNotFound
 from marketplace.storage.models import Case, Doctor, LedgerEntry, LedgerTransaction, Vote
 from marketplace.storage.unit import read_only
+from marketplace.teaching import cases_that_taught
 
 #: Points in the chart: the most recent settled cases.
 MAX_POINTS = 200
@@ -33,6 +34,8 @@ class TrackRecord:
     points: tuple[TrackPoint, ...]
     settled: int
     agreed: int
+    #: of those settled cases, how many taught the model serving now (``marketplace.teaching``)
+    taught_serving_model: int = 0
 
 
 @read_only
@@ -86,4 +89,5 @@ def track_record(
         for row in reversed(rows)
     ]
     start, points = track(votes, doctor.reputation, earned_before, policy.reputation.rule)
-    return TrackRecord(start, earned_before, tuple(points), total, agreed)
+    taught = cases_that_taught(session, doctor_id)
+    return TrackRecord(start, earned_before, tuple(points), total, agreed, taught)

@@ -199,6 +199,7 @@ class Teacher:
             teaching.finish_round(
                 session, round_id, outcome=outcome, now=now,
                 candidate_sha256=record.get("checkpoint_sha256"),
+                parent_sha256=record.get("parent", {}).get("sha256"),
                 epsilon=record.get("differential_privacy", {}).get("epsilon"),
                 reasons=gate.get("reasons", record.get("reasons", [])),
             )  # fmt: skip

@@ -1,7 +1,8 @@
 """The marketplace's end of the message link with the clinic: its inbox and its courier.
 
 ``POST /messages`` takes the clinic's signed ``case.opened`` and opens the market case in the
-same transaction as the inbox row (exactly once across redeliveries and restarts); a courier
+same transaction as the inbox row (exactly once across redeliveries and restarts), and its
+``cases.taught`` (which settled cases taught a promoted model); a courier
 delivers the outbox (``seat.granted``, ``case.settled``) to ``{patient_base_url}/messages``,
 retrying while the clinic is down. Messages from anyone but the clinic's key are refused.
 """
@@ -15,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from infra.courier import Courier, Handler, add_inbox_route, courier_ctx
 from infra.messaging import Envelope
-from marketplace import intake
+from marketplace import intake, teaching
 from marketplace.domain.policy import MarketPolicy
 from marketplace.errors import InvalidInput
-from marketplace.messages import CLINIC, MARKETPLACE, CaseOpened, MessageError
+from marketplace.messages import CLINIC, MARKETPLACE, CaseOpened, CasesTaught, MessageError
 from marketplace.service.context import COURIER, EXECUTOR, SESSIONS, SETTINGS, utcnow
 from marketplace.storage.models import Inbox, Outbox
 
@@ -42,6 +43,15 @@ def case_opened_handler(policy: MarketPolicy) -> Handler:
     return handle
 
 
+def cases_taught_handler(session: Session, envelope: Envelope) -> None:
+    """``cases.taught`` -> :func:`teaching.record_taught`, inside the inbox's unit of work."""
+    try:
+        message = CasesTaught.parse(envelope.body)
+    except MessageError as exc:
+        raise InvalidInput(f"cases.taught: {exc}") from exc
+    teaching.record_taught(session, message, now=utcnow())
+
+
 def install(app: web.Application) -> None:
     """Mount ``POST /messages`` and run the courier to the clinic while the app runs.
 
@@ -59,7 +69,10 @@ def install(app: web.Application) -> None:
         sessions=sessions,
         inbox_cls=Inbox,
         executor=executor,
-        handlers={CaseOpened.TYPE: case_opened_handler(settings.policy)},
+        handlers={
+            CaseOpened.TYPE: case_opened_handler(settings.policy),
+            CasesTaught.TYPE: cases_taught_handler,
+        },
     )
     courier = Courier(
         MARKETPLACE,

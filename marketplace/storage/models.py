@@ -107,7 +107,10 @@ class Case(Base):
     """
 
     __tablename__ = "cases"
-    __table_args__ = (Index("ix_cases_status_submitted", "status", "submitted_at"),)
+    __table_args__ = (
+        Index("ix_cases_status_submitted", "status", "submitted_at"),
+        Index("ix_cases_predicted_at", "predicted_at"),  # the model serving now (teaching)
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[CaseStatus] = mapped_column(CaseStatusText())
@@ -140,6 +143,19 @@ class Case(Base):
     agreement: Mapped[float | None] = mapped_column(Float)
     reviewers: Mapped[int | None] = mapped_column(Integer)
     research_row_id: Mapped[int | None] = mapped_column(ForeignKey("research_rows.id"), unique=True)
+    # The model this settled case taught (the clinic's ``cases.taught``): a case teaches once.
+    taught_model_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class ModelParent(Base):
+    """A fine-tuned model and the model it was fine-tuned from (``cases.taught``), so that a
+    case that taught a parent is known to have taught its descendants too."""
+
+    __tablename__ = "model_parents"
+
+    model_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    parent_sha256: Mapped[str] = mapped_column(String(64))
+    taught_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Claim(Base):

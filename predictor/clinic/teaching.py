@@ -17,9 +17,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from infra import mailbox
 from marketplace.domain.consensus import LABELS
 from marketplace.domain.status import CaseStatus
-from predictor.clinic.models import PatientCase, TeachingRound
+from marketplace.messages import MARKETPLACE, CasesTaught
+from predictor.clinic.models import ClinicOutbox, PatientCase, TeachingRound
 
 #: The training folders' names for the panel's labels (``python -m training``'s layout).
 FOLDERS = {"tumor": "yes", "no_tumor": "no"}
@@ -102,11 +104,16 @@ def finish_round(
     outcome: str,
     now: datetime,
     candidate_sha256: str | None = None,
+    parent_sha256: str | None = None,
     epsilon: float | None = None,
     reasons: Sequence[str] = (),
 ) -> None:
+    """Record the round's outcome. A promoted one tells the marketplace which cases taught
+    the candidate (``cases.taught``, in the same transaction), for the doctors' counts."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}; choose from {OUTCOMES}")
+    if outcome == "promoted" and not (candidate_sha256 and parent_sha256):
+        raise ValueError("a promoted round names its candidate and its parent")
     record = session.get(TeachingRound, round_id, with_for_update=True)
     if record is None or record.outcome != "running":
         raise RuntimeError(f"round {round_id} is not running")
@@ -115,6 +122,19 @@ def finish_round(
     record.candidate_sha256 = candidate_sha256
     record.epsilon = epsilon
     record.reasons = "\n".join(reasons) or None
+    if outcome == "promoted" and candidate_sha256 and parent_sha256:
+        taught = list(
+            session.scalars(
+                select(PatientCase.id)
+                .where(PatientCase.teaching_round_id == round_id)
+                .order_by(PatientCase.id)
+            )
+        )
+        for start in range(0, len(taught), CasesTaught.MAX_CASES):
+            message = CasesTaught(candidate_sha256, parent_sha256,
+                                  tuple(taught[start : start + CasesTaught.MAX_CASES]), now)  # fmt: skip
+            mailbox.post(session, ClinicOutbox, destination=MARKETPLACE, type=CasesTaught.TYPE,
+                         body=message.body(), now=now)  # fmt: skip
 
 
 def images_to_delete(session: Session, *, now: datetime, retention: timedelta) -> list[str]:

@@ -12,22 +12,31 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 import requests
 from aiohttp import web
 from sqlalchemy import func, select
 
-from infra.messaging import ForgedMessage, generate_key, open_sealed, public_key
+from infra.messaging import (
+    Envelope,
+    ForgedMessage,
+    generate_key,
+    new_message_id,
+    open_sealed,
+    public_key,
+    seal,
+)
 from infra.net import free_port
 from marketplace import ledger
 from marketplace.domain.ledger import escrow_account
 from marketplace.domain.pricing import price_bounty
-from marketplace.messages import CLINIC, MARKETPLACE, CaseSettled, SeatGranted
+from marketplace.messages import CLINIC, MARKETPLACE, CaseSettled, CasesTaught, SeatGranted
 from marketplace.service import MarketplaceSettings, create_app
 from marketplace.storage.models import Case, Inbox, LedgerTransaction, Outbox
 from tests.marketplace.clinic import FakeClinic, sealed_case_opened
-from tests.marketplace.flows import case_opened, to_clinic
+from tests.marketplace.flows import MODEL_SHA, T0, case_opened, to_clinic
 from tests.marketplace.servers import serve
 
 MARKET_KEY = generate_key()
@@ -283,3 +292,50 @@ def test_what_the_market_sends_verifies_only_with_its_public_key(db_url, session
     with pytest.raises(ForgedMessage):
         open_sealed(raw, me=CLINIC, peers={MARKETPLACE: public_key(CLINIC_KEY)}, now=time.time())
     assert MARKET_KEY not in raw.decode() and json.loads(raw)["sender"] == MARKETPLACE
+
+
+def _sealed_taught(message: CasesTaught) -> bytes:
+    body = message.body()
+    envelope = Envelope(new_message_id(), CasesTaught.TYPE, CLINIC, MARKETPLACE, time.time(), body)
+    return seal(envelope, CLINIC_KEY)
+
+
+def test_cases_that_taught_the_serving_model_count_on_each_doctors_track_record(
+    market, session
+) -> None:
+    first = case_opened(confidence=0.9)
+    assert _post(market, sealed_case_opened(first, CLINIC_KEY)).json()["accepted"]
+    _, token = _register(market, "Dr Teacher")
+    assert _call(market, "POST", f"/api/cases/{first.case_id}/claim", token).status_code == 201
+    _review(market, first.case_id, 2, also_voting=(token,))
+
+    def taught() -> int:
+        record = _call(market, "GET", "/api/me/track-record", token).json()
+        assert record["settled"] == 1
+        return int(record["taught_serving_model"])
+
+    assert taught() == 0
+    # A promoted round: the settled case taught F1 (an id the market does not know is skipped).
+    f1, f2 = "f1" * 32, "f2" * 32
+    promoted = CasesTaught(f1, MODEL_SHA, (first.case_id, "0" * 32), T0 + timedelta(hours=1))
+    assert _post(market, _sealed_taught(promoted)).json() == {"accepted": True}
+    assert taught() == 0  # F1 does not serve yet
+    serving = replace(case_opened(now=T0 + timedelta(hours=2)), model_sha256=f1)
+    assert _post(market, sealed_case_opened(serving, CLINIC_KEY)).json()["accepted"]
+    assert taught() == 1
+    # F2, fine-tuned from F1 on other cases, serves: what taught F1 taught it too.
+    again = CasesTaught(f2, f1, ("1" * 32,), T0 + timedelta(hours=3))
+    assert _post(market, _sealed_taught(again)).json()["accepted"]
+    newest = replace(case_opened(now=T0 + timedelta(hours=4)), model_sha256=f2)
+    assert _post(market, sealed_case_opened(newest, CLINIC_KEY)).json()["accepted"]
+    assert taught() == 1
+    # Back to the seed model (a rollback): its lineage holds no taught case.
+    rolled_back = case_opened(now=T0 + timedelta(hours=5))
+    assert _post(market, sealed_case_opened(rolled_back, CLINIC_KEY)).json()["accepted"]
+    assert taught() == 0
+    # A body that does not validate is not applied (kept at the head of the clinic's outbox).
+    inboxed = _count(session, Inbox)
+    bad = Envelope(new_message_id(), CasesTaught.TYPE, CLINIC, MARKETPLACE, time.time(),
+                   {**promoted.body(), "case_ids": []})  # fmt: skip
+    assert _post(market, seal(bad, CLINIC_KEY)).status_code == 500
+    assert _count(session, Inbox) == inboxed

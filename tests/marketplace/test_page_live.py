@@ -16,16 +16,17 @@ from sqlalchemy import select
 
 from infra.messaging import generate_key
 from infra.net import free_port
-from marketplace import doctors, intake
+from marketplace import doctors, intake, teaching
 from marketplace.domain.consensus import PanelRule
 from marketplace.domain.policy import MarketPolicy
 from marketplace.domain.pricing import price_bounty
+from marketplace.messages import CasesTaught
 from marketplace.service import MarketplaceSettings, create_app
 from marketplace.storage import make_engine, make_sessionmaker, migrate
 from marketplace.storage.models import Vote
 from tests.accessibility import axe_violations
 from tests.artifacts import screenshot
-from tests.marketplace.flows import case_opened, open_case
+from tests.marketplace.flows import MODEL_SHA, case_opened, open_case
 from tests.marketplace.servers import Api, serve
 from tests.marketplace.test_browser import chromium
 
@@ -190,6 +191,7 @@ def test_settlements_by_others_and_new_cases_appear_without_a_reload(market, bro
         # History at a glance: the two charts and the agreement.
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-reputation polyline"))
         assert browser.find_element(By.ID, "me-agreement").text == "100% (1 of 1)"
+        assert browser.find_element(By.ID, "me-taught").text == "0 of your settled cases"
         desc = browser.find_element(By.CSS_SELECTOR, "#chart-earnings desc")
         assert f"{paid} credits now" in desc.get_attribute("textContent")
 
@@ -200,6 +202,13 @@ def test_settlements_by_others_and_new_cases_appear_without_a_reload(market, bro
         assert _same_page(browser)
         screenshot(browser, "doctor-page-live-history")
         assert _script_errors(browser) == []
+
+        # The clinic's promoted fine-tune learned from the settled case: the page says so.
+        taught = CasesTaught(MODEL_SHA, "ab" * 32, (case_id,), datetime.now(UTC))
+        teaching.record_taught(market.session, taught, now=datetime.now(UTC))
+        market.session.commit()
+        browser.refresh()
+        wait.until(lambda d: d.find_element(By.ID, "me-taught").text == "1 of your settled cases")
 
 
 def test_an_unfamiliar_image_is_flagged_in_the_pool_and_on_the_case(market, browser) -> None:

@@ -15,7 +15,7 @@ from marketplace.storage.migrate import alembic_config
 from marketplace.storage.models import Case, LedgerEntry
 from tests.marketplace.flows import case_opened
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def test_migrations_match_models(engine) -> None:

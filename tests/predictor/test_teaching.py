@@ -18,11 +18,11 @@ import torch
 from sqlalchemy import select
 
 from infra.messaging import Envelope, new_message_id
-from marketplace.messages import CLINIC, MARKETPLACE, CaseSettled
+from marketplace.messages import CLINIC, MARKETPLACE, CaseSettled, CasesTaught
 from marketplace.storage import make_engine, make_sessionmaker
 from models.checkpoint import file_sha256
 from predictor.clinic import cases, teaching
-from predictor.clinic.models import PatientCase, TeachingRound
+from predictor.clinic.models import ClinicOutbox, PatientCase, TeachingRound
 from predictor.clinic.store import migrate_clinic
 from predictor.images import ImageStore
 from predictor.teach import Teacher, TeachSettings
@@ -113,8 +113,14 @@ def test_a_consenting_case_image_is_deleted_after_its_round_or_when_retention_en
         round_id = teaching.open_round(session, [c for c in found if c.case_id == taught], now=now)
         # while the round runs, its image is needed
         assert teaching.images_to_delete(session, now=now, retention=RETENTION) == [expired]
-        teaching.finish_round(session, round_id, outcome="promoted", now=now)
+        with pytest.raises(ValueError, match="names its candidate"):
+            teaching.finish_round(session, round_id, outcome="promoted", now=now)
+        teaching.finish_round(session, round_id, outcome="promoted", now=now,
+                              candidate_sha256="c1" * 32, parent_sha256="c0" * 32)  # fmt: skip
     with sessions.begin() as session:
+        (sent,) = session.scalars(select(ClinicOutbox).where(ClinicOutbox.type == "cases.taught"))
+        body = sent.body if isinstance(sent.body, dict) else json.loads(sent.body)
+        assert CasesTaught.parse(body).case_ids == (taught,)
         due = teaching.images_to_delete(session, now=now, retention=RETENTION)
         assert sorted(due) == sorted([taught, expired]) and waiting not in due
         assert declined not in due
@@ -217,6 +223,18 @@ def test_the_job_waits_for_n_cases_teaches_resumes_after_a_crash_and_deletes_the
             assert record.epsilon == provenance["differential_privacy"]["epsilon"]
             rows = {c.id: c for c in session.scalars(select(PatientCase))}
         assert all(rows[c].teaching_round_id == round_id for c in taught)
+        with sessions() as session:  # a promoted round tells the marketplace, for the doctors
+            sent = [CasesTaught.parse(json.loads(m.body)) for m in session.scalars(
+                select(ClinicOutbox).where(ClinicOutbox.type == CasesTaught.TYPE))]  # fmt: skip
+        if report["outcome"] == "promoted":
+            (message,) = sent
+            assert sorted(message.case_ids) == sorted(taught)
+            assert (message.model_sha256, message.parent_sha256) == (
+                record.candidate_sha256,
+                before,
+            )
+        else:
+            assert sent == []
         assert all(rows[c].image_deleted_at is not None for c in taught)
         assert not any(store.find(case_id) for case_id in taught)
         assert all(store.find(case_id) for case_id in kept)  # no consent: not touched

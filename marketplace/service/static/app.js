@@ -178,6 +178,11 @@ async function refreshTrack() {
     ? Math.round((100 * record.agreed) / record.settled) + "% (" + record.agreed + " of " + record.settled + ")"
     : "–";
   $("me-agreement").title = "Agreement with the final diagnosis of the cases you voted on";
+  $("me-taught").textContent = record.taught_serving_model === 1
+    ? "1 of your settled cases"
+    : record.taught_serving_model + " of your settled cases";
+  $("me-taught").title = "Settled cases you voted on whose patients consented and that the " +
+    "model serving now learned from (encrypted fine-tuning)";
 }
 
 // --- the pool
