@@ -274,6 +274,32 @@ def encrypted_step(
     return _stepped(params, opened, step)
 
 
+def differences_to_party0(
+    crypten: ModuleType,
+    rank: int,
+    arch: Architecture,
+    params: Params | None,
+    images: torch.Tensor | None,
+    count: int,
+    batch: int = 32,
+) -> torch.Tensor | None:
+    """The serving program's scaled logit differences ``(count,)`` of party 0's images under
+    party 1's parameters, opened to party 0 only (its own images: what serving tells it
+    too); party 1 gets None. Party 1 passes ``params``, party 0 ``images``."""
+    if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
+        raise ValueError("party 1 passes the parameters, party 0 the images")
+    encrypted = _share_parameters(crypten, arch, params, rank)
+    size = arch.image_size
+    opened = []
+    with crypten.no_grad():
+        for start in range(0, count, batch):
+            chunk = None if images is None else images[start : start + batch]
+            n = min(batch, count - start)
+            shared = share_images(crypten, chunk, (n, 1, size, size), rank)
+            opened.append(forward(arch, encrypted, shared).flatten().get_plain_text(dst=0))
+    return None if rank != 0 else torch.cat(opened)
+
+
 def _party0_noise(crypten: ModuleType, rank: int, count: int, std: float) -> TensorLike:
     """``N(0, std^2)`` per coordinate, drawn by party 0 and secret-shared by it (party 1
     passes an empty tensor of the public shape and learns nothing of it)."""

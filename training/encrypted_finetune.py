@@ -3,16 +3,19 @@
     python -m training.encrypted_finetune --checkpoint models/lenet.pth --cases-dir CASES \\
         --owner-dir data/seed/train --eval-dir data/seed/eval --out runs/finetune/lenet.pth \\
         [--train-layers fc3 --epochs 4 --batch-size 8 --lr 0.2 --dp-epsilon 3 --dp-delta 1e-5
-         --max-grad-norm 1 --max-auc-drop 0.002 --max-ece-increase 0.02]
+         --max-grad-norm 1 --max-auc-drop 0.002 --max-ece-increase 0.02
+         --held-out-fraction 0.2]
 
 Who reads what. Party 0 (a spawned process) reads only ``--cases-dir``: the settled cases'
 images under ``yes/`` and ``no/`` as the doctors decided. Party 1 (another) reads only
 ``--checkpoint``. They run DP-SGD steps under MPC (``models.encrypted_training``): party 0
 Poisson-samples each step's cases and tells party 1 their labels (public by design); every
 image's gradient is clipped on shares and party 0's noise is added before the one opening,
-of the noisy batch gradient, to party 1. Party 1 hands the fine-tuned weights to this process,
-the model owner's, which never reads the cases. Here, in plaintext and on the owner's own
-data only:
+of the noisy batch gradient, to party 1. Party 0 keeps ``--held-out-fraction`` of each class
+out of training; after the steps, parent and candidate run encrypted on those cases, their
+outputs are opened to party 0 alone (its own images), and party 0 tells party 1 only the
+paired AUC summary. Party 1 hands the fine-tuned weights to this process, the model owner's,
+which never reads the cases. Here, in plaintext and on the owner's own data only:
 
 * the candidate gets its temperature, unfamiliarity detector and screening threshold again,
   from ``--owner-dir`` (its fit and calibration split, as ``python -m training`` does): the
@@ -20,7 +23,8 @@ data only:
 * the gate compares it with the parent on ``--eval-dir``: eval AUC must not fall (the paired
   bootstrap's 95 % interval of the change must reach 0, and the change must be at least
   ``-max-auc-drop``, default 0.002) and ECE must not rise by more than
-  ``--max-ece-increase`` (default 0.02).
+  ``--max-ece-increase`` (default 0.02); and on the held-out settled cases the change's
+  interval must reach 0 (a handful of cases: only a fall beyond chance refuses).
 
 The candidate is written to ``--out`` (with ``.provenance.json``: the parent's sha256, how
 many cases taught it, the DP budget spent, the gate's figures and verdict) whether promoted
@@ -47,6 +51,7 @@ import secrets
 import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +66,7 @@ from models.preprocessing import Preprocessing
 from models.unfamiliarity import Detector
 from training.calibration import expected_calibration_error, fit_temperature, softmax
 from training.compare import PairedAUC, paired_bootstrap_auc
-from training.data import ImageFolder, fingerprint, list_samples, stratified_split
+from training.data import ImageFolder, Sample, fingerprint, list_samples, stratified_split
 from training.loop import predict_logits
 from training.ood import fit_unfamiliarity
 from training.privacy import DPConfig, PrivacyBudgetError, epsilon_spent, plan
@@ -89,6 +94,8 @@ class Verdict:
     auc: dict[str, float | int]
     ece_parent: float
     ece_candidate: float
+    #: the same paired AUC on the held-out settled cases, measured encrypted (None: none held)
+    held_out: dict[str, float | int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,8 +109,10 @@ def judge(
     *,
     detector_lost: bool = False,
     finite: bool = True,
+    held_out: PairedAUC | None = None,
 ) -> Verdict:
-    """Promote only when AUC did not fall more than allowed and ECE stayed within bound."""
+    """Promote only when AUC did not fall more than allowed and ECE stayed within bound, and,
+    on the held-out settled cases (few: only a fall beyond chance counts), did not fall."""
     reasons = [] if finite else ["the candidate's outputs on eval are not all finite"]
     change = (
         f"({auc.auc_a:.4f} -> {auc.auc_b:.4f}; 95 % CI of the change "
@@ -123,7 +132,16 @@ def judge(
         )
     if detector_lost:
         reasons.append("the parent flags unfamiliar images and the candidate could not")
-    return Verdict(not reasons, tuple(reasons), auc.to_dict(), ece_parent, ece_candidate)
+    if held_out is not None and held_out.ci_high < 0:
+        reasons.append(
+            f"on the {held_out.images} held-out settled cases (encrypted) AUC fell beyond chance "
+            f"({held_out.auc_a:.4f} -> {held_out.auc_b:.4f}; 95 % CI of the change "
+            f"[{held_out.ci_low:+.4f}, {held_out.ci_high:+.4f}])"
+        )
+    return Verdict(
+        not reasons, tuple(reasons), auc.to_dict(), ece_parent, ece_candidate,
+        None if held_out is None else held_out.to_dict(),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the journal
@@ -143,6 +161,8 @@ class RunKey:
     clip: float
     lr: float
     layers: tuple[str, ...] | None
+    #: cases per class (no, yes) party 0 holds out of training for the encrypted evaluation
+    held_out: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -196,7 +216,36 @@ def write_journal(
 def _key_dict(key: RunKey) -> dict[str, Any]:
     record = asdict(key)
     record["layers"] = None if key.layers is None else list(key.layers)
+    record["held_out"] = list(key.held_out)
     return record
+
+
+# ------------------------------------------------------------------- the held-out cases
+
+
+def held_out_sizes(class_counts: tuple[int, int], fraction: float) -> tuple[int, int]:
+    """Cases per class (no, yes) kept out of training to judge the candidate: ``fraction`` of
+    each class, rounded down; none at all when a class would get none (an AUC needs both)."""
+    sizes = (int(class_counts[0] * fraction), int(class_counts[1] * fraction))
+    return sizes if min(sizes) > 0 else (0, 0)
+
+
+def split_held_out(
+    samples: list[Sample], sizes: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Party 0's training and held-out indices: ``sizes`` cases per class, drawn with a seed
+    taken from the cases' names, so a resumed run holds out the same cases."""
+    by_name = sorted(range(len(samples)), key=lambda i: samples[i].path.name)
+    names = "\n".join(samples[i].path.name for i in by_name).encode()
+    generator = torch.Generator().manual_seed(int.from_bytes(sha256(names).digest()[:7], "big"))
+    held = []
+    for label, size in enumerate(sizes):
+        of_class = torch.tensor([i for i in by_name if samples[i].label == label], dtype=torch.long)
+        held.append(of_class[torch.randperm(len(of_class), generator=generator)[:size]])
+    held_out = torch.cat(held).sort().values
+    keep = torch.ones(len(samples), dtype=torch.bool)
+    keep[held_out] = False
+    return torch.nonzero(keep).flatten(), held_out
 
 
 # ------------------------------------------------------------------------------ the parties
@@ -229,12 +278,12 @@ def _party(
 
     crypten = load_crypten()
     comm = crypten.communicator.get()
-    params = arch = None
+    params = parent = arch = None
     progress = Progress()
     if rank == 1:
         checkpoint = load_checkpoint(checkpoint_path)
         arch = checkpoint.architecture
-        params = fold(checkpoint.model(), arch, checkpoint.temperature)
+        params = parent = fold(checkpoint.model(), arch, checkpoint.temperature)
         resumed = read_journal(Path(journal), key)
         if resumed is not None:  # an opening begun and not recorded counts as spent
             last, params = resumed
@@ -242,11 +291,13 @@ def _party(
                                resumes=last.resumes + 1)  # fmt: skip
     arch = Architecture(**comm.broadcast_obj(None if arch is None else arch.to_dict(), 1))
     start = comm.broadcast_obj(progress.done if rank == 1 else None, 1)
-    images = labels = None
+    images = labels = held_images = held_labels = None
     sampler = torch.Generator().manual_seed(secrets.randbits(63))
     if rank == 0:
         cases = ImageFolder(Path(cases_dir), Preprocessing(arch.image_size))
-        images, labels = cases.images, cases.labels.float()
+        train, held = split_held_out(cases.samples, key.held_out)
+        images, labels = cases.images[train], cases.labels[train].float()
+        held_images, held_labels = cases.images[held], cases.labels[held]
     count = comm.broadcast_obj(None if labels is None else len(labels), 0)
     if count != key.cases:
         raise RuntimeError(f"party 0 holds {count} cases; the run was planned for {key.cases}")
@@ -271,11 +322,39 @@ def _party(
                            case_steps=progress.case_steps + len(batch_labels))  # fmt: skip
         if rank == 1 and params is not None:
             write_journal(Path(journal), key, progress, params)
+    held_out = _judge_held_out(crypten, rank, arch, parent, params, held_images, held_labels,
+                               sum(key.held_out))  # fmt: skip
     if rank != 1 or params is None:
         return None
     return {"params": {k: v.tolist() for k, v in params.items()}, "cases": count,
-            "progress": asdict(progress),
+            "progress": asdict(progress), "held_out": held_out,
             "resumed_at_step": start if progress.resumes else None}  # fmt: skip
+
+
+def _judge_held_out(
+    crypten: Any,
+    rank: int,
+    arch: Architecture,
+    parent: OrderedDict[str, torch.Tensor] | None,
+    candidate: OrderedDict[str, torch.Tensor] | None,
+    images: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    count: int,
+) -> dict[str, Any] | None:
+    """Parent and candidate on the held-out cases, encrypted: their outputs are opened to
+    party 0 (its own images), which tells party 1 only the paired AUC summary."""
+    from models.encrypted_training import differences_to_party0
+
+    if count == 0:
+        return None
+    before = differences_to_party0(crypten, rank, arch, parent, images, count)
+    after = differences_to_party0(crypten, rank, arch, candidate, images, count)
+    summary = None
+    if before is not None and after is not None and labels is not None:  # party 0
+        paired = paired_bootstrap_auc(before.numpy(), after.numpy(), labels.numpy(), resamples=2000)
+        summary = paired.to_dict()
+    told: dict[str, Any] = crypten.communicator.get().broadcast_obj(summary, 0)
+    return told
 
 
 # ------------------------------------------------------------------- the owner's plaintext
@@ -356,10 +435,13 @@ def run(args: argparse.Namespace) -> int:
     arch = parent.architecture
     if arch.backbone != "lenet":
         raise SystemExit("encrypted fine-tuning covers the whole LeNet only")
-    count = len(list_samples(args.cases_dir))  # names only: this process opens no case's file
+    samples = list_samples(args.cases_dir)  # names only: this process opens no case's file
+    yes = sum(sample.label for sample in samples)
+    held_out = held_out_sizes((len(samples) - yes, yes), args.held_out_fraction)
+    count = len(samples) - sum(held_out)  # the cases that train
     if count < args.batch_size:
-        print(f"only {count} settled cases: an update needs at least {args.batch_size}",
-              file=sys.stderr)  # fmt: skip
+        print(f"only {count} settled cases to train on (and {sum(held_out)} held out): an "
+              f"update needs at least {args.batch_size}", file=sys.stderr)  # fmt: skip
         return 2
     dp = DPConfig(args.dp_epsilon, args.dp_delta, args.max_grad_norm)
     layers = None if args.train_layers == "all" else args.train_layers.split(",")
@@ -376,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     key = RunKey(file_sha256(args.checkpoint), count, noise.steps, noise.sample_rate,
                  noise.noise_multiplier, dp.max_grad_norm, args.lr,
-                 None if layers is None else tuple(layers))  # fmt: skip
+                 None if layers is None else tuple(layers), held_out)  # fmt: skip
     journal = journal_path(args.out)
     try:
         resumed = read_journal(journal, key)
@@ -409,6 +491,7 @@ def run(args: argparse.Namespace) -> int:
     verdict = judge(
         GatePolicy(args.max_auc_drop, args.max_ece_increase), auc, before.ece, after.ece,
         detector_lost=parent.detector is not None and detector is None, finite=finite,
+        held_out=None if outcome["held_out"] is None else PairedAUC(**outcome["held_out"]),
     )  # fmt: skip
     # steps opened by a run that crashed before recording them were taken again: both count
     spent = noise.steps + progress.lost
@@ -421,7 +504,8 @@ def run(args: argparse.Namespace) -> int:
         "architecture": arch.to_dict(),
         "temperature": temperature,
         "decision_threshold": threshold,
-        "taught_by": {"settled_cases": outcome["cases"], "case_steps": progress.case_steps},
+        "taught_by": {"settled_cases": outcome["cases"], "case_steps": progress.case_steps,
+                      "held_out_cases": sum(held_out)},
         # what a passport entry reads (models.passport.entry): the run, its figures, its data
         "training": {"type": "encrypted fine-tune", "settled_cases": outcome["cases"],
                      "train_layers": args.train_layers},
@@ -451,6 +535,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out.with_suffix(".provenance.json"), record)
     journal.unlink(missing_ok=True)  # the run is complete: nothing is left to resume
     print(json.dumps({"candidate": str(args.out), "promoted": verdict.promoted,
+                      "held_out": verdict.held_out,
                       "reasons": list(verdict.reasons), "epsilon": epsilon,
                       "resumed_at_step": outcome["resumed_at_step"],
                       "auc_parent": auc.auc_a, "auc_candidate": auc.auc_b}, indent=2))  # fmt: skip
@@ -481,6 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--max-auc-drop", type=float, default=0.002)
     parser.add_argument("--max-ece-increase", type=float, default=0.02)
+    parser.add_argument(
+        "--held-out-fraction", type=float, default=0.2,
+        help="of each class of cases, kept out of training to judge the candidate encrypted "
+        "(0: none)",
+    )  # fmt: skip
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0, help="the owner's calibration split")
     parser.add_argument(
@@ -490,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not (math.isfinite(args.lr) and args.lr > 0):
         parser.error("--epochs, --batch-size and --lr must be positive")
+    if not 0 <= args.held_out_fraction < 1:
+        parser.error("--held-out-fraction must be at least 0 and below 1")
     if args.out.resolve() == args.checkpoint.resolve():
         parser.error("--out must not be the parent: the serving model is never overwritten")
     try:

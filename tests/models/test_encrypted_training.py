@@ -164,3 +164,39 @@ def scaled_gradients_per_image(params, images, labels) -> list[torch.Tensor]:
 
     tracked = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     return list(per_image_scaled_gradients(ARCH, tracked, images, labels, 1.0))
+
+
+def _evaluating_party(rank: int, params, images, count: int):
+    from models.crypten_compat import load_crypten
+    from models.encrypted_training import differences_to_party0
+
+    crypten = load_crypten()
+    opened = []
+    original = crypten.mpc.MPCTensor.get_plain_text
+
+    def recording(self, dst=None):
+        plain = original(self, dst=dst)
+        opened.append((tuple(self.shape), dst, plain is not None))
+        return plain
+
+    crypten.mpc.MPCTensor.get_plain_text = recording
+    try:
+        differences = differences_to_party0(
+            crypten, rank, ARCH, params if rank == 1 else None,
+            images if rank == 0 else None, count, batch=4,
+        )  # fmt: skip
+    finally:
+        crypten.mpc.MPCTensor.get_plain_text = original
+    return None if differences is None else differences.tolist(), opened
+
+
+def test_the_encrypted_evaluation_opens_the_differences_to_party_0_only():
+    params = fresh_lenet()
+    images, _ = batch(6, 4)
+    (differences, opened0), (nothing, opened1) = run_parties(_evaluating_party, params, images, 6)
+    with torch.no_grad():
+        plain = forward(ARCH, params, images).flatten()
+    assert torch.allclose(torch.tensor(differences), plain, atol=0.05)
+    # two batches (4 + 2 images), each opened to party 0 alone
+    assert opened0 == [((4,), 0, True), ((2,), 0, True)]
+    assert opened1 == [((4,), 0, False), ((2,), 0, False)] and nothing is None

@@ -214,7 +214,8 @@ def test_the_job_waits_for_n_cases_teaches_resumes_after_a_crash_and_deletes_the
         candidate = Path(report["candidate"])
         provenance = json.loads(candidate.with_suffix(".provenance.json").read_text())
         assert provenance["interruptions"]["resumes"] == 1
-        assert provenance["taught_by"]["settled_cases"] == 40
+        assert provenance["taught_by"]["settled_cases"] == 32  # 8 more judged it, encrypted
+        assert provenance["gate"]["held_out"]["images"] == 8
         assert file_sha256(parent) == before  # the serving model is never written
         with sessions() as session:
             record = session.get(TeachingRound, round_id)

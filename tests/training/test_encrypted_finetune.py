@@ -17,7 +17,16 @@ import torch
 from models.checkpoint import file_sha256, load_checkpoint
 from models.passport.entry import full_fields
 from training.compare import PairedAUC
-from training.encrypted_finetune import REFUSED, GatePolicy, journal_path, judge, main
+from training.data import Sample
+from training.encrypted_finetune import (
+    REFUSED,
+    GatePolicy,
+    held_out_sizes,
+    journal_path,
+    judge,
+    main,
+    split_held_out,
+)
 from training.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +51,11 @@ def test_the_gate_promotes_only_within_its_bounds():
     assert not drifting.promoted and "ECE rose from 0.0300 to 0.0600" in drifting.reasons[0]
     blind = judge(policy, paired(+0.01), 0.03, 0.03, detector_lost=True)
     assert not blind.promoted and "unfamiliar" in blind.reasons[0]
+    held = PairedAUC(8, 0.9, 0.6, -0.3, -0.5, -0.05, 0.95, 2000)
+    worse_there = judge(policy, paired(+0.004), 0.03, 0.03, held_out=held)
+    assert not worse_there.promoted and "8 held-out settled cases" in worse_there.reasons[0]
+    unsure = PairedAUC(8, 0.9, 0.8, -0.1, -0.4, +0.2, 0.95, 2000)  # a handful: within chance
+    assert judge(policy, paired(+0.004), 0.03, 0.03, held_out=unsure).promoted
     assert judge(GatePolicy(max_auc_drop=0.005), paired(-0.004), 0.03, 0.03).promoted
     assert not judge(GatePolicy(max_auc_drop=0.0), paired(-0.001), 0.03, 0.03).promoted
 
@@ -74,7 +88,7 @@ def test_a_candidate_taught_flipped_labels_is_refused_and_the_parent_untouched(t
     record = json.loads(out.with_suffix(".provenance.json").read_text())
     assert record["checkpoint_sha256"] == file_sha256(out)  # the refused candidate is kept
     assert record["parent"]["sha256"] == before
-    assert record["taught_by"]["settled_cases"] == 32
+    assert record["taught_by"]["settled_cases"] + record["taught_by"]["held_out_cases"] == 32
     assert not record["gate"]["promoted"]
     assert any("AUC fell" in reason for reason in record["gate"]["reasons"])
     dp = record["differential_privacy"]
@@ -131,7 +145,7 @@ def test_a_crash_mid_fine_tune_leaves_the_parent_untouched_and_the_run_resumes(t
         os.killpg(job.pid, signal.SIGKILL)  # the job and both parties, mid-step
         job.wait()
     crashed_at = _journal_done(journal)
-    assert 3 <= crashed_at < 40  # 8 epochs of 40 cases at 8 per step: 40 steps
+    assert 3 <= crashed_at < 32  # 8 epochs of 32 cases (8 more held out) at 8 per step
     assert file_sha256(parent) == before and not out.exists()
 
     changed = [*argv[:-6], "--lr", "0.1", *argv[-6:]]
@@ -145,9 +159,9 @@ def test_a_crash_mid_fine_tune_leaves_the_parent_untouched_and_the_run_resumes(t
     assert record["interruptions"]["resumes"] == 1
     assert record["interruptions"]["last_resumed_at_step"] == crashed_at
     dp = record["differential_privacy"]
-    assert dp["steps"] == 40
+    assert dp["steps"] == 32
     # the step killed mid-way may have been opened to party 1: it is spent, then taken again
-    assert dp["steps_spent"] == 40 + record["interruptions"]["steps_opened_twice"]
+    assert dp["steps_spent"] == 32 + record["interruptions"]["steps_opened_twice"]
     assert record["interruptions"]["steps_opened_twice"] in (0, 1)
     assert not journal.exists()
     # a passport entry of the candidate says what it is (models.passport.entry)
@@ -157,5 +171,23 @@ def test_a_crash_mid_fine_tune_leaves_the_parent_untouched_and_the_run_resumes(t
     assert entry["dp_epsilon"] == round(dp["epsilon"], 4)
     assert entry["metrics"]["auc"] == round(record["gate"]["auc"]["auc_b"], 4)
     assert [d["role"] for d in entry["datasets"]] == ["eval"]
-    assert "40 settled cases" in entry["limits"][0]
+    assert "32 settled cases" in entry["limits"][0]
+    # 4 cases of each class were held out, and judged encrypted (parent and candidate)
+    assert record["taught_by"] == {**record["taught_by"], "settled_cases": 32, "held_out_cases": 8}
+    held_out = record["gate"]["held_out"]
+    assert held_out["images"] == 8 and 0 <= held_out["auc_a"] <= 1 and 0 <= held_out["auc_b"] <= 1
     assert not any("trained and evaluated on generated data" in limit for limit in entry["limits"])
+
+
+def test_held_out_cases_come_from_both_classes_and_stay_the_same_on_resume(tmp_path):
+    assert held_out_sizes((20, 20), 0.2) == (4, 4)
+    assert held_out_sizes((30, 4), 0.2) == (0, 0)  # too few tumours to hold one out
+    assert held_out_sizes((20, 20), 0.0) == (0, 0)
+    samples = [Sample(tmp_path / f"{i:02d}.jpg", i % 2) for i in range(40)]
+    train, held = split_held_out(samples, (4, 4))
+    assert sorted([*train.tolist(), *held.tolist()]) == list(range(40))
+    assert sorted(samples[i].label for i in held) == [0] * 4 + [1] * 4
+    reversed_held = split_held_out(list(reversed(samples)), (4, 4))[1]  # the same cases
+    assert sorted(39 - i for i in reversed_held.tolist()) == held.tolist()
+    other = [Sample(tmp_path / f"x{i:02d}.jpg", i % 2) for i in range(40)]
+    assert not torch.equal(split_held_out(other, (4, 4))[1], held)  # other cases, other draw
