@@ -6,6 +6,9 @@ Not a test. Writes ``docs/bench/finetune.json`` and ``docs/bench/finetune.md``.
     .venv/bin/python scripts/bench_finetune.py [--batch 8] [--reps 10]    # about 8 minutes
         [--part steps|shifted|all] [--variant profile --cases 300 --epsilon 3 --repeats 3]
 
+``--part steps`` or ``--part shifted`` measures one part and keeps the other from the last
+report (saying when it was measured).
+
 Part ``shifted`` (needs ``data/seed``): a hospital whose scanner shows brains as the
 ``profile`` near shift does (``training.synthetic.shifts.generate_hospital``); its images
 are settled by a simulated panel of three doctors of known accuracy, cases the served model
@@ -259,6 +262,8 @@ def shifted(args: argparse.Namespace) -> dict[str, Any]:
                 "owner_eval_auc": [record["gate"]["auc"]["auc_a"], record["gate"]["auc"]["auc_b"]],
                 "owner_eval_change_ci": [record["gate"]["auc"]["ci_low"],
                                          record["gate"]["auc"]["ci_high"]],
+                "held_out": record["gate"].get("held_out"),
+                "taught_by": record["taught_by"],
                 "hospital_auc": [gain.auc_a, gain.auc_b],
                 "hospital_change_ci": [gain.ci_low, gain.ci_high],
                 "epsilon": record["differential_privacy"]["epsilon"],
@@ -275,6 +280,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"thread each, TFP; load before {report['load_before']}, after {report['load_after']}; "
         f"medians of {report['reps']} steps after a warm-up step.",
     ]
+    kept = report.get("kept_from_previous_run")
+    if kept:
+        lines.append(f"The {kept['part']} part is kept from the run of {kept['measured']}.")
     if report["rows"]:
         lines += [
             "",
@@ -298,23 +306,34 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"**A shifted hospital** (near-shift variant `{hospital['variant']}`): "
             f"{hospital['images']} training images, {hospital['flagged_left_out']} flagged "
-            f"unfamiliar by the parent and left out, {hospital['cases']} settled cases taught "
+            f"unfamiliar by the parent and left out, {hospital['cases']} settled cases "
             f"(simulated panel of three, each right with p 0.85: majority right "
-            f"{hospital['panel_accuracy']:.3f}); AUC on {hospital['hospital_eval_images']} of "
-            "the hospital's own eval images and on the owner's eval set (the gate's), "
-            "paired-bootstrap 95 % CI of each change:",
+            f"{hospital['panel_accuracy']:.3f}), of which a fifth of each class is held out to "
+            f"judge the candidate encrypted; AUC on {hospital['hospital_eval_images']} of "
+            "the hospital's own eval images, on the held-out settled cases (encrypted, against "
+            "the panel's labels) and on the owner's eval set (the gate's), paired-bootstrap "
+            "95 % CI of each change:",
             "",
-            "| run | ε | hospital AUC before → after [CI of change] | owner eval AUC before → "
-            "after [CI] | gate |",
-            "|---|---|---|---|---|",
+            "| run | ε | cases trained / held out | hospital AUC before → after [CI of change] "
+            "| held-out settled cases, encrypted [CI] | owner eval AUC before → after [CI] "
+            "| gate |",
+            "|---|---|---|---|---|---|---|",
         ]
         for i, run in enumerate(hospital["runs"], 1):
             (h0, h1), (hl, hh) = run["hospital_auc"], run["hospital_change_ci"]
             (o0, o1), (ol, oh) = run["owner_eval_auc"], run["owner_eval_change_ci"]
+            held = run.get("held_out")
+            judged = (
+                "none held out" if not held else f"{held['auc_a']:.3f} → {held['auc_b']:.3f} "
+                f"[{held['ci_low']:+.3f}, {held['ci_high']:+.3f}]"
+            )  # fmt: skip
+            taught = run.get("taught_by", {})
+            split = f"{taught.get('settled_cases', '?')} / {taught.get('held_out_cases', 0)}"
             gate = "promoted" if run["promoted"] else "refused: " + "; ".join(run["reasons"])
             lines.append(
-                f"| {i} | {run['epsilon']:.2f} | {h0:.3f} → {h1:.3f} [{hl:+.3f}, {hh:+.3f}] | "
-                f"{o0:.3f} → {o1:.3f} [{ol:+.3f}, {oh:+.3f}] | {gate} |"
+                f"| {i} | {run['epsilon']:.2f} | {split} | {h0:.3f} → {h1:.3f} "
+                f"[{hl:+.3f}, {hh:+.3f}] | {judged} | {o0:.3f} → {o1:.3f} [{ol:+.3f}, {oh:+.3f}] "
+                f"| {gate} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -342,14 +361,28 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(baseline(args.batch, args.reps))
             print(json.dumps(rows[-1]), flush=True)
     hospital = shifted(args) if args.part in ("shifted", "all") else None
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    measured = {"steps": now, "shifted": now}
+    kept_from: dict[str, str] | None = None
+    previous = args.out_dir / "finetune.json"
+    if args.part != "all" and previous.exists():  # keep the part not measured this time
+        kept = json.loads(previous.read_text())
+        other = "shifted" if args.part == "steps" else "steps"
+        measured[other] = kept.get(f"{other}_measured", kept["measured"])
+        kept_from = {"part": other, "measured": measured[other]}
+        rows = rows or kept.get("rows", [])
+        hospital = hospital or kept.get("shifted")
     report = {
-        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "measured": now,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_before": load_before,
         "load_after": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "reps": args.reps,
         "rows": rows,
         "shifted": hospital,
+        "steps_measured": measured["steps"],
+        "shifted_measured": measured["shifted"],
+        "kept_from_previous_run": kept_from,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
