@@ -41,6 +41,9 @@ class LoopConfig:
     #: ``best``: the weights of the epoch with the lowest calibration loss (the training loss
     #: when there is no calibration split); ``last``: the last epoch's (no early stopping)
     keep: str = "best"
+    #: with a teacher: the weight of the distillation term and the temperature of both softmaxes
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP_EPOCH:
@@ -88,14 +91,35 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> t
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
+def _distilled(
+    loss: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor,
+    config: LoopConfig,
+) -> torch.Tensor:  # fmt: skip
+    t = config.distill_temperature
+    with torch.no_grad():
+        target = nn.functional.softmax(teacher(x) / t, dim=1)
+    kl = nn.functional.kl_div(
+        nn.functional.log_softmax(logits / t, dim=1), target, reduction="batchmean"
+    )
+    return (1.0 - config.distill_weight) * loss + config.distill_weight * t * t * kl
+
+
 def train(
     model: nn.Module,
     train_data: tuple[torch.Tensor, torch.Tensor],
     calib_data: tuple[torch.Tensor, torch.Tensor],
     eval_data: tuple[torch.Tensor, torch.Tensor],
     config: LoopConfig,
+    teacher: nn.Module | None = None,
 ) -> History:
-    """Train ``model`` in place; eval figures are recorded for the curves, never used to choose."""
+    """Train ``model`` in place; eval figures are recorded for the curves, never used to choose.
+
+    With a ``teacher`` the loss also pulls the model's softened outputs towards the teacher's
+    on the same augmented images (knowledge distillation, Hinton et al. 2015):
+    ``(1 - w) CE + w T^2 KL(teacher_T || model_T)``.
+    """
+    if teacher is not None:
+        teacher.eval()
     images, labels = train_data
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -132,6 +156,8 @@ def train(
                     x = augment_robust(x, generator, strength=strength)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
+            if teacher is not None:
+                loss = _distilled(loss, logits, teacher, x, config)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.nets import Architecture, build_model
 from models.preprocessing import Preprocessing
 from training.calibration import fit_temperature
@@ -180,7 +180,19 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
         augmentation=settings.augmentation,
         seed=settings.seed,
         progress=settings.progress,
+        distill_weight=settings.distill_weight,
+        distill_temperature=settings.distill_temperature,
     )
+    teacher = None
+    if settings.teacher is not None:
+        taught_by = load_checkpoint(settings.teacher)
+        if taught_by.architecture.image_size != arch.image_size:
+            raise SystemExit(
+                f"--teacher sees {taught_by.architecture.image_size} px images, the model "
+                f"{arch.image_size} px: train the teacher at the same size"
+            )
+        teacher = taught_by.model()
+        log.info("distilling from %s (%s)", settings.teacher, taught_by.architecture.backbone)
     train_started = time.perf_counter()
     dp = settings.dp_config()
     dp_record: dict[str, Any] | None = None
@@ -192,6 +204,7 @@ def run_training(settings: TrainSettings, command: list[str] | None = None) -> T
             (train_set.images[held], train_set.labels[held]),
             (eval_set.images, eval_set.labels),
             config,
+            teacher,
         )
     else:
         history, dp_record, public = train_private(model, arch, settings, dp, config, (

@@ -74,6 +74,19 @@ class TrainSettings:
             "or mild (robust at half strength on half the images)"
         ),
     )
+    teacher: Path | None = field(
+        default=None,
+        metadata=flag(
+            "distil from this checkpoint's softened outputs as well as the labels (e.g. the "
+            "ReLU resnet18 for resnet18-mpc; same image size; not with --dp-epsilon)"
+        ),
+    )
+    distill_weight: float = field(
+        default=0.5, metadata=flag("with --teacher: the distillation term's weight, in (0, 1]")
+    )
+    distill_temperature: float = field(
+        default=4.0, metadata=flag("with --teacher: the softmax temperature of both outputs")
+    )
     train_limit: int | None = field(
         default=None, metadata=flag("use at most N training images (0 = all)")
     )
@@ -195,6 +208,16 @@ class TrainSettings:
             raise ValueError(
                 "--dp-public-pretrain-epochs needs --dp-epsilon (it prepares DP fine-tuning)"
             )
+        if self.teacher is not None:
+            if not 0.0 < self.distill_weight <= 1.0:
+                raise ValueError("--distill-weight must be in (0, 1]")
+            if not self.distill_temperature > 0:
+                raise ValueError("--distill-temperature must be positive")
+            if self.dp_epsilon:
+                raise ValueError(
+                    "--teacher with --dp-epsilon: a teacher trained on the private data "
+                    "would pass it on outside the DP budget"
+                )
         self.dp_config()  # a DP budget must be well formed
         if self.training_run_out is None:
             object.__setattr__(self, "training_run_out", Path("models") / f"{self.backbone}.pth")

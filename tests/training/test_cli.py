@@ -112,6 +112,8 @@ DIRS = ["--source-dir-train", "a", "--source-dir-eval", "b"]
         ([*DIRS, "--image-size", "50"], "image_size must be a multiple of 16"),
         ([*DIRS, "--augment", "maybe"], "--augment: expected true or false"),
         ([*DIRS, "--validate-encrypted"], "expected one argument"),
+        ([*DIRS, "--teacher", "t.pth", "--distill-weight", "0"], "--distill-weight must be in"),
+        ([*DIRS, "--teacher", "t.pth", "--dp-epsilon", "3"], "would pass it on outside the DP"),
     ],
 )
 def test_settings_refuse_bad_values_with_a_usage_error(
