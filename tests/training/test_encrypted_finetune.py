@@ -191,3 +191,65 @@ def test_held_out_cases_come_from_both_classes_and_stay_the_same_on_resume(tmp_p
     assert sorted(39 - i for i in reversed_held.tolist()) == held.tolist()
     other = [Sample(tmp_path / f"x{i:02d}.jpg", i % 2) for i in range(40)]
     assert not torch.equal(split_held_out(other, (4, 4))[1], held)  # other cases, other draw
+
+
+def _spying_party(rank: int, checkpoint: str, cases: str, key, journal: str):
+    """``_party``, recording what reaches this party from the other: every object sent on
+    the control channel and every value opened to it."""
+    from models.crypten_compat import load_crypten
+    from training.encrypted_finetune import _party
+
+    crypten = load_crypten()
+    comm = crypten.communicator.get()  # the peer link's methods are set on the instance
+    received, opened = [], []
+    broadcast, open_value = comm.broadcast_obj, crypten.mpc.MPCTensor.get_plain_text
+
+    def spying_broadcast(obj, src, group=None):
+        out = broadcast(obj, src, group)
+        if src != rank:
+            received.append(out)
+        return out
+
+    def spying_open(self, dst=None):
+        plain = open_value(self, dst=dst)
+        if plain is not None:
+            opened.append(tuple(plain.shape))
+        return plain
+
+    comm.broadcast_obj, crypten.mpc.MPCTensor.get_plain_text = spying_broadcast, spying_open
+    try:
+        outcome = _party(rank, checkpoint, cases, key, journal)
+    finally:
+        comm.broadcast_obj, crypten.mpc.MPCTensor.get_plain_text = broadcast, open_value
+    return outcome is not None, received, opened
+
+
+def test_party_1_receives_labels_counts_and_one_gradient_per_step_never_image_bytes(tmp_path):
+    from models.encrypted import fold
+    from models.mpc import run_parties
+    from training.encrypted_finetune import RunKey, trainable_names
+
+    data = generate_dataset(tmp_path / "mri", seed=14, train=16, eval=8)
+    cases = _cases(data / "train", tmp_path / "cases", 8)
+    parent = load_checkpoint(SEED_MODEL)
+    key = RunKey(file_sha256(SEED_MODEL), 14, 3, 0.5, 1.0, 1.0, 0.1, ("fc3",), (1, 1))
+    (_, to_party0, opened0), (finished, to_party1, opened1) = run_parties(
+        _spying_party, str(SEED_MODEL), str(cases), key, str(tmp_path / "journal.pt")
+    )  # fmt: skip
+    assert finished
+    # The control channel to party 1: the number of cases, each step's public labels, and the
+    # held-out cases' paired AUC summary. Nothing else, no tensor, no pixel.
+    count, *labels, summary = to_party1
+    assert count == 14 and len(labels) == 3
+    assert all(set(step) <= {0.0, 1.0} for step in labels)
+    assert set(summary) == {"images", "auc_a", "auc_b", "difference", "ci_low", "ci_high",
+                            "confidence", "resamples"} and summary["images"] == 2  # fmt: skip
+    # Opened to party 1: one noisy gradient of the trained layer per non-empty step, nothing
+    # of the images; party 0 gets the held-out cases' outputs (its own images), twice.
+    fc3 = sum(p.numel() for n, p in fold(parent.model(), parent.architecture).items()
+              if n in trainable_names(parent.architecture, ["fc3"]))  # fmt: skip
+    steps_with_cases = sum(1 for step in labels if step)
+    assert opened1 == [(fc3,)] * steps_with_cases
+    assert opened0 == [(2,), (2,)]
+    # party 0 learns the architecture and where a resumed run stands, from party 1
+    assert [type(obj) for obj in to_party0] == [dict, int]
