@@ -18,7 +18,9 @@ Run it on party 0's host, from cron or a timer (each run does what is due, then 
    ``--retention-days`` of settlement (unfamiliar ones, or too few cases for a round).
 
 A crash mid-round leaves the round running: the next run resumes it (the fine-tune's journal)
-instead of starting another. A round whose fine-tune refused its inputs is recorded as failed;
+instead of starting another. One run at a time: a run that finds another holding the lock
+(``<data-dir>/teaching/.lock``) says so and exits 0. A round whose fine-tune refused its
+inputs is recorded as failed;
 its cases are not taken again. Exit status 0: nothing due, or the candidate was promoted;
 3: it was refused; 2: bad settings, or the fine-tune refused its inputs; 1: a crash (run it
 again).
@@ -26,6 +28,7 @@ again).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -125,6 +128,16 @@ class Teacher:
         self.rounds_dir = Path(settings.data_dir) / "teaching"
 
     def run(self, now: datetime) -> dict[str, Any]:
+        """Do what is due; ``{"busy": True}`` when another run of the job holds the lock."""
+        self.rounds_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.rounds_dir / ".lock", "w") as lock:
+            try:  # one job at a time (cron may start the next before this one ends)
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return {"busy": True, "round": None}
+            return self._run_locked(now)
+
+    def _run_locked(self, now: datetime) -> dict[str, Any]:
         with self.sessions.begin() as session:
             pending = teaching.running_round(session)
         self._remove_orphans(None if pending is None else pending[0])
@@ -209,10 +222,9 @@ class Teacher:
 
     def _remove_orphans(self, running: str | None) -> None:
         """Copies left by a run that crashed before its round was committed."""
-        if self.rounds_dir.is_dir():
-            for folder in self.rounds_dir.iterdir():
-                if folder.name != running:
-                    shutil.rmtree(folder, ignore_errors=True)
+        for folder in self.rounds_dir.iterdir():
+            if folder.is_dir() and folder.name != running:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

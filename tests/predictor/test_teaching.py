@@ -3,6 +3,7 @@ deletion of their images; the store on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -183,6 +184,11 @@ def test_the_job_waits_for_n_cases_teaches_resumes_after_a_crash_and_deletes_the
     try:
         waiting = Teacher(settings(41), sessions).run(datetime.now(UTC))
         assert waiting == {"round": None, "eligible": 40, "waiting_for": 41, "images_deleted": 0}
+        with open(tmp_path / "party0" / "teaching" / ".lock", "w") as lock:  # another run
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            assert Teacher(settings(40), sessions).run(datetime.now(UTC)) == {
+                "busy": True, "round": None,
+            }  # fmt: skip
 
         job = subprocess.Popen(
             [sys.executable, "-m", "predictor.teach", *flags, "--every", "40"],
