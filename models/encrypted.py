@@ -16,6 +16,8 @@ What the folding buys under MPC:
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -152,6 +154,32 @@ def unfold_lenet(params: Mapping[str, torch.Tensor], arch: Architecture) -> nn.M
     return model.eval()
 
 
+@torch.no_grad()
+def with_head(
+    model: nn.Module, arch: Architecture, params: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """A copy of ``model`` whose last layer is the folded one in ``params`` (at temperature 1:
+    logits 0 and the scaled logit difference); the rest of ``params`` must be ``model``'s
+    own folding. For a last layer changed on the folded program (head-only encrypted
+    fine-tuning, ``models.encrypted_training.encrypted_head_step``)."""
+    layer = "fc3" if arch.backbone == "lenet" else "fc"
+    own = fold(model, arch)
+    changed = [
+        name
+        for name, value in own.items()
+        if not name.startswith(f"{layer}.") and not torch.equal(value, params[name])
+    ]
+    if changed:
+        raise ValueError(f"only the last layer may differ from the model's own; {changed[:3]} do")
+    copied = copy.deepcopy(model)
+    linear = getattr(copied, layer)
+    linear.weight.zero_()
+    linear.bias.zero_()
+    linear.weight[1].copy_(params[f"{layer}.w"].view(-1))
+    linear.bias[1] = params[f"{layer}.b"].view(())
+    return copied.eval()
+
+
 def _runs_announced_activations(model: nn.Module, arch: Architecture) -> bool:
     """Activations are not parameters: a network with other activations folds to the same
     tensors but is another program, so check them against the card."""
@@ -169,7 +197,12 @@ def _runs_announced_activations(model: nn.Module, arch: Architecture) -> bool:
 
 def parameter_shapes(arch: Architecture) -> OrderedDict[str, torch.Size]:
     """Shapes of :func:`fold`'s output, known from the public architecture alone."""
-    return OrderedDict((k, v.shape) for k, v in fold(build_model(arch), arch).items())
+    return OrderedDict(_shapes(arch))
+
+
+@functools.lru_cache(maxsize=16)
+def _shapes(arch: Architecture) -> tuple[tuple[str, torch.Size], ...]:
+    return tuple((k, v.shape) for k, v in fold(build_model(arch), arch).items())
 
 
 # ---------------------------------------------------------------------------- the program

@@ -38,6 +38,12 @@ every image's gradient and adds Gaussian noise party 1 cannot remove, all on sha
   party 1 never knows it, so it cannot subtract it (party 0 never sees the gradient);
 * the clipped sum plus noise is the one value opened, to party 1, which divides by the
   batch size and steps.
+Head only (:func:`encrypted_head_step`, ResNet18's fine-tuning). The features of every
+case are computed once under MPC (:func:`features_once`) and stay shared; each step trains
+the last layer on them, with per-image gradients in closed form (a linear layer's gradient
+is the loss's derivative times the features), the same clipping and noise, and the step's
+choice of cases and their labels secret-shared by party 0.
+
 The noise comes from torch's generator seeded from the operating system's entropy (like
 Opacus without ``secure_mode``), not a cryptographically secure generator.
 """
@@ -56,7 +62,16 @@ from typing import Any
 
 import torch
 
-from models.encrypted import Params, TensorLike, _is_plain, forward, share_images
+from models.encrypted import (
+    Params,
+    TensorLike,
+    _is_plain,
+    forward,
+    head,
+    parameter_shapes,
+    penultimate,
+    share_images,
+)
 from models.encrypted import share_parameters as _share_parameters
 from models.nets import Architecture
 
@@ -251,27 +266,184 @@ def encrypted_step(
         step = lr / scale
     else:
         per_image = per_image_scaled_gradients(arch, encrypted, shared_images, labels, scale)
-        with crypten.no_grad():
-            summed = clipped_sum(per_image, dp.clip, scale) + _party0_noise(
-                crypten, rank, int(per_image.shape[1]), dp.noise_multiplier * dp.clip * scale
-            )
-        plain = summed.get_plain_text(dst=MODEL_OWNER)
-        if plain is not None:  # party 1, post-processing the DP output (still DP)
-            bound = (len(labels) + _IMPOSSIBLE_SIGMAS * dp.noise_multiplier) * dp.clip * scale
-            impossible = plain.abs() > bound
-            if impossible.any():
-                log.warning(
-                    "zeroed %d opened gradient coordinate(s) beyond any clipped sum plus "
-                    "noise (fixed-point truncation errors)",
-                    int(impossible.sum()),
-                )
-                plain = torch.where(impossible, torch.zeros_like(plain), plain)
+        plain = _noisy_sum_to_owner(crypten, rank, per_image, dp, scale)
         trained = OrderedDict((k, v) for k, v in encrypted.items() if v.requires_grad)
         opened = _split(plain, trained)
         step = lr / (scale * (len(labels) if mean_over is None else mean_over))
     if params is None or opened is None:
         return None
     return _stepped(params, opened, step)
+
+
+def _noisy_sum_to_owner(
+    crypten: ModuleType, rank: int, per_image: TensorLike, dp: DPStep, scale: float
+) -> torch.Tensor | None:
+    """DP's one opening: the clipped sum of the ``(B, P)`` per-image gradients (at ``scale``)
+    plus party 0's noise, opened to party 1 (None for party 0), whose coordinates beyond any
+    clipped sum plus noise (truncation errors) party 1 zeroes."""
+    with crypten.no_grad():
+        summed = clipped_sum(per_image, dp.clip, scale) + _party0_noise(
+            crypten, rank, int(per_image.shape[1]), dp.noise_multiplier * dp.clip * scale
+        )
+    plain = summed.get_plain_text(dst=MODEL_OWNER)
+    if plain is not None:  # party 1, post-processing the DP output (still DP)
+        rows = int(per_image.shape[0])
+        bound = (rows + _IMPOSSIBLE_SIGMAS * dp.noise_multiplier) * dp.clip * scale
+        impossible = plain.abs() > bound
+        if impossible.any():
+            log.warning(
+                "zeroed %d opened gradient coordinate(s) beyond any clipped sum plus "
+                "noise (fixed-point truncation errors)",
+                int(impossible.sum()),
+            )
+            plain = torch.where(impossible, torch.zeros_like(plain), plain)
+    return plain
+
+
+# ------------------------------------------------------------- the last layer on features
+
+#: the folded parameters of each backbone's last layer (what head-only fine-tuning changes)
+HEAD_LAYER = {"lenet": "fc3", "resnet18": "fc", "resnet18-mpc": "fc"}
+
+
+def head_names(arch: Architecture) -> tuple[str, str]:
+    layer = HEAD_LAYER[arch.backbone]
+    return f"{layer}.w", f"{layer}.b"
+
+
+def _share_head(
+    crypten: ModuleType, arch: Architecture, params: Params | None
+) -> OrderedDict[str, TensorLike]:
+    """Party 1's last layer alone, secret-shared (party 0 passes None and learns shapes)."""
+    shapes = parameter_shapes(arch)
+    return OrderedDict(
+        (name, crypten.cryptensor(torch.empty(shapes[name]) if params is None else params[name],
+                                  src=MODEL_OWNER))
+        for name in head_names(arch)
+    )  # fmt: skip
+
+
+def head_per_image_scaled_gradients(
+    arch: Architecture,
+    params: Mapping[str, TensorLike],
+    features: TensorLike,
+    chosen: TensorLike,
+    targets: TensorLike,
+    scale: float = GRADIENT_SCALE,
+) -> TensorLike:
+    """``(N, D + 1)``: each case's own ``scale`` x gradient of its logistic loss on the last
+    layer alone, in closed form, ``u_i [f_i, 1]`` with ``u_i = chosen_i sigmoid(d_i) - y_i``
+    (``d_i`` the scaled logit difference of features ``f_i``). ``chosen`` ``(N, 1)`` is 1 for
+    this step's cases and 0 for the others, ``targets`` ``(N, 1)`` is ``chosen x label``: on
+    shares both are party 0's, so which cases a step takes stays hidden. Three
+    multiplications, whatever N: the layer's product, the choice and ``u x f``; no per-image
+    backward pass."""
+    difference = head(arch, params, features)
+    upstream = (difference.sigmoid() * chosen - targets) * scale
+    return torch.cat([upstream * features, upstream], 1)
+
+
+def features_once(
+    crypten: ModuleType,
+    rank: int,
+    arch: Architecture,
+    params: Params | None,
+    images: torch.Tensor | None,
+    count: int,
+    batch: int = 8,
+) -> TensorLike:
+    """The penultimate features ``(count, D)`` of party 0's images under party 1's weights,
+    computed once and kept secret-shared (never opened). Party 1 passes ``params``, party 0
+    ``images``."""
+    if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
+        raise ValueError("party 1 passes the parameters, party 0 the images")
+    encrypted = _share_parameters(crypten, arch, params, rank)
+    size = arch.image_size
+    rows = []
+    with crypten.no_grad():
+        for start in range(0, count, batch):
+            chunk = None if images is None else images[start : start + batch]
+            shared = share_images(crypten, chunk, (min(batch, count - start), 1, size, size), rank)
+            rows.append(penultimate(arch, encrypted, shared))
+    return crypten.cat(rows, 0)
+
+
+def encrypted_head_step(
+    crypten: ModuleType,
+    rank: int,
+    arch: Architecture,
+    params: Params | None,
+    features: TensorLike,
+    chosen: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    lr: float,
+    dp: DPStep,
+    mean_over: float,
+    scale: float = GRADIENT_SCALE,
+) -> Params | None:
+    """One DP-SGD step on the last layer alone, on ``features`` shared by
+    :func:`features_once`: for ResNet18, whose convolutions cost seconds per image under
+    MPC, the features are computed once and every step costs a few rounds. Party 1 passes
+    its folded parameters (only the last layer's are shared, and only they change); party 0
+    passes ``chosen`` (0/1 per case: this step's Poisson draw) and the cases' ``labels``, and
+    secret-shares both, so party 1 learns neither which cases nor how many a step took. The
+    one opening is DP's (:func:`_noisy_sum_to_owner`), divided by ``mean_over`` (the expected
+    batch size).
+
+    A case not chosen adds a product of a shared 0 with its features: CrypTen's truncation
+    leaves a last-bit error there (2^-16 of its gradient, under noise of std sigma C)."""
+    if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (chosen is not None):
+        raise ValueError("party 1 passes the parameters, party 0 the choice and labels")
+    rows = int(features.shape[0])
+    shared = _share_head(crypten, arch, params)
+    mask = torch.empty(rows, 1) if chosen is None else chosen.float().view(-1, 1)
+    target = torch.empty(rows, 1) if labels is None else mask * labels.float().view(-1, 1)
+    per_image = head_per_image_scaled_gradients(
+        arch, shared, features, crypten.cryptensor(mask, src=0),
+        crypten.cryptensor(target, src=0), scale,
+    )  # fmt: skip
+    plain = _noisy_sum_to_owner(crypten, rank, per_image, dp, scale)
+    opened = _split(plain, shared)
+    if params is None or opened is None:
+        return None
+    return _stepped(params, opened, lr / (scale * mean_over))
+
+
+def plaintext_head_step(
+    arch: Architecture,
+    params: Params,
+    features: torch.Tensor,
+    chosen: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    clip: float,
+    mean_over: float,
+) -> Params:
+    """:func:`encrypted_head_step` in plaintext, without the noise (for checks and the
+    benchmark's comparison)."""
+    mask = chosen.float().view(-1, 1)
+    per_image = head_per_image_scaled_gradients(
+        arch, params, features, mask, mask * labels.float().view(-1, 1), 1.0
+    )
+    summed = clipped_sum(per_image, clip, 1.0)
+    head_params = OrderedDict((name, params[name]) for name in head_names(arch))
+    return _stepped(params, _split(summed, head_params) or OrderedDict(), lr / mean_over)
+
+
+def head_differences_to_party0(
+    crypten: ModuleType,
+    rank: int,
+    arch: Architecture,
+    params: Params | None,
+    features: TensorLike,
+) -> torch.Tensor | None:
+    """Like :func:`differences_to_party0`, from features shared by :func:`features_once`:
+    the last layer alone runs (party 1 shares only its parameters), opened to party 0."""
+    with crypten.no_grad():
+        opened = (
+            head(arch, _share_head(crypten, arch, params), features).flatten().get_plain_text(dst=0)
+        )
+    return None if rank != 0 else opened
 
 
 def differences_to_party0(

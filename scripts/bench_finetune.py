@@ -1,10 +1,17 @@
 """Benchmark: one encrypted SGD step of the served LeNet (models.encrypted_training), against
-the same step in plaintext and CrypTen's own training used the plain way, in the same run.
+the same step in plaintext and CrypTen's own training used the plain way, in the same run;
+and ResNet18's head-only fine-tuning (features once per case, then the last layer's steps).
 
 Not a test. Writes ``docs/bench/finetune.json`` and ``docs/bench/finetune.md``.
 
     .venv/bin/python scripts/bench_finetune.py [--batch 8] [--reps 10]    # about 8 minutes
         [--part steps|shifted|all] [--variant profile --cases 300 --epsilon 3 --repeats 3]
+
+ResNet18 (``--head-backbone``, ``--head-size`` 128): its penultimate features under MPC,
+computed once per case (``models.encrypted_training.features_once``), and then one DP step of
+its last layer on a pool of ``--head-pool`` cases' shared features, each drawn with
+probability batch / pool, the draw and the labels secret-shared
+(``encrypted_head_step``); the plaintext columns are the same computations in torch.
 
 ``--part steps`` or ``--part shifted`` measures one part and keeps the other from the last
 report (saying when it was measured).
@@ -164,6 +171,121 @@ def ours(batch: int, reps: int, dp: DPStep | None = None) -> dict[str, Any]:
         "rounds": encrypted["rounds"],
         "mb_per_step": encrypted["bytes"] / 1e6,
     }
+
+
+def _head_party(
+    rank: int,
+    params: dict[str, torch.Tensor] | None,
+    arch: Architecture,
+    pool: int,
+    batch: int,
+    reps: int,
+    feature_cases: int,
+) -> dict[str, Any]:
+    from models.crypten_compat import load_crypten
+    from models.encrypted_training import encrypted_head_step, features_once
+
+    crypten = load_crypten()
+    crypten.cfg.communicator.verbose = True
+    comm = crypten.communicator.get()
+    size = arch.image_size
+    mine = params if rank == 1 else None
+    images = torch.randn(feature_cases, 1, size, size) if rank == 0 else None
+    comm.reset_communication_stats()
+    started = time.perf_counter()
+    shared = features_once(crypten, rank, arch, mine, images, feature_cases, feature_cases)
+    once = {"s": time.perf_counter() - started, **comm.get_communication_stats()}
+    width = int(shared.shape[1])
+    # the pool's features: shares of party 0's values (the step's cost does not depend on them)
+    features = crypten.cryptensor(
+        torch.rand(pool, width) if rank == 0 else torch.empty(pool, width), src=0
+    )
+    labels = torch.tensor([i % 2 for i in range(pool)], dtype=torch.float32)
+    draw = torch.Generator().manual_seed(0)
+    dp = DPStep(clip=1.0, noise_multiplier=1.0)
+    times: list[float] = []
+    rounds: list[float] = []
+    sent: list[float] = []
+    for rep in range(reps + 1):
+        chosen = torch.rand(pool, generator=draw) < batch / pool
+        comm.reset_communication_stats()
+        started = time.perf_counter()
+        updated = encrypted_head_step(
+            crypten, rank, arch, mine, features, chosen if rank == 0 else None,
+            labels if rank == 0 else None, LR, dp, mean_over=float(batch),
+        )  # fmt: skip
+        if rep:  # the first step warms up
+            times.append(time.perf_counter() - started)
+            stats = comm.get_communication_stats()
+            rounds.append(stats["rounds"])
+            sent.append(stats["bytes"])
+        mine = updated if rank == 1 else None
+    return {
+        "features_s_per_case": once["s"] / feature_cases,
+        "features_rounds": once["rounds"],
+        "features_bytes_per_case": once["bytes"] / feature_cases,
+        "s_per_step": statistics.median(times),
+        "all_s": [round(t, 4) for t in times],
+        "rounds": statistics.median(rounds),
+        "bytes": statistics.median(sent),
+        "width": width,
+    }
+
+
+def resnet_head(
+    backbone: str, size: int, pool: int, batch: int, reps: int, feature_cases: int
+) -> list[dict[str, Any]]:
+    """ResNet18's fine-tuning: its features once per case, then the last layer's DP step on
+    a pool of ``pool`` cases' shared features (each case drawn with probability batch/pool)."""
+    from models.encrypted import penultimate
+    from models.encrypted_training import plaintext_head_step
+
+    with tempfile.TemporaryDirectory() as workdir:
+        path, weights = benchmark_checkpoint(ROOT / "models", backbone, Path(workdir), size)
+        checkpoint = load_checkpoint(path)
+        arch = checkpoint.architecture
+        params = fold(checkpoint.model(), arch, checkpoint.temperature)
+    measured = run_parties(_head_party, dict(params), arch, pool, batch, reps, feature_cases)[0]
+    torch.set_num_threads(1)
+    images = torch.randn(feature_cases, 1, arch.image_size, arch.image_size)
+    started = time.perf_counter()
+    with torch.no_grad():
+        penultimate(arch, params, images)
+    plain_features = (time.perf_counter() - started) / feature_cases
+    features = torch.rand(pool, measured["width"])
+    labels = torch.tensor([i % 2 for i in range(pool)], dtype=torch.float32)
+    chosen = torch.rand(pool) < batch / pool
+    plain = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        plaintext_head_step(arch, params, features, chosen, labels, LR, 1.0, float(batch))
+        plain.append(time.perf_counter() - started)
+    name = f"{backbone} {arch.image_size}²"
+    return [
+        {
+            "system": "crypto-doctor",
+            "model": f"{name}, its features once per case (s, MB per case; rounds for "
+            f"{feature_cases} cases at once)",
+            "weights": weights,
+            "batch": feature_cases,
+            "enc_s_per_step": measured["features_s_per_case"],
+            "plain_s_per_step": plain_features,
+            "rounds": measured["features_rounds"],
+            "mb_per_step": measured["features_bytes_per_case"] / 1e6,
+        },
+        {
+            "system": "crypto-doctor",
+            "model": f"{name}, last layer on {pool} cases' shared features, DP (C 1, sigma 1), "
+            "the draw hidden",
+            "weights": weights,
+            "batch": batch,
+            "enc_s_per_step": measured["s_per_step"],
+            "enc_all_s": measured["all_s"],
+            "plain_s_per_step": statistics.median(plain),
+            "rounds": measured["rounds"],
+            "mb_per_step": measured["bytes"] / 1e6,
+        },
+    ]
 
 
 def baseline(batch: int, reps: int) -> dict[str, Any]:
@@ -345,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=OUT)
     parser.add_argument("--part", choices=("steps", "shifted", "all"), default="all")
+    parser.add_argument("--head-backbone", default="resnet18",
+                        help="the ResNet whose last layer learns (none: skip)")  # fmt: skip
+    parser.add_argument("--head-size", type=int, default=128)
+    parser.add_argument("--head-pool", type=int, default=64, help="cases whose features it has")
+    parser.add_argument("--feature-cases", type=int, default=2, help="cases timed for features")
     parser.add_argument("--variant", default="profile", help="the hospital's near shift")
     parser.add_argument("--cases", type=int, default=300, help="the hospital's images")
     parser.add_argument("--hospital-eval", type=int, default=600)
@@ -360,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_baseline:
             rows.append(baseline(args.batch, args.reps))
             print(json.dumps(rows[-1]), flush=True)
+        if args.head_backbone != "none":
+            rows += resnet_head(args.head_backbone, args.head_size, args.head_pool, args.batch,
+                                args.reps, args.feature_cases)  # fmt: skip
+            print(json.dumps(rows[-2:]), flush=True)
     hospital = shifted(args) if args.part in ("shifted", "all") else None
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     measured = {"steps": now, "shifted": now}

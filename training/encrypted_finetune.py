@@ -14,7 +14,11 @@ image's gradient is clipped on shares and party 0's noise is added before the on
 of the noisy batch gradient, to party 1. Party 0 keeps ``--held-out-fraction`` of each class
 out of training; after the steps, parent and candidate run encrypted on those cases, their
 outputs are opened to party 0 alone (its own images), and party 0 tells party 1 only the
-paired AUC summary. Party 1 hands the fine-tuned weights to this process, the model owner's,
+paired AUC summary. A ResNet18 learns its last layer only: its convolutions cost seconds per
+image under MPC, so the features of every case are computed once, encrypted, and stay
+secret-shared; each step then costs a few rounds, and party 0 secret-shares which cases it
+takes and their labels (party 1 learns neither; the held-out cases reuse the features).
+Party 1 hands the fine-tuned weights to this process, the model owner's,
 which never reads the cases. Here, in plaintext and on the owner's own data only:
 
 * the candidate gets its temperature, unfamiliarity detector and screening threshold again,
@@ -59,7 +63,8 @@ import numpy as np
 import torch
 
 from models.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
-from models.encrypted import fold, unfold_lenet
+from models.encrypted import fold, unfold_lenet, with_head
+from models.encrypted_training import HEAD_LAYER
 from models.mpc import run_parties
 from models.nets import Architecture
 from models.preprocessing import Preprocessing
@@ -272,9 +277,19 @@ def _party(
     key: RunKey,
     journal: str,
 ) -> dict[str, Any] | None:
-    """One party's DP-SGD steps; party 1 alone reads and writes ``journal``."""
+    """One party's DP-SGD steps; party 1 alone reads and writes ``journal``.
+
+    LeNet: every step secret-shares its cases' images and runs the whole program
+    (``encrypted_step``; party 0 tells party 1 the step's labels). ResNet18: the features of
+    all cases are computed once, shared, and every step trains the last layer on them
+    (``encrypted_head_step``; which cases a step takes, and their labels, stay party 0's)."""
     from models.crypten_compat import load_crypten
-    from models.encrypted_training import DPStep, encrypted_step
+    from models.encrypted_training import (
+        DPStep,
+        encrypted_head_step,
+        encrypted_step,
+        features_once,
+    )
 
     crypten = load_crypten()
     comm = crypten.communicator.get()
@@ -286,7 +301,9 @@ def _party(
         params = parent = fold(checkpoint.model(), arch, checkpoint.temperature)
         resumed = read_journal(Path(journal), key)
         if resumed is not None:  # an opening begun and not recorded counts as spent
-            last, params = resumed
+            last, saved = resumed  # the layers that learn: the rest is the parent's
+            params = OrderedDict(parent)
+            params.update(saved)
             progress = replace(last, begun=last.done, lost=last.lost + last.begun - last.done,
                                resumes=last.resumes + 1)  # fmt: skip
     arch = Architecture(**comm.broadcast_obj(None if arch is None else arch.to_dict(), 1))
@@ -303,7 +320,34 @@ def _party(
         raise RuntimeError(f"party 0 holds {count} cases; the run was planned for {key.cases}")
     dp = DPStep(key.clip, key.noise_multiplier)
     trainable = None if key.layers is None else trainable_names(arch, list(key.layers))
+
+    def journaled(params: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        """The layers that learn (what the journal and the owner get; the rest is the parent's)."""
+        return params if trainable is None else OrderedDict(
+            (k, v) for k, v in params.items() if k in trainable)  # fmt: skip
+
+    features = held_features = None
+    if head_only(arch):  # the convolutions once, for the cases that train and the held-out
+        everything = None
+        if images is not None and held_images is not None:
+            everything = torch.cat([images, held_images])
+        shared = features_once(crypten, rank, arch, parent, everything, count + sum(key.held_out))
+        features, held_features = shared[:count], shared[count:]
     for step in range(start, key.steps):
+        if features is not None:  # every step opens: its draw is hidden, even an empty one
+            chosen = None
+            if labels is not None:
+                chosen = torch.rand(count, generator=sampler) < key.sample_rate
+            if rank == 1 and params is not None:
+                write_journal(Path(journal), key, replace(progress, begun=step + 1),
+                              journaled(params))  # fmt: skip
+            updated = encrypted_head_step(crypten, rank, arch, params, features, chosen, labels,
+                                          key.lr, dp, mean_over=key.sample_rate * count)  # fmt: skip
+            params = updated if rank == 1 else None
+            progress = replace(progress, done=step + 1, begun=step + 1)
+            if rank == 1 and params is not None:
+                write_journal(Path(journal), key, progress, journaled(params))
+            continue
         batch_images = drawn = None
         if images is not None and labels is not None:  # party 0: Poisson sampling
             picked = torch.nonzero(torch.rand(count, generator=sampler) < key.sample_rate)
@@ -311,7 +355,8 @@ def _party(
         batch_labels = comm.broadcast_obj(drawn, 0)
         if rank == 1 and params is not None:
             if batch_labels:  # before the opening: a crash from here on counts the step
-                write_journal(Path(journal), key, replace(progress, begun=step + 1), params)
+                write_journal(Path(journal), key, replace(progress, begun=step + 1),
+                              journaled(params))  # fmt: skip
         if batch_labels:  # an empty draw opens nothing (the accountant still counts it)
             updated = encrypted_step(
                 crypten, rank, arch, params, batch_images, torch.tensor(batch_labels),
@@ -321,14 +366,19 @@ def _party(
         progress = replace(progress, done=step + 1, begun=step + 1,
                            case_steps=progress.case_steps + len(batch_labels))  # fmt: skip
         if rank == 1 and params is not None:
-            write_journal(Path(journal), key, progress, params)
+            write_journal(Path(journal), key, progress, journaled(params))
     held_out = _judge_held_out(crypten, rank, arch, parent, params, held_images, held_labels,
-                               sum(key.held_out))  # fmt: skip
+                               sum(key.held_out), held_features)  # fmt: skip
     if rank != 1 or params is None:
         return None
-    return {"params": {k: v.tolist() for k, v in params.items()}, "cases": count,
+    return {"params": {k: v.tolist() for k, v in journaled(params).items()}, "cases": count,
             "progress": asdict(progress), "held_out": held_out,
             "resumed_at_step": start if progress.resumes else None}  # fmt: skip
+
+
+def head_only(arch: Architecture) -> bool:
+    """ResNet18 fine-tunes its last layer alone, on features computed once under MPC."""
+    return arch.backbone != "lenet"
 
 
 def _judge_held_out(
@@ -340,15 +390,21 @@ def _judge_held_out(
     images: torch.Tensor | None,
     labels: torch.Tensor | None,
     count: int,
+    features: Any = None,
 ) -> dict[str, Any] | None:
     """Parent and candidate on the held-out cases, encrypted: their outputs are opened to
-    party 0 (its own images), which tells party 1 only the paired AUC summary."""
-    from models.encrypted_training import differences_to_party0
+    party 0 (its own images), which tells party 1 only the paired AUC summary. With
+    ``features`` (the cases' shared features) only the last layers run."""
+    from models.encrypted_training import differences_to_party0, head_differences_to_party0
 
     if count == 0:
         return None
-    before = differences_to_party0(crypten, rank, arch, parent, images, count)
-    after = differences_to_party0(crypten, rank, arch, candidate, images, count)
+    if features is not None:
+        before = head_differences_to_party0(crypten, rank, arch, parent, features)
+        after = head_differences_to_party0(crypten, rank, arch, candidate, features)
+    else:
+        before = differences_to_party0(crypten, rank, arch, parent, images, count)
+        after = differences_to_party0(crypten, rank, arch, candidate, images, count)
     summary = None
     if before is not None and after is not None and labels is not None:  # party 0
         paired = paired_bootstrap_auc(before.numpy(), after.numpy(), labels.numpy(), resamples=2000)
@@ -433,8 +489,12 @@ def _eval_figures(path: Path, data: ImageFolder) -> EvalFigures:
 def run(args: argparse.Namespace) -> int:
     parent = load_checkpoint(args.checkpoint)
     arch = parent.architecture
-    if arch.backbone != "lenet":
-        raise SystemExit("encrypted fine-tuning covers the whole LeNet only")
+    train_layers = args.train_layers or HEAD_LAYER[arch.backbone]
+    if head_only(arch) and train_layers != HEAD_LAYER[arch.backbone]:
+        print(f"a {arch.backbone} fine-tunes its last layer only (--train-layers "
+              f"{HEAD_LAYER[arch.backbone]}), on features computed once under MPC",
+              file=sys.stderr)  # fmt: skip
+        return 2
     samples = list_samples(args.cases_dir)  # names only: this process opens no case's file
     yes = sum(sample.label for sample in samples)
     held_out = held_out_sizes((len(samples) - yes, yes), args.held_out_fraction)
@@ -444,7 +504,7 @@ def run(args: argparse.Namespace) -> int:
               f"update needs at least {args.batch_size}", file=sys.stderr)  # fmt: skip
         return 2
     dp = DPConfig(args.dp_epsilon, args.dp_delta, args.max_grad_norm)
-    layers = None if args.train_layers == "all" else args.train_layers.split(",")
+    layers = None if train_layers == "all" else train_layers.split(",")
     if layers is not None:
         try:
             trainable_names(arch, layers)
@@ -471,8 +531,12 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     outcome = run_parties(_party, str(args.checkpoint), str(args.cases_dir), key, str(journal))[1]
     progress = Progress(**outcome["progress"])
-    params = OrderedDict((k, torch.tensor(v)) for k, v in outcome["params"].items())
-    model = unfold_lenet(params, arch)
+    params = fold(parent.model(), arch, parent.temperature)  # the layers that learnt, on it
+    params.update((k, torch.tensor(v)) for k, v in outcome["params"].items())
+    if head_only(arch):
+        model = with_head(parent.model(), arch, params)
+    else:
+        model = unfold_lenet(params, arch)
     temperature, detector, threshold = _owner_calibration(
         model, arch, parent, args.owner_dir, args.seed, args.screening_sensitivity
     )
@@ -504,18 +568,20 @@ def run(args: argparse.Namespace) -> int:
         "architecture": arch.to_dict(),
         "temperature": temperature,
         "decision_threshold": threshold,
-        "taught_by": {"settled_cases": outcome["cases"], "case_steps": progress.case_steps,
+        # ResNet18's steps hide their draws from party 1, which writes this record's input
+        "taught_by": {"settled_cases": outcome["cases"],
+                      "case_steps": None if head_only(arch) else progress.case_steps,
                       "held_out_cases": sum(held_out)},
         # what a passport entry reads (models.passport.entry): the run, its figures, its data
         "training": {"type": "encrypted fine-tune", "settled_cases": outcome["cases"],
-                     "train_layers": args.train_layers},
+                     "train_layers": train_layers},
         "metrics": {"epochs": args.epochs, "auc": auc.auc_b, "ece": after.ece,
                     "sensitivity": after.sensitivity, "specificity": after.specificity,
                     "limits": list(limits(outcome["cases"]))},
         "eval_data": data_record(args.eval_dir, fingerprint(eval_set.root, eval_set.samples),
                                  eval_set.class_counts()),
-        "how": "DP-SGD under two-party MPC (models.encrypted_training), layers "
-        + args.train_layers,
+        "how": "DP-SGD under two-party MPC (models.encrypted_training), layers " + train_layers
+        + (" on features computed once under MPC" if head_only(arch) else ""),
         "differential_privacy": {
             "epsilon": epsilon, "delta": dp.delta, "max_grad_norm": dp.max_grad_norm,
             "noise_multiplier": noise.noise_multiplier, "sample_rate": noise.sample_rate,
@@ -527,7 +593,7 @@ def run(args: argparse.Namespace) -> int:
                           outcome["resumed_at_step"], "steps_opened_twice": progress.lost},
         "recalibrated_on": str(args.owner_dir),
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                     "train_layers": args.train_layers},
+                     "train_layers": train_layers},
         "gate": {"policy": asdict(GatePolicy(args.max_auc_drop, args.max_ece_increase)),
                  "eval_dir": str(args.eval_dir), **verdict.to_dict()},
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
@@ -555,8 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-dir", type=Path, required=True, help="the owner's eval yes/, no/")
     parser.add_argument("--out", type=Path, required=True, help="the candidate checkpoint")
     parser.add_argument(
-        "--train-layers", default="fc3",
-        help="the layers that learn, e.g. fc2,fc3, or all (fewer parameters: less DP noise)",
+        "--train-layers", default=None,
+        help="the layers that learn, e.g. fc2,fc3, or all (fewer parameters: less DP noise); "
+        "default the last layer: fc3 for LeNet, fc for ResNet18 (the only choice there)",
     )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8, help="expected cases per step")

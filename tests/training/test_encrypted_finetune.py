@@ -253,3 +253,75 @@ def test_party_1_receives_labels_counts_and_one_gradient_per_step_never_image_by
     assert opened0 == [(2,), (2,)]
     # party 0 learns the architecture and where a resumed run stands, from party 1
     assert [type(obj) for obj in to_party0] == [dict, int]
+
+
+def _resnet_parent(data: Path, path: Path) -> Path:
+    """A small ResNet18-MPC (32 px), its batch norms measured on ``data``'s images."""
+    from models.checkpoint import save_checkpoint
+    from models.nets import Architecture, build_model
+    from models.preprocessing import Preprocessing
+    from training.data import ImageFolder
+
+    arch = Architecture("resnet18-mpc", image_size=32, activation="quad")
+    torch.manual_seed(0)
+    model = build_model(arch)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(ImageFolder(data, Preprocessing(32)).images)
+    save_checkpoint(path, model.eval(), arch, 1.0)
+    return path
+
+
+@pytest.mark.slow
+def test_a_resnet_learns_its_last_layer_on_features_computed_once(tmp_path):
+    from models.encrypted import fold
+
+    data = generate_dataset(tmp_path / "mri", seed=15, train=40, eval=60)
+    cases = _cases(data / "train", tmp_path / "cases", 10)
+    parent = _resnet_parent(data / "train", tmp_path / "resnet.pth")
+    before = file_sha256(parent)
+    out = tmp_path / "candidate" / "resnet.pth"
+    argv = [
+        "--checkpoint", str(parent), "--cases-dir", str(cases), "--owner-dir",
+        str(data / "train"), "--eval-dir", str(data / "eval"), "--out", str(out),
+        "--epochs", "2", "--batch-size", "4", "--resamples", "200",
+    ]  # fmt: skip
+    assert main([*argv, "--train-layers", "layer4,fc"]) == 2  # the last layer only
+    assert not out.exists()
+    assert main(argv) in (0, REFUSED)
+    assert file_sha256(parent) == before and not journal_path(out).exists()
+    old, new = load_checkpoint(parent), load_checkpoint(out)
+    folded_old = fold(old.model(), old.architecture)
+    folded_new = fold(new.model(), new.architecture)
+    for name, value in folded_old.items():  # the convolutions as they were, the head moved
+        if name.startswith("fc."):
+            assert not torch.equal(value, folded_new[name]), name
+        else:
+            assert torch.equal(value, folded_new[name]), name
+    record = json.loads(out.with_suffix(".provenance.json").read_text())
+    assert record["settings"]["train_layers"] == "fc"
+    assert record["taught_by"] == {"settled_cases": 16, "case_steps": None, "held_out_cases": 4}
+    assert record["gate"]["held_out"]["images"] == 4
+
+
+def test_resnet_party_1_receives_the_count_and_the_summary_never_labels_or_pixels(tmp_path):
+    from models.mpc import run_parties
+    from training.encrypted_finetune import RunKey
+
+    data = generate_dataset(tmp_path / "mri", seed=16, train=16, eval=8)
+    cases = _cases(data / "train", tmp_path / "cases", 6)
+    parent = _resnet_parent(data / "train", tmp_path / "resnet.pth")
+    key = RunKey(file_sha256(parent), 10, 3, 0.5, 1.0, 1.0, 0.1, ("fc",), (1, 1))
+    (_, to_party0, opened0), (finished, to_party1, opened1) = run_parties(
+        _spying_party, str(parent), str(cases), key, str(tmp_path / "journal.pt")
+    )  # fmt: skip
+    assert finished
+    count, summary = to_party1  # no step's labels: the draws stay shared
+    assert count == 10 and summary["images"] == 2
+    assert opened1 == [(513,)] * 3  # every step opens its noisy sum, an empty draw's too
+    assert opened0 == [(2,), (2,)]
+    assert [type(obj) for obj in to_party0] == [dict, int]
