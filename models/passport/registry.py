@@ -188,6 +188,7 @@ def mint(
     if entries:
         last = entries[-1]
         parent = Parent(int(last["version"]), str(last["checkpoint_sha256"]))
+    _check_parent(provenance, parent, lineage)
     version = len(entries) + 1
     minted = build(
         provenance, lineage=lineage, version=version, parent=parent, contribution=contribution
@@ -196,6 +197,26 @@ def mint(
     gas.append(chain.write_entry(passport.passport_id, version, minted.entry, owner))
     attestation = Attestation(passport.passport_id, lineage, version, sha, chain.chain_id)
     return MintResult(attestation, True, tuple(gas), time.perf_counter() - started)
+
+
+def _check_parent(provenance: Mapping[str, Any], parent: Parent | None, lineage: str) -> None:
+    """A run that started from a checkpoint (an encrypted fine-tune's provenance names its
+    ``parent``) may become only the next version of the lineage whose latest version that
+    checkpoint is: its passport must not claim another model's history."""
+    named = provenance.get("parent")
+    if not isinstance(named, Mapping) or "sha256" not in named:
+        return
+    if parent is None:
+        raise EntryError(
+            f"this checkpoint was trained from {named['sha256'][:12]}, which has no version in "
+            f"lineage {lineage!r}: mint its parent there first, or name the parent's lineage"
+        )
+    if parent.checkpoint_sha256 != named["sha256"]:
+        raise EntryError(
+            f"this checkpoint was trained from {named['sha256'][:12]}, but the latest version "
+            f"of lineage {lineage!r} (v{parent.version}) is {parent.checkpoint_sha256[:12]}: "
+            "a version's parent must be the checkpoint it was trained from"
+        )
 
 
 def find(chain: PassportChain, sha256: str, owner: str) -> Attestation | None:

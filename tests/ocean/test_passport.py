@@ -371,3 +371,55 @@ def test_a_chain_restart_keeps_every_passport_and_its_history(tmp_path: Path) ->
         assert not again.minted
     finally:
         node.stop()
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_candidate_is_the_next_version_of_its_parent_only(
+    passports: PassportSettings, tmp_path: Path
+) -> None:
+    from models.passport.entry import EntryError
+    from training.encrypted_finetune import main as finetune
+    from training.synthetic import generate_dataset
+
+    parent, parent_provenance = checkpoint_copy(tmp_path / "serving", "lenet")
+    data = generate_dataset(tmp_path / "mri", seed=21, train=40, eval=100)
+    for label in ("yes", "no"):  # settled cases, labelled as they are
+        (tmp_path / "cases" / label).mkdir(parents=True)
+        for path in sorted((data / "train" / label).iterdir())[:12]:
+            shutil.copy(path, tmp_path / "cases" / label / path.name)
+    out = tmp_path / "teaching" / "lenet.pth"
+    code = finetune([
+        "--checkpoint", str(parent), "--cases-dir", str(tmp_path / "cases"),
+        "--owner-dir", str(data / "train"), "--eval-dir", str(data / "eval"),
+        "--out", str(out), "--epochs", "1", "--resamples", "200",
+    ])  # fmt: skip
+    assert code in (0, 3)  # promoted or refused: either is a version its owner may mint
+    candidate = json.loads(out.with_suffix(".provenance.json").read_text())
+    wallet = (passports.chain(), passports.documents(), passports.wallet())
+
+    alone = lineage_name()
+    with pytest.raises(EntryError, match="has no version in lineage"):
+        mint(*wallet, out, candidate, lineage=alone)
+    other, other_provenance = checkpoint_copy(tmp_path / "other", "other", flip_byte_at=-1)
+    mint(*wallet, other, other_provenance, lineage=alone)
+    with pytest.raises(EntryError, match="must be the checkpoint it was trained from"):
+        mint(*wallet, out, candidate, lineage=alone)
+    assert len(passports.chain().entries(history_id(passports, alone))) == 1  # nothing written
+
+    name = lineage_name()
+    mint(*wallet, parent, parent_provenance, lineage=name)
+    result = mint(*wallet, out, candidate, lineage=name)
+    assert result.minted and result.attestation.version == 2
+    _, views = show(passports.chain(), passports.documents(), result.attestation.passport_id)
+    full = views[1].full
+    assert full is not None and views[1].problem is None
+    assert full["parent"]["version"] == 1
+    assert full["parent"]["checkpoint_sha256"] == file_sha256(parent)
+    assert full["training"]["type"] == "encrypted fine-tune"
+    assert full["dp_epsilon"] == pytest.approx(candidate["differential_privacy"]["epsilon"])
+    assert any("settled cases" in limit for limit in full["limits"])
+
+
+def history_id(passports: PassportSettings, name: str) -> str:
+    chain = passports.chain()
+    return next(lin.passport_id for lin in chain.lineages(passports.owner) if lin.name == name)
