@@ -13,6 +13,12 @@ channel (the peer died) cannot be repaired inside a process — gloo's group is 
 engine reports it as fatal and the supervisor restarts both parties; queued cases survive in
 the database and run again (on another pair once their lease expires, or on this one when it
 comes back).
+
+Party 0 sends a heartbeat after ``heartbeat_s`` of silence and, when busy, at least that
+often between batches; party 1 answers each with one bit: whether the model owner chose
+another checkpoint (``predictor.switch_model``) that passed its checks. If so, both set up
+that model as at start (party 1 announces its card and shares its weights) and the next
+batch runs on it; no case is dropped or run twice.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from predictor.images import ImageStore
 from predictor.inference_queue import ModelCard, QueueStatus
 from predictor.lease_queue import LeasedCaseQueue
 from predictor.metrics import PatientSideMetrics
+from predictor.switch_model import ServingChoice
 
 log = logging.getLogger(__name__)
 
@@ -123,38 +130,46 @@ class PatientSideEngine:
         try:
             crypten = init_party(self.party)
             comm = crypten.communicator.get()
-            classifier = EncryptedClassifier(crypten, IMAGE_OWNER)
-            architecture = classifier.card.architecture
-            self._served = served_model(classifier.card.passport, architecture.backbone)
-            served = self._served
-            self._card = ModelCard(
-                architecture.backbone,
-                classifier.card.model_sha256,
-                served.model_version if served else None,
-                served.passport_id if served else None,
-                served.attested if served else None,
-            )
-            self.preprocessing = Preprocessing(architecture.image_size)
-            log.info(
-                "encrypted %s model ready (sha256 %s…)",
-                self._card.backbone,
-                self._card.sha256[:12],
-            )
+            classifier = self._adopt(EncryptedClassifier(crypten, IMAGE_OWNER))
             self.jobs.start()
             self._ready.set()
+            synced = time.monotonic()
             while True:
                 batch = self.jobs.next_batch(self.max_batch, self.batch_wait_s, self.heartbeat_s)
                 if batch is None:
                     comm.broadcast_obj({"op": STOP}, IMAGE_OWNER)
                     crypten.uninit()
                     return
-                if not batch:
+                if not batch or time.monotonic() - synced >= self.heartbeat_s:
+                    # a heartbeat, idle or busy: party 1 answers whether it serves another
+                    # model from now on (predictor.switch_model), and if so, sets it up
                     comm.broadcast_obj({"op": PING}, IMAGE_OWNER)
-                    continue
-                self._run_batch(comm, classifier, batch)
+                    if comm.broadcast_obj(None, MODEL_OWNER):
+                        classifier = self._adopt(EncryptedClassifier(crypten, IMAGE_OWNER))
+                    synced = time.monotonic()
+                if batch:
+                    self._run_batch(comm, classifier, batch)
         except BaseException as exc:  # noqa: BLE001 - every failure here is fatal to the party
             log.exception("MPC engine failed")
             self.on_exit(exc)
+
+    def _adopt(self, classifier: EncryptedClassifier) -> EncryptedClassifier:
+        """Serve ``classifier`` (party 1's card just announced) from the next batch on."""
+        architecture = classifier.card.architecture
+        self._served = served_model(classifier.card.passport, architecture.backbone)
+        served = self._served
+        self._card = ModelCard(
+            architecture.backbone,
+            classifier.card.model_sha256,
+            served.model_version if served else None,
+            served.passport_id if served else None,
+            served.attested if served else None,
+        )
+        self.preprocessing = Preprocessing(architecture.image_size)
+        log.info(
+            "encrypted %s model ready (sha256 %s…)", self._card.backbone, self._card.sha256[:12]
+        )
+        return classifier
 
     def _run_batch(
         self, comm: Any, classifier: EncryptedClassifier, claimed: list[ClaimedCase]
@@ -235,9 +250,12 @@ class ModelSideEngine:
         on_exit: Callable[[BaseException | None], None],
         audit: Callable[[dict[str, Any]], None] | None = None,
         passport: dict[str, Any] | None = None,
+        choice: ServingChoice | None = None,
     ) -> None:
         self.party = party
         self.model_path = model_path
+        #: the model owner's later choices (``predictor.switch_model``), read at heartbeats
+        self.choice = choice
         #: what party 0 is told about the version (checked against the chain before serving)
         self.passport = passport
         self.on_exit = on_exit
@@ -273,10 +291,23 @@ class ModelSideEngine:
             )
             log.info("serving %s from %s", classifier.card.architecture.backbone, self.model_path)
             self.ready.set()
+            serving = self.model_path
             while True:
                 message = comm.broadcast_obj(None, IMAGE_OWNER)
                 if self.audit is not None:
                     self.audit(message)
+                if message["op"] == PING:
+                    switch = None if self.choice is None else self.choice.wanted(serving)
+                    comm.broadcast_obj(switch is not None, MODEL_OWNER)
+                    if switch is not None:
+                        classifier = EncryptedClassifier(
+                            crypten, MODEL_OWNER, switch.checkpoint, switch.sha256, switch.passport
+                        )
+                        serving = switch.path
+                        log.info(
+                            "now serving %s from %s (sha256 %s…)",
+                            classifier.card.architecture.backbone, serving, switch.sha256[:12],
+                        )  # fmt: skip
                 if message["op"] == STOP:
                     self._finishing.set()
                     crypten.uninit()

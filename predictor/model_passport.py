@@ -15,6 +15,7 @@ version on party 1's word.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from models.passport.registry import PassportSettings, Unattested, verify_checkpoint
@@ -37,9 +38,10 @@ def passport_settings(s: PredictorSettings) -> PassportSettings:
     )
 
 
-def announced_passport(s: PredictorSettings) -> dict[str, Any]:
-    """What party 1 tells party 0 about the version it serves; raises Unattested to refuse."""
-    path = s.resolved_model_path
+def announced_passport(s: PredictorSettings, path: Path | None = None) -> dict[str, Any]:
+    """What party 1 tells party 0 about the version it serves (``path``, default
+    ``--model-path``); raises Unattested to refuse."""
+    path = path or s.resolved_model_path
     try:
         found = verify_checkpoint(passport_settings(s), path, wait_s=s.passport_wait_s)
     except Unattested as exc:

@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from predictor.model_passport import EXIT_UNATTESTED, announced_passport
 from predictor.outcomes import OutcomeWaiters
 from predictor.patient_api import create_patient_app
 from predictor.settings import PredictorSettings
+from predictor.switch_model import ServingChoice
 
 log = logging.getLogger("predictor.party")
 
@@ -167,18 +169,29 @@ def patient_side(
     return PartyRole(app, settings.patient_port, engine.start, engine.stop)
 
 
+def serving_choice(settings: PredictorSettings) -> ServingChoice:
+    """Party 1's serving file, its choices checked as at start (``announced_passport``)."""
+    return ServingChoice(
+        settings.resolved_serving_file, lambda path: announced_passport(settings, path)
+    )
+
+
 def model_side(
     settings: PredictorSettings,
     on_exit: Callable[[BaseException | None], None],
     passport: dict[str, Any] | None = None,
+    model_path: Path | None = None,
+    choice: ServingChoice | None = None,
 ) -> PartyRole:
-    """Party 1: the weights' MPC engine; it keeps no case data and serves no HTTP."""
+    """Party 1: the weights' MPC engine; it keeps no case data and serves no HTTP.
+    ``model_path``: the checkpoint it starts with (default ``--model-path``)."""
     engine = ModelSideEngine(
         _party_config(settings, 1),
-        settings.resolved_model_path,
+        model_path or settings.resolved_model_path,
         on_exit=on_exit,
         audit=_control_audit(settings),
         passport=passport,
+        choice=choice or serving_choice(settings),
     )
     return PartyRole(None, settings.doctor_port, engine.start, engine.stop)
 
@@ -193,12 +206,19 @@ def run_party(settings: PredictorSettings) -> int:
         run_dealer(_party_config(settings, rank))
         return 0
     passport: dict[str, Any] | None = None
+    model_path: Path | None = None
+    choice = serving_choice(settings)
     if rank == 1:
-        try:  # before the rendezvous: an unattested model never meets party 0
-            passport = announced_passport(settings)
-        except Unattested as refusal:
-            log.error("refusing to serve: %s", refusal)
-            return EXIT_UNATTESTED
+        chosen = choice.wanted(settings.resolved_model_path)
+        if chosen is not None:  # the model owner's later choice, as it stood when it stopped
+            log.info("starting with %s, as %s asks", chosen.path, settings.resolved_serving_file)
+            passport, model_path = chosen.passport, chosen.path
+        else:
+            try:  # before the rendezvous: an unattested model never meets party 0
+                passport = announced_passport(settings)
+            except Unattested as refusal:
+                log.error("refusing to serve: %s", refusal)
+                return EXIT_UNATTESTED
     front_door = rank == 0 and settings.serves_patients
     if front_door and not (settings.clinic_key and settings.market_public_key):
         log.error("party 0 needs CRYPTO_DOCTOR_CLINIC_KEY and --market-public-key")
@@ -216,7 +236,7 @@ def run_party(settings: PredictorSettings) -> int:
     role = (
         patient_side(settings, clinic_sessions(settings.clinic_db_url), on_exit)
         if rank == 0
-        else model_side(settings, on_exit, passport)
+        else model_side(settings, on_exit, passport, model_path, choice)
     )
     try:
         role.start()

@@ -35,6 +35,13 @@ class PredictorSettings:
     model_path: Path | None = field(
         default=None, metadata=flag("checkpoint party 1 serves (default models/<backbone>.pth)")
     )
+    serving_file: Path | None = field(
+        default=None,
+        metadata=flag(
+            "party 1's choice of checkpoint to serve instead of --model-path, written by "
+            "python -m predictor.switch_model (default var/party1/serving.json)"
+        ),
+    )
     clinic_db_url: str = field(
         default=DEFAULT_CLINIC_DB_URL, metadata=flag("party 0's own store (SQLAlchemy URL)")
     )
@@ -251,6 +258,10 @@ class PredictorSettings:
     @property
     def resolved_model_path(self) -> Path:
         return self.model_path or Path("models") / f"{self.backbone}.pth"
+
+    @property
+    def resolved_serving_file(self) -> Path:
+        return self.serving_file or Path("var/party1/serving.json")
 
     @property
     def resolved_patient_url(self) -> str:

@@ -20,7 +20,7 @@ from marketplace.ocean.chain import connect, wallet
 from marketplace.ocean.deploy import deploy_contracts
 from marketplace.ocean.node import GanacheNode
 from marketplace.ocean.settings import dev_key
-from models.checkpoint import file_sha256
+from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from models.passport.registry import Attestation, PassportSettings, mint
 from predictor.model_passport import EXIT_UNATTESTED, announced_passport
 from predictor.settings import PredictorSettings
@@ -131,6 +131,7 @@ def _get(url: str, token: str | None = None) -> dict:
 @pytest.mark.slow  # a whole two-party run
 def test_get_case_names_the_attested_version_and_its_passport(chain: Chain, tmp_path: Path) -> None:
     model, ocean, attestation = attested_copy(chain, tmp_path)
+    serving = tmp_path / "party1" / "serving.json"
     patient = free_port()
     base = f"http://127.0.0.1:{patient}"
     log_path = tmp_path / "supervisor.log"
@@ -142,7 +143,8 @@ def test_get_case_names_the_attested_version_and_its_passport(chain: Chain, tmp_
              "--patient-port", str(patient), "--doctor-port", str(free_port()),
              "--clinic-db-url", f"sqlite:///{tmp_path / 'clinic.sqlite3'}",
              "--market-db-url", f"sqlite:///{tmp_path / 'market.sqlite3'}",
-             "--data-dir", str(tmp_path / "party0"), "--batch-wait-ms", "20"],
+             "--data-dir", str(tmp_path / "party0"), "--batch-wait-ms", "20",
+             "--serving-file", str(serving), "--heartbeat-s", "1"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -160,20 +162,54 @@ def test_get_case_names_the_attested_version_and_its_passport(chain: Chain, tmp_
         assert health.get("mpc_ready"), log_path.read_text()
         assert health["model"]["passport_id"] == attestation.passport_id
         image = next((ROOT / "samples").glob("*.jpg"))
-        upload = subprocess.run(
-            ["curl", "-s", "-X", "POST", "-F", f"file=@{image}", base + "/image"],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        answer = json.loads(upload.stdout)
-        view: dict = {}
-        while time.monotonic() < deadline:
-            view = _get(f"{base}/case/{answer['case_id']}?wait=5", answer["patient_token"])
-            if view["prediction"] is not None:
-                break
-        assert view["prediction"] is not None, log_path.read_text()
+
+        def predicted() -> dict:
+            upload = subprocess.run(
+                ["curl", "-s", "-X", "POST", "-F", f"file=@{image}", base + "/image"],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            answer = json.loads(upload.stdout)
+            view: dict = {}
+            while time.monotonic() < deadline:
+                view = _get(f"{base}/case/{answer['case_id']}?wait=5", answer["patient_token"])
+                if view["prediction"] is not None:
+                    break
+            assert view["prediction"] is not None, log_path.read_text()
+            return view
+
+        view = predicted()
         assert view["passport_id"] == attestation.passport_id
         assert view["model_version"] == attestation.model_version
         assert view["model_attested"] is True and "model_note" not in view
+
+        # the owner's next version: not served before its passport says so, then switched to
+        candidate = tmp_path / "candidate.pth"
+        served = load_checkpoint(model)  # another file: the same network, softer confidences
+        save_checkpoint(candidate, served.model(), served.architecture, 2 * served.temperature,
+                        detector=served.detector,
+                        decision_threshold=served.decision_threshold)  # fmt: skip
+        switch = [sys.executable, "-m", "predictor.switch_model", str(candidate),
+                  "--serving-file", str(serving)]  # fmt: skip
+        subprocess.run(switch, cwd=ROOT, check=True, capture_output=True, timeout=120)
+        while "not switching to" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        assert "matches no version" in log_path.read_text()
+        assert predicted()["model_version"] == attestation.model_version  # still the first
+        provenance = json.loads((ROOT / "models" / "lenet.provenance.json").read_text())
+        provenance["checkpoint_sha256"] = file_sha256(candidate)
+        passports = PassportSettings(rpc_url=chain.url, address_file=ocean / "address.json",
+                                     documents_dir=ocean / "passports")  # fmt: skip
+        second = mint(passports.chain(), passports.documents(), passports.wallet(), candidate,
+                      provenance, lineage=attestation.lineage).attestation  # fmt: skip
+        assert second.version == 2
+        subprocess.run(switch, cwd=ROOT, check=True, capture_output=True, timeout=120)
+        while "now serving" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        view = predicted()
+        assert view["model_version"] == second.model_version != attestation.model_version
+        assert view["passport_id"] == attestation.passport_id and view["model_attested"] is True
     finally:
         process.terminate()
         process.wait(timeout=90)

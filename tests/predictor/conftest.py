@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +121,14 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Service:
+def service(tmp_path_factory) -> Iterator[Service]:
+    yield from running_service(tmp_path_factory.mktemp("predictor"))
+
+
+def running_service(work: Path, *extra: str) -> Iterator[Service]:
+    """The supervised predictor on ephemeral ports, its stores under ``work``, until the
+    caller is done (then SIGTERM); ``extra``: more flags."""
     assert SEED_MODEL.exists(), "the seed model models/lenet.pth is part of the repository"
-    work = tmp_path_factory.mktemp("predictor")
     svc = Service(
         process=None,  # type: ignore[arg-type]
         log_path=work / "predictor.log",
@@ -145,10 +151,12 @@ def service(tmp_path_factory) -> Service:
         "--market-db-url", f"sqlite:///{svc.market_db_path}",
         "--data-dir", str(svc.data_dir),
         "--model-path", str(SEED_MODEL),
+        "--serving-file", str(work / "party1" / "serving.json"),
         "--control-log", str(svc.control_log), "--batch-wait-ms", "50",
         "--max-upload-bytes", str(MAX_UPLOAD),
         "--no-ocean",  # these tests need no chain
         "--allow-unattested",  # so no passport either: every answer says so
+        *extra,
     ]  # fmt: skip
     with open(svc.log_path, "wb") as log:
         env = {
