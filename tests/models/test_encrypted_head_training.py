@@ -4,6 +4,7 @@ and party 1 sees only the noisy sum."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -146,6 +147,7 @@ def test_one_encrypted_head_step_is_the_plaintext_step_and_party_1_sees_only_the
     assert to1 == [] and to0 == []
 
 
+@pytest.mark.slow
 def test_the_last_layer_learns_over_20_encrypted_steps():
     params = fresh_resnet()
     x = images(12, 3)

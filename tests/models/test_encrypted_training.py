@@ -102,6 +102,7 @@ def test_one_encrypted_step_is_the_plaintext_step_and_party_1_sees_only_the_grad
     assert opened0 == [((count,), 1, False)] and nothing == [None]
 
 
+@pytest.mark.slow
 def test_loss_falls_over_20_encrypted_steps():
     params = fresh_lenet()
     images, labels = batch(8, 2)

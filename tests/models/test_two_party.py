@@ -18,7 +18,7 @@ def _party(rank, checkpoint_path, images):
     return classifier.logit_differences(own_images, len(images)), classifier.card
 
 
-@pytest.mark.parametrize("provider", ["TFP", "TTP"])
+@pytest.mark.parametrize("provider", ["TFP", pytest.param("TTP", marks=pytest.mark.slow)])
 def test_encrypted_lenet_agrees_with_plaintext(tmp_path, provider):
     arch = default_architecture("lenet")
     model = trained_like(arch)
@@ -45,6 +45,7 @@ def _cost(rank, checkpoint_path):
     )
 
 
+@pytest.mark.slow
 def test_measure_forward_reports_each_party_its_rounds_and_bytes(tmp_path):
     arch = default_architecture("lenet")
     path = tmp_path / "lenet.pth"
@@ -79,6 +80,7 @@ def _protocol_steps(rank):
     return plain, comm.get_communication_stats()["rounds"], hasattr(comm, "peer_link")
 
 
+@pytest.mark.slow
 def test_the_peer_link_computes_what_gloo_computes_in_the_same_rounds():
     torch.manual_seed(3)
     a, b = torch.randn(4, 5), torch.randn(4, 5)

@@ -150,7 +150,9 @@ def _party(rank, checkpoint_path, images):
     )
 
 
-@pytest.mark.parametrize("features", ["conv", "conv_laplacian"])
+@pytest.mark.parametrize(
+    "features", [pytest.param("conv", marks=pytest.mark.slow), "conv_laplacian"]
+)
 def test_encrypted_unfamiliarity_agrees_and_opens_only_the_documented_bits(tmp_path, features):
     model, params, detector = fitted(features)
     path = tmp_path / "lenet.pth"

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.chain
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_bench_script_saves_what_it_prints(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run = subprocess.run(

@@ -151,6 +151,7 @@ def test_expired_order_is_refused(settings, service) -> None:
     assert reply.status_code == 403 and reply.json()["error"] == "order_expired"
 
 
+@pytest.mark.slow
 def test_researcher_cli_buys_and_downloads_with_its_own_key(settings, service, tmp_path) -> None:
     publish_rows(settings, 3)
     env = dict(

@@ -329,6 +329,7 @@ def test_the_readable_view_shows_checked_fields_and_flags_a_tampered_document(
         read_passport(ocean, "0x" + "56" * 20)
 
 
+@pytest.mark.slow
 def test_a_chain_restart_keeps_every_passport_and_its_history(tmp_path: Path) -> None:
     """The project's ganache keeps its state in its database folder (``--database.dbPath``)."""
     from marketplace.ocean.chain import connect, wallet

@@ -66,6 +66,7 @@ def test_buy_refuses_to_spend_on_a_release_with_no_rows(settings, service, tmp_p
     assert purchase.paid_ocean_wei > 0 and spent(settings) != before
 
 
+@pytest.mark.slow
 def test_missing_address_file_is_one_clear_line(chain, tmp_path) -> None:
     missing = tmp_path / "nowhere" / "address.json"
     order = ["--order-tx", "0x" + "00" * 32]  # so `download` gets as far as the chain

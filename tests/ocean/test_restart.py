@@ -83,6 +83,7 @@ def test_chain_restart_mid_publish_loses_and_duplicates_nothing(tmp_path: Path) 
         node.stop()
 
 
+@pytest.mark.slow
 def test_fresh_chain_gets_the_whole_dataset_on_a_new_nft(tmp_path: Path) -> None:
     """A development chain started without its database: the publisher's state names an NFT
     that no longer exists, so the asset is recreated and the full CSV digest set on it."""

@@ -145,6 +145,7 @@ def _journal_done(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_the_job_waits_for_n_cases_teaches_resumes_after_a_crash_and_deletes_the_images(
     tmp_path,
 ) -> None:

@@ -118,6 +118,7 @@ def _journal_done(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_crash_mid_fine_tune_leaves_the_parent_untouched_and_the_run_resumes(tmp_path):
     data = generate_dataset(tmp_path / "mri", seed=12, train=40, eval=100)
     cases = _cases(data / "train", tmp_path / "cases", 20)
