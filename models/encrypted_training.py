@@ -55,7 +55,7 @@ import logging
 import math
 import secrets
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -355,17 +355,37 @@ def features_once(
     """The penultimate features ``(count, D)`` of party 0's images under party 1's weights,
     computed once and kept secret-shared (never opened). Party 1 passes ``params``, party 0
     ``images``."""
+    rows = _in_batches(
+        crypten, rank, arch, params, images, count, batch,
+        lambda encrypted, shared: penultimate(arch, encrypted, shared),
+    )  # fmt: skip
+    return crypten.cat(rows, 0)
+
+
+def _in_batches(
+    crypten: ModuleType,
+    rank: int,
+    arch: Architecture,
+    params: Params | None,
+    images: torch.Tensor | None,
+    count: int,
+    batch: int,
+    program: Callable[[Mapping[str, TensorLike], TensorLike], Any],
+) -> list[Any]:
+    """``program(weights, images)`` on party 1's shared weights and party 0's images, shared
+    ``batch`` at a time, without gradients; one result per batch. Party 1 passes ``params``,
+    party 0 ``images``."""
     if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
         raise ValueError("party 1 passes the parameters, party 0 the images")
     encrypted = _share_parameters(crypten, arch, params, rank)
     size = arch.image_size
-    rows = []
+    results = []
     with crypten.no_grad():
         for start in range(0, count, batch):
             chunk = None if images is None else images[start : start + batch]
             shared = share_images(crypten, chunk, (min(batch, count - start), 1, size, size), rank)
-            rows.append(penultimate(arch, encrypted, shared))
-    return crypten.cat(rows, 0)
+            results.append(program(encrypted, shared))
+    return results
 
 
 def encrypted_head_step(
@@ -458,17 +478,10 @@ def differences_to_party0(
     """The serving program's scaled logit differences ``(count,)`` of party 0's images under
     party 1's parameters, opened to party 0 only (its own images: what serving tells it
     too); party 1 gets None. Party 1 passes ``params``, party 0 ``images``."""
-    if (rank == MODEL_OWNER) != (params is not None) or (rank == 0) != (images is not None):
-        raise ValueError("party 1 passes the parameters, party 0 the images")
-    encrypted = _share_parameters(crypten, arch, params, rank)
-    size = arch.image_size
-    opened = []
-    with crypten.no_grad():
-        for start in range(0, count, batch):
-            chunk = None if images is None else images[start : start + batch]
-            n = min(batch, count - start)
-            shared = share_images(crypten, chunk, (n, 1, size, size), rank)
-            opened.append(forward(arch, encrypted, shared).flatten().get_plain_text(dst=0))
+    opened = _in_batches(
+        crypten, rank, arch, params, images, count, batch,
+        lambda encrypted, shared: forward(arch, encrypted, shared).flatten().get_plain_text(dst=0),
+    )  # fmt: skip
     return None if rank != 0 else torch.cat(opened)
 
 
