@@ -101,7 +101,6 @@ def test_party_1_refuses_a_checkpoint_with_one_byte_changed(chain: Chain, tmp_pa
     assert "python -m models.passport mint" in errors[0] and "--allow-unattested" in errors[0]
 
 
-@pytest.mark.slow
 def test_the_supervisor_does_not_restart_a_refusing_party_1(chain: Chain, tmp_path: Path) -> None:
     model, ocean, _ = attested_copy(chain, tmp_path)
     flip_one_byte(model)
