@@ -144,6 +144,9 @@ def load_crypten() -> types.ModuleType:
 
     _fast_config_reads()
     _exact_decode()
+    from models.sign_gate import serve_sign_keys
+
+    serve_sign_keys()  # the TTP dealer deals the sign gate's keys too
     return crypten
 
 

@@ -45,7 +45,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.crypten_compat import encoded_like
 from models.encrypted import (
     Params,
     TensorLike,
@@ -60,6 +59,7 @@ from models.encrypted import (
     penultimate,
 )
 from models.nets import Architecture
+from models.sign_gate import positive
 from models.unfamiliarity import Detector
 
 FEATURE_SETS = ("conv", "conv_laplacian", "penultimate")
@@ -194,19 +194,19 @@ def _margins(detector: Mapping[str, TensorLike], squared_terms: TensorLike) -> T
     return squared_terms.sum(2) - detector["ood.threshold"]  # 1/D is folded into W
 
 
-def _bits(margins: TensorLike, like: TensorLike) -> TensorLike:
-    """``(B, C)`` 1 where the margin is > 0; on shares CrypTen's comparison (its rounds), its
-    0/1 result re-encoded to ``like``'s fixed point (local) so it multiplies and opens
-    beside ordinary values."""
+def _bits(margins: TensorLike) -> TensorLike:
+    """``(B, C)`` 1 where the margin is > 0. On shares the one-opening sign gate
+    (``models.sign_gate``: one round, against about 8 for CrypTen's comparison), its 0/1
+    result at the margins' fixed point, so it multiplies and opens beside ordinary values."""
     if _is_plain(margins):
         return (margins > 0).to(margins.dtype)
-    return encoded_like(margins > 0, like)
+    return positive(margins)
 
 
 def unfamiliar_flags(detector: Mapping[str, TensorLike], blocks: list[TensorLike]) -> TensorLike:
     """``(B,)`` 1 = unfamiliar (far from every class centre), 0 = familiar."""
     margins = unfamiliarity_margins(detector, blocks)
-    bits = _bits(margins, margins)
+    bits = _bits(margins)
     flags = bits[:, 0]
     for c in range(1, margins.shape[1]):
         flags = flags * bits[:, c]
@@ -256,7 +256,7 @@ def _lenet_with_detector(
     fc1, squared = _activate_and_square(
         pre_fc1 + params["fc1.b"], act, _distance_terms(detector, projected)
     )
-    bits = _bits(_margins(detector, squared), fc1)
+    bits = _bits(_margins(detector, squared))
     flags = bits[:, 0]
     fc2_weights = params["fc2.w"].t()
     if bits.shape[1] > 1:

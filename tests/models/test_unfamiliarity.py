@@ -110,11 +110,23 @@ def _party(rank, checkpoint_path, images):
         opened.append((tuple(self.shape), dst, None if plain is None else plain.tolist()))
         return plain
 
+    from models import sign_gate
+
+    masked = []
+    open_masked = sign_gate.open_masked
+
+    def recording_masked(comm, share):
+        y = open_masked(comm, share)
+        masked.append(y.tolist())
+        return y
+
     crypten.mpc.MPCTensor.get_plain_text = recording
+    sign_gate.open_masked = recording_masked
     try:
         predictions = classifier.predict(own_images, len(images))
     finally:
         crypten.mpc.MPCTensor.get_plain_text = original
+        sign_gate.open_masked = open_masked
     # The score itself, opened here only to compare it with plaintext; production never does.
     from models.encrypted import share_images
     from models.encrypted_unfamiliarity import feature_blocks
@@ -136,14 +148,16 @@ def _party(rank, checkpoint_path, images):
         "classifier": measure_forward(classifier, len(images), 1).rounds,
         "with_bit": measure_forward(classifier, len(images), 1, unfamiliarity=True).rounds,
     }
+    from models.sign_gate import positive
+
     comm = crypten.communicator.get()
     comm.reset_communication_stats()
-    _ = crypten.cryptensor(torch.zeros(len(images), 2)) > 0
+    _ = positive(crypten.cryptensor(torch.zeros(len(images), 1)))  # keys already dealt
     rounds["comparison"] = comm.get_communication_stats()["rounds"]
     # plain lists: tensors in the result queue would need this process alive to unpickle
     return (
         predictions,
-        opened,
+        opened + [("masked", masked)],
         None if margins is None else margins.tolist(),
         classifier.card,
         rounds,
@@ -174,6 +188,13 @@ def test_encrypted_unfamiliarity_agrees_and_opens_only_the_documented_bits(tmp_p
     plain_flags = detector.flags(plain_features(ARCH, params, images, features))
     assert [p.unfamiliar for p in predictions] == plain_flags.tolist()
     assert plain_flags[3:].all() and not plain_flags[:3].any()
+    # the comparison's one opening, to both: the negated margin plus the dealer's secret
+    # mask (uniform), one 64-bit word per image and class centre; the margins' encodings
+    # are not among them
+    (_, masked), (_, masked1) = opened.pop(), opened1.pop()
+    assert len(masked) == 1 and masked == masked1 and len(masked[0]) == margins.numel() == 12
+    encodings = [round(-m * 2**16) for m in margins.flatten().tolist()]
+    assert not set(masked[0]) & set(encodings)
     # one opening, to party 0: per image the logit difference and the flag, nothing else
     assert [(shape, dst) for shape, dst, _ in opened] == [((6, 2), 0)]
     both = torch.tensor(opened[0][2])
