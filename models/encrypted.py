@@ -261,9 +261,18 @@ def _activate_and_square(
     if activation != "quad":
         return _activate(x, activation), other.square()
     shifted = (x + 2.0).flatten(1)
-    both = torch.cat([shifted, other.flatten(1)], 1).square()
+    both = cat([shifted, other.flatten(1)], 1).square()
     size = shifted.shape[1]
     return both[:, :size].view(x.shape) / 8, both[:, size:].view(other.shape)
+
+
+def cat(tensors: Sequence[TensorLike], dim: int) -> TensorLike:
+    """``torch.cat``; on shares a local join (``models.crypten_compat.cat_shares``)."""
+    if all(_is_plain(t) for t in tensors):
+        return torch.cat(list(tensors), dim)
+    from models.crypten_compat import cat_shares
+
+    return cat_shares(tensors, dim)
 
 
 def multiply_together(pairs: Sequence[tuple[str, TensorLike, TensorLike]]) -> list[TensorLike]:

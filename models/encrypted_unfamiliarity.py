@@ -52,6 +52,7 @@ from models.encrypted import (
     _activate_and_square,
     _avg_pool,
     _is_plain,
+    cat,
     head,
     lenet_convs,
     lenet_fc,
@@ -182,7 +183,7 @@ def unfamiliarity_margins(
 
 
 def _joined(blocks: list[TensorLike]) -> TensorLike:
-    return torch.cat(list(blocks), 1) if len(blocks) > 1 else blocks[0]  # CrypTen's too
+    return cat(blocks, 1) if len(blocks) > 1 else blocks[0]
 
 
 def _distance_terms(detector: Mapping[str, TensorLike], projected: TensorLike) -> TensorLike:

@@ -17,7 +17,7 @@ its payload ``beta = 1 - 2 r_h`` and additive shares of ``r_h`` make the parties
 shares of ``r_h XOR [y_l < r_l]``, and the public ``y_h`` flips that locally.
 
 The pseudo-random generator is fixed-key AES-128 in the Matyas-Meyer-Oseas form
-(``AES_k(s ^ c) ^ s ^ c`` for four public constants ``c``), the usual choice of FSS
+(``AES_k(s ^ c) ^ s ^ c`` for three public constants ``c``), the usual choice of FSS
 implementations; every array here holds one row per compared value.
 """
 
@@ -35,27 +35,25 @@ SEED_BYTES = 16
 _LOW = np.uint64((1 << DOMAIN_BITS) - 1)
 #: public AES key and tweaks of the PRG (any fixed values: security rests on AES)
 _AES = Cipher(algorithms.AES(bytes(range(16))), modes.ECB())
-_TWEAKS = np.arange(4, dtype=np.uint8).repeat(SEED_BYTES).reshape(4, SEED_BYTES)
-_INT_TWEAKS = tuple(int.from_bytes(bytes([j]) * SEED_BYTES, "little") for j in range(4))
+_TWEAKS = np.arange(3, dtype=np.uint8).repeat(SEED_BYTES).reshape(3, SEED_BYTES)
+_INT_TWEAKS = tuple(int.from_bytes(bytes([j]) * SEED_BYTES, "little") for j in range(3))
 _WORD = (1 << 64) - 1
 
 
 def _expand(seeds: np.ndarray) -> tuple[np.ndarray, ...]:
     """``G(s)`` for seeds ``(N, 16)`` uint8: ``(s_left, s_right, v_left, v_right, t_left,
-    t_right)``; seeds ``(N, 16)``, values ``(N,)`` uint64, control bits ``(N,)`` bool."""
+    t_right)``; seeds ``(N, 16)``, values ``(N,)`` uint64, control bits ``(N,)`` bool.
+
+    Three AES blocks per seed: the left and the right seed (each control bit is its seed's
+    lowest bit, then cleared), and both values; an evaluation needs only two of them."""
     blocks = seeds[:, None, :] ^ _TWEAKS[None, :, :]
     encryptor = _AES.encryptor()
     out = np.frombuffer(encryptor.update(blocks.tobytes()), dtype=np.uint8).reshape(blocks.shape)
     out = out ^ blocks
+    controls = (out[:, :2, 0] & 1).astype(bool)  # (N, 2): t_left, t_right
+    out[:, :2, 0] &= np.uint8(0xFE)
     values = out[:, 2, :].copy().view(np.uint64)  # (N, 2): v_left, v_right
-    return (
-        out[:, 0, :],
-        out[:, 1, :],
-        values[:, 0],
-        values[:, 1],
-        (out[:, 3, 0] & 1).astype(bool),
-        (out[:, 3, 1] & 1).astype(bool),
-    )
+    return out[:, 0, :], out[:, 1, :], values[:, 0], values[:, 1], controls[:, 0], controls[:, 1]
 
 
 def _as_value(seeds: np.ndarray) -> np.ndarray:
@@ -162,33 +160,28 @@ def dcf_eval(party: int, key: ComparisonKey, x: np.ndarray, bits: int) -> np.nda
     controls = [party] * n
     totals = [0] * n
     encryptor = _AES.encryptor()
+    value_tweak = _INT_TWEAKS[2]
     for level in range(bits):
         shift = bits - 1 - level
+        sides = [(point >> shift) & 1 for point in points]  # public: the opened value's bits
         blocks = b"".join(
-            (seed ^ tweak).to_bytes(SEED_BYTES, "little") for seed in seeds for tweak in _INT_TWEAKS
+            (seed ^ _INT_TWEAKS[side]).to_bytes(SEED_BYTES, "little")
+            + (seed ^ value_tweak).to_bytes(SEED_BYTES, "little")
+            for seed, side in zip(seeds, sides, strict=True)
         )
         out = encryptor.update(blocks)
-        for i in range(n):
-            seed, at = seeds[i], 4 * SEED_BYTES * i
-            block = [
-                int.from_bytes(out[at + 16 * j : at + 16 * j + 16], "little") ^ seed ^ tweak
-                for j, tweak in enumerate(_INT_TWEAKS)
-            ]
-            s_left, s_right, values, bits_block = block
-            t_left, t_right = bits_block & 1, (bits_block >> 8) & 1
+        for i, side in enumerate(sides):
+            seed, at = seeds[i], 2 * SEED_BYTES * i
+            child = int.from_bytes(out[at : at + 16], "little") ^ seed ^ _INT_TWEAKS[side]
+            values = int.from_bytes(out[at + 16 : at + 32], "little") ^ seed ^ value_tweak
+            control = child & 1
+            child ^= control
             if controls[i]:
-                cw = int.from_bytes(cw_seeds[i][16 * level : 16 * level + 16], "little")
-                s_left ^= cw
-                s_right ^= cw
-                t_left ^= cw_left[i][level]
-                t_right ^= cw_right[i][level]
+                child ^= int.from_bytes(cw_seeds[i][16 * level : 16 * level + 16], "little")
+                control ^= (cw_right if side else cw_left)[i][level]
                 totals[i] += cw_values[i][level]
-            if (points[i] >> shift) & 1:
-                totals[i] += values >> 64
-                seeds[i], controls[i] = s_right, t_right
-            else:
-                totals[i] += values & _WORD
-                seeds[i], controls[i] = s_left, t_left
+            totals[i] += (values >> 64) if side else (values & _WORD)
+            seeds[i], controls[i] = child, control
     last = key.cw_last.tolist()
     for i in range(n):
         totals[i] += (seeds[i] & _WORD) + (last[i] if controls[i] else 0)
