@@ -10,7 +10,7 @@ The project never uses CrypTen's ONNX path (``crypten.nn.from_pytorch``) nor
 patches below are the failures met on the path the project does use (each with a test in
 ``tests/models/test_crypten_compat.py`` that fails without it) and two measured slownesses
 (config reads; the transport of the two parties' rounds, :func:`use_peer_link`), and two
-missing APIs (:func:`encoded_like`, :func:`multiply_together`, :func:`cat_shares`). The
+missing APIs (:func:`encoded_like`, :func:`multiply_together`, :func:`on_shares`). The
 one-round comparison's dealing on the TTP server is added here too
 (``models.sign_gate.serve_sign_keys``), so the dealer process has it.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -146,9 +146,11 @@ def load_crypten() -> types.ModuleType:
 
     _fast_config_reads()
     _exact_decode()
+    from models import weight_masks
     from models.sign_gate import serve_sign_keys
 
     serve_sign_keys()  # the TTP dealer deals the sign gate's keys too
+    weight_masks.install()  # a served model's weight masks are opened once (TFP)
     return crypten
 
 
@@ -164,21 +166,22 @@ def encoded_like(x: Any, like: Any) -> Any:
     return out
 
 
-def cat_shares(tensors: Sequence[Any], dim: int) -> Any:
-    """Slowness: ``torch.cat`` of MPCTensors goes through CrypTen's ``__torch_function__``
-    and autograd dispatch (about 0.5 ms a call on this machine, more than the copy).
+def on_shares(function: Callable[..., Any], *tensors: Any) -> Any:
+    """Slowness: every MPCTensor operation goes through CrypTen's ``__torch_function__``,
+    autograd dispatch and attribute validation (0.1-0.5 ms a call on this machine, more
+    than the work for a small tensor).
 
-    A concatenation is local on shares: join the shares of tensors at one fixed-point
-    scale directly."""
+    ``function`` must be exact on additive shares: a reshape, slice or concatenation, or a
+    sum or difference of the tensors (secrets at one fixed-point scale; no public constant,
+    no product). It is applied to this party's shares directly."""
     import crypten
-    import torch
 
-    encoders = {t._tensor.encoder.scale for t in tensors}
-    if len(encoders) != 1:
-        raise ValueError("cat_shares joins tensors at one fixed-point scale")
-    joined = torch.cat([t._tensor.share for t in tensors], dim)
+    scales = {t._tensor.encoder.scale for t in tensors}
+    if len(scales) != 1:
+        raise ValueError("on_shares takes tensors at one fixed-point scale")
+    out = function(*[t._tensor.share for t in tensors])
     precision = tensors[0]._tensor.encoder._precision_bits
-    return crypten.mpc.MPCTensor.from_shares(joined, precision=precision)
+    return crypten.mpc.MPCTensor.from_shares(out, precision=precision)
 
 
 def multiply_together(pairs: Sequence[tuple[str, Any, Any]]) -> list[Any]:
@@ -189,12 +192,14 @@ def multiply_together(pairs: Sequence[tuple[str, Any, Any]]) -> list[Any]:
     own multiplication (``crypten.mpc.primitives.beaver``) opens its masked operands
     ``x - a`` and ``y - b`` in a round of its own; multiplications that do not depend on
     each other can open theirs together, which is all this does differently: the same
-    provider's triples, one ``reveal_batch`` for every pair, then CrypTen's product and its
-    truncation for each."""
+    triples (``models.weight_masks``: the provider's, or a kept weight mask), one
+    ``reveal_batch`` for every pair, then CrypTen's product and its truncation for each."""
     import crypten
     import torch
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
     from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    from models import weight_masks
 
     operands = [(op, x._tensor, y._tensor) for op, x, y in pairs]
     scales = {t.encoder.scale for _, x, y in operands for t in (x, y)}
@@ -203,21 +208,25 @@ def multiply_together(pairs: Sequence[tuple[str, Any, Any]]) -> list[Any]:
     if any(op not in ("mul", "matmul") for op, _, _ in operands):
         raise ValueError("multiply_together multiplies with mul or matmul")
     scale = scales.pop()
-    provider = crypten.mpc.get_default_provider()
-    triples = [
-        provider.generate_additive_triple(x.size(), y.size(), op, device=x.device)
-        for op, x, y in operands
-    ]
+    triples = [weight_masks.triple(op, x, y) for op, x, y in operands]
     masked = []
-    for (_, x, y), (a, b, _) in zip(operands, triples, strict=True):
-        with IgnoreEncodings([a, b, x, y]):
-            masked += [x - a, y - b]
-    opened = ArithmeticSharedTensor.reveal_batch(masked)  # the one round
+    for (_, x, y), t in zip(operands, triples, strict=True):
+        with IgnoreEncodings([t.a, t.b, x, y]):
+            masked.append(x - t.a)
+            if t.delta is None:  # a kept weight mask is not opened again
+                masked.append(y - t.b)
+    opened = iter(ArithmeticSharedTensor.reveal_batch(masked))  # the one round
     products = []
-    for i, ((op, _, _), (a, b, c)) in enumerate(zip(operands, triples, strict=True)):
-        epsilon, delta = opened[2 * i], opened[2 * i + 1]
+    for (op, _, _), t in zip(operands, triples, strict=True):
+        epsilon = next(opened)
+        if t.delta is None:
+            delta = next(opened)
+            t.keep(delta)
+        else:
+            delta = t.delta
         multiply = getattr(torch, op)
-        c.share += multiply(epsilon, b.share) + multiply(a.share, delta)
+        c = t.c
+        c.share += multiply(epsilon, t.b.share) + multiply(t.a.share, delta)
         c += multiply(epsilon, delta)  # public: added by party 0 only
         product = ArithmeticSharedTensor.from_shares(c.share).div_(scale)  # scale^2 -> scale
         products.append(crypten.mpc.MPCTensor.from_shares(product.share))

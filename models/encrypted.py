@@ -20,7 +20,7 @@ import copy
 import functools
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeAlias
@@ -260,19 +260,26 @@ def _activate_and_square(
     square)."""
     if activation != "quad":
         return _activate(x, activation), other.square()
-    shifted = (x + 2.0).flatten(1)
-    both = cat([shifted, other.flatten(1)], 1).square()
-    size = shifted.shape[1]
-    return both[:, :size].view(x.shape) / 8, both[:, size:].view(other.shape)
+    size = math.prod(x.shape[1:])
+    both = local(lambda s, o: torch.cat([s.flatten(1), o.flatten(1)], 1), x + 2.0, other).square()
+    activated = local(lambda b: b[:, :size].reshape(x.shape), both) / 8
+    return activated, local(lambda b: b[:, size:].reshape(other.shape), both)
+
+
+def local(function: Callable[..., torch.Tensor], *tensors: TensorLike) -> TensorLike:
+    """``function(*tensors)`` for a step that is exact on additive shares (reshape, slice,
+    concatenation, sum or difference of secrets): on shares applied to each party's share
+    directly (``models.crypten_compat.on_shares``), skipping CrypTen's per-call dispatch."""
+    if all(_is_plain(t) for t in tensors):
+        return function(*tensors)
+    from models.crypten_compat import on_shares
+
+    return on_shares(function, *tensors)
 
 
 def cat(tensors: Sequence[TensorLike], dim: int) -> TensorLike:
-    """``torch.cat``; on shares a local join (``models.crypten_compat.cat_shares``)."""
-    if all(_is_plain(t) for t in tensors):
-        return torch.cat(list(tensors), dim)
-    from models.crypten_compat import cat_shares
-
-    return cat_shares(tensors, dim)
+    """``torch.cat``, local on shares."""
+    return local(lambda *parts: torch.cat(parts, dim), *tensors)
 
 
 def multiply_together(pairs: Sequence[tuple[str, TensorLike, TensorLike]]) -> list[TensorLike]:

@@ -56,6 +56,7 @@ from models.encrypted import (
     head,
     lenet_convs,
     lenet_fc,
+    local,
     multiply_together,
     penultimate,
 )
@@ -112,13 +113,10 @@ def _conv_blocks(
 ) -> list[TensorLike]:
     """The ``conv`` blocks (each activation pooled to 2 x 2) and, with ``conv_laplacian``,
     the Laplacian's energy pooled to the ``LAPLACIAN_GRID`` grid."""
-    blocks = [
-        _avg_pool(conv1, conv1.shape[-1] // 2).flatten(1),
-        _avg_pool(conv2, conv2.shape[-1] // 2).flatten(1),
-    ]
+    pooled = [_avg_pool(conv1, conv1.shape[-1] // 2), _avg_pool(conv2, conv2.shape[-1] // 2)]
     if energy is not None:
-        blocks.append(_avg_pool(energy, x.shape[-1] // LAPLACIAN_GRID).flatten(1))
-    return blocks
+        pooled.append(_avg_pool(energy, x.shape[-1] // LAPLACIAN_GRID))
+    return [local(lambda p: p.flatten(1), block) for block in pooled]
 
 
 def laplacian(x: TensorLike) -> TensorLike:
@@ -188,11 +186,12 @@ def _joined(blocks: list[TensorLike]) -> TensorLike:
 
 def _distance_terms(detector: Mapping[str, TensorLike], projected: TensorLike) -> TensorLike:
     """``(B, C, D)``: the whitened features minus each whitened class centre."""
-    return projected.unsqueeze(1) - detector["ood.centres"].unsqueeze(0)
+    return local(lambda p, c: p.unsqueeze(1) - c.unsqueeze(0), projected, detector["ood.centres"])
 
 
 def _margins(detector: Mapping[str, TensorLike], squared_terms: TensorLike) -> TensorLike:
-    return squared_terms.sum(2) - detector["ood.threshold"]  # 1/D is folded into W
+    # 1/D is folded into W
+    return local(lambda s, t: s.sum(2) - t, squared_terms, detector["ood.threshold"])
 
 
 def _bits(margins: TensorLike) -> TensorLike:
@@ -258,7 +257,7 @@ def _lenet_with_detector(
         pre_fc1 + params["fc1.b"], act, _distance_terms(detector, projected)
     )
     bits = _bits(_margins(detector, squared))
-    flags = bits[:, 0]
+    flags = local(lambda b: b[:, 0], bits)
     fc2_weights = params["fc2.w"].t()
     if bits.shape[1] > 1:
         pre_fc2, flags = multiply_together(

@@ -29,6 +29,7 @@ from models.encrypted import (
     TensorLike,
     fold,
     forward,
+    local,
     share_images,
     share_parameters,
 )
@@ -40,6 +41,7 @@ from models.encrypted_unfamiliarity import (
     share_detector,
 )
 from models.nets import Architecture
+from models.weight_masks import mark_constant
 
 MODEL_OWNER = 1
 IMAGE_OWNER = 0
@@ -110,6 +112,9 @@ class EncryptedClassifier:
             self.encrypted_detector = share_detector(
                 crypten, self.card.detector, sizes, detector_params, rank
             )
+        # served weights do not change: their Beaver masks are opened once (TFP)
+        constants = [*self.encrypted_model.values(), *(self.encrypted_detector or {}).values()]
+        mark_constant(crypten, constants)
 
     @classmethod
     def for_party(
@@ -154,8 +159,12 @@ class EncryptedClassifier:
             image_share,
         )
         # one opening (one round) for both: column 0 the difference, column 1 the bit
-        flags = encrypted_flags.view(-1, 1)  # classify encodes it like the difference
-        both: TensorLike = torch.cat([encrypted_difference.view(-1, 1), flags], 1)
+        # classify encodes the flags like the difference, so both join locally on shares
+        both: TensorLike = local(
+            lambda d, f: torch.cat([d.reshape(-1, 1), f.reshape(-1, 1)], 1),
+            encrypted_difference,
+            encrypted_flags,
+        )
         plain = both.get_plain_text(dst=IMAGE_OWNER)
         if plain is None:
             return None
