@@ -296,6 +296,8 @@ def test_one_destination_down_does_not_hold_up_another(clinic, receiver, market,
             the_courier.wake()
             wait_for(lambda: market.effects() == ["flows"], "delivery to the live destination")
             wait_for(lambda: clinic.outbox()[0].attempts >= 1, "a try at the down destination")
+            # the receiver applies before the courier records the delivery: wait for both
+            wait_for(lambda: clinic.outbox()[1].delivered_at is not None, "delivery recorded")
     stuck, flowed = clinic.outbox()
     assert stuck.delivered_at is None and flowed.delivered_at is not None
 
