@@ -21,15 +21,13 @@ def _party(rank, x_plain, w_plain):
     mark_constant(crypten, [w, kernel])
     image = crypten.cryptensor(torch.ones(1, 1, 5, 5) if rank == 0 else torch.empty(1, 1, 5, 5), src=0)  # fmt: skip
     results, sent = [], []
-    for step in range(3):
+    for _ in range(3):
         comm.reset_communication_stats()
         product = x.matmul(w.t())
         together, _ = multiply_together([("matmul", x, w.t()), ("mul", x, x)])
         conv = image.conv2d(kernel, padding=1)
         sent.append(comm.get_communication_stats()["bytes"])
-        results.append(
-            [t.get_plain_text().tolist() for t in (product, together, conv)]
-        )
+        results.append([t.get_plain_text().tolist() for t in (product, together, conv)])
     # a weight changed in place (on both parties, as every MPC step is) gets a new mask
     ones = w._tensor.encoder.encode(torch.ones(w_plain.shape))
     w._tensor.share.add_(ones if rank == 1 else torch.zeros_like(ones))
