@@ -195,9 +195,7 @@ def multiply_together(pairs: Sequence[tuple[str, Any, Any]]) -> list[Any]:
     triples (``models.weight_masks``: the provider's, or a kept weight mask), one
     ``reveal_batch`` for every pair, then CrypTen's product and its truncation for each."""
     import crypten
-    import torch
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-    from crypten.mpc.primitives.beaver import IgnoreEncodings
 
     from models import weight_masks
 
@@ -209,25 +207,11 @@ def multiply_together(pairs: Sequence[tuple[str, Any, Any]]) -> list[Any]:
         raise ValueError("multiply_together multiplies with mul or matmul")
     scale = scales.pop()
     triples = [weight_masks.triple(op, x, y) for op, x, y in operands]
-    masked = []
-    for (_, x, y), t in zip(operands, triples, strict=True):
-        with IgnoreEncodings([t.a, t.b, x, y]):
-            masked.append(x - t.a)
-            if t.delta is None:  # a kept weight mask is not opened again
-                masked.append(y - t.b)
+    masked = [m for (_, x, y), t in zip(operands, triples, strict=True) for m in t.masked(x, y)]
     opened = iter(ArithmeticSharedTensor.reveal_batch(masked))  # the one round
     products = []
-    for (op, _, _), t in zip(operands, triples, strict=True):
-        epsilon = next(opened)
-        if t.delta is None:
-            delta = next(opened)
-            t.keep(delta)
-        else:
-            delta = t.delta
-        multiply = getattr(torch, op)
-        c = t.c
-        c.share += multiply(epsilon, t.b.share) + multiply(t.a.share, delta)
-        c += multiply(epsilon, delta)  # public: added by party 0 only
+    for t in triples:
+        c = t.product(opened)
         product = ArithmeticSharedTensor.from_shares(c.share).div_(scale)  # scale^2 -> scale
         products.append(crypten.mpc.MPCTensor.from_shares(product.share))
     return products

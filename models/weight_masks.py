@@ -21,7 +21,7 @@ new mask; every other product takes CrypTen's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,19 +84,38 @@ def _product_size(op: str, x_size: torch.Size, y_size: torch.Size, kwargs: Any) 
 @dataclass
 class Triple:
     """A Beaver triple for ``x op y``. ``delta`` is ``y - b`` when already opened (a kept
-    mask); otherwise the caller opens it with ``x - a`` and calls :meth:`keep`."""
+    mask); otherwise it is opened with ``x - a`` and kept (when ``y`` is a marked constant)."""
 
+    op: str
+    kwargs: dict[str, Any]
     a: Any
     b: Any
     c: Any
     delta: torch.Tensor | None = None
     _keep: Callable[[torch.Tensor], None] | None = None
 
-    def keep(self, delta: torch.Tensor) -> None:
-        """Keep the newly opened ``y - b`` for later products (no-op unless ``y`` is a
-        marked constant)."""
-        if self._keep is not None:
-            self._keep(delta)
+    def masked(self, x: Any, y: Any) -> list[Any]:
+        """The shares to open: ``x - a``, and ``y - b`` unless its mask is kept."""
+        from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+        with IgnoreEncodings([self.a, self.b, x, y]):
+            return [x - self.a] if self.delta is not None else [x - self.a, y - self.b]
+
+    def product(self, opened: Iterator[torch.Tensor]) -> Any:
+        """``x op y`` at the operands' squared scale, from the opened values of
+        :meth:`masked` (taken from ``opened`` in that order)."""
+        epsilon = next(opened)
+        delta = self.delta
+        if delta is None:
+            delta = next(opened)
+            if self._keep is not None:
+                self._keep(delta)
+        multiply = getattr(torch, self.op)
+        c = self.c
+        c.share += multiply(epsilon, self.b.share, **self.kwargs)
+        c.share += multiply(self.a.share, delta, **self.kwargs)
+        c += multiply(epsilon, delta, **self.kwargs)  # public: added by party 0 only
+        return c
 
 
 def triple(op: str, x: Any, y: Any, **kwargs: Any) -> Triple:
@@ -110,9 +129,10 @@ def triple(op: str, x: Any, y: Any, **kwargs: Any) -> Triple:
     operands = _operands(y) if op in OPS else None
     if operands is None:
         provider = crypten.mpc.get_default_provider()
-        return Triple(
-            *provider.generate_additive_triple(x.size(), y.size(), op, device=x.device, **kwargs)
+        a, b, c = provider.generate_additive_triple(
+            x.size(), y.size(), op, device=x.device, **kwargs
         )
+        return Triple(op, kwargs, a, b, c)
     dealer = comm.get().get_rank() == 0  # TFP: party 0 deals
     key = _key(op, y.share, kwargs)
     version = y.share._version
@@ -130,32 +150,20 @@ def triple(op: str, x: Any, y: Any, **kwargs: Any) -> Triple:
     c_size = _product_size(op, x.size(), y.size(), kwargs)
     c = ArithmeticSharedTensor(c_plain, size=c_size, precision=0, src=0)
     if mask is not None:
-        return Triple(a, b, c, mask.delta)
+        return Triple(op, kwargs, a, b, c, mask.delta)
 
     def keep(delta: torch.Tensor) -> None:
         operands.masks[key] = _Mask(b, delta, b_plain, version)
 
-    return Triple(a, b, c, None, keep)
+    return Triple(op, kwargs, a, b, c, None, keep)
 
 
 def _protocol(op: str, x: Any, y: Any, **kwargs: Any) -> Any:
     """CrypTen's Beaver protocol (``crypten.mpc.primitives.beaver``) with kept masks."""
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-    from crypten.mpc.primitives.beaver import IgnoreEncodings
 
     t = triple(op, x, y, **kwargs)
-    with IgnoreEncodings([t.a, t.b, x, y]):
-        if t.delta is None:
-            epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - t.a, y - t.b])
-            t.keep(delta)
-        else:
-            epsilon, delta = (x - t.a).reveal(), t.delta
-    multiply = getattr(torch, op)
-    c = t.c
-    c._tensor += multiply(epsilon, t.b._tensor, **kwargs)
-    c._tensor += multiply(t.a._tensor, delta, **kwargs)
-    c += multiply(epsilon, delta, **kwargs)
-    return c
+    return t.product(iter(ArithmeticSharedTensor.reveal_batch(t.masked(x, y))))
 
 
 def install() -> None:
