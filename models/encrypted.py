@@ -16,11 +16,12 @@ What the folding buys under MPC:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeAlias
@@ -236,7 +237,34 @@ def _avg_pool(
 
 
 def _activate(x: TensorLike, activation: str) -> TensorLike:
-    return (x + 2.0).square() / 8 if activation == "quad" else x.relu()
+    if activation == "quad":
+        return (x + 2.0).square() / 8
+    if _is_plain(x) or _relu_comparison == "crypten":
+        return x.relu()
+    from models.sign_gate import relu
+
+    return relu(x)
+
+
+#: How the encrypted program's ReLUs compare. ``"gate"``: ``models.sign_gate.relu``, one
+#: opening in a 24-bit ring, then one multiplication (2 rounds; exact but for values within
+#: 2^-8 of 0). ``"crypten"``: CrypTen's ``relu``, its 64-bit adder circuit (about 10
+#: rounds), kept to measure against.
+RELU_COMPARISONS = ("gate", "crypten")
+_relu_comparison = "gate"
+
+
+@contextlib.contextmanager
+def relu_comparison(name: str) -> Iterator[None]:
+    """Run the encrypted ReLUs with comparison ``name`` (one of :data:`RELU_COMPARISONS`)."""
+    global _relu_comparison
+    if name not in RELU_COMPARISONS:
+        raise ValueError(f"ReLU comparison {name!r}: one of {', '.join(RELU_COMPARISONS)}")
+    before, _relu_comparison = _relu_comparison, name
+    try:
+        yield
+    finally:
+        _relu_comparison = before
 
 
 def forward(arch: Architecture, params: Mapping[str, TensorLike], x: TensorLike) -> TensorLike:

@@ -9,65 +9,179 @@ Secure Computation", Eurocrypt 2021, Fig. 1), and the parties open ``y = x + r``
 uniform whatever ``x`` is; each party evaluates its key on ``y`` locally, and the two outputs
 are additive shares (mod 2^64) of the answer. Neither key alone says anything about ``r``.
 
-The sign gate (:func:`sign_keys`, :func:`sign_shares`): ``x < 0`` (as a signed 64-bit
-integer) is the top bit of ``x = y - r``. With ``y = y_h 2^63 + y_l`` and
-``r = r_h 2^63 + r_l``, that bit is ``y_h XOR r_h XOR [y_l < r_l]`` (the last term is the
-borrow out of the low 63 bits). ``[y_l < r_l]`` is a DCF on 63 bits with ``alpha = r_l``;
-its payload ``beta = 1 - 2 r_h`` and additive shares of ``r_h`` make the parties' outputs
-shares of ``r_h XOR [y_l < r_l]``, and the public ``y_h`` flips that locally.
+The sign gate (:func:`sign_keys`, :func:`sign_shares`), in the ring of ``n``-bit integers
+(``n`` = 64 for CrypTen's shares; smaller after ``models.sign_gate.Ring`` reduces them):
+``x < 0`` is the top bit of ``x = y - r``. With ``y = y_h 2^(n-1) + y_l`` and
+``r = r_h 2^(n-1) + r_l``, that bit is ``y_h XOR r_h XOR [y_l < r_l]`` (the last term is the
+borrow out of the low ``n - 1`` bits). ``[y_l < r_l]`` is a DCF on ``n - 1`` bits with
+``alpha = r_l``; its payload ``beta = 1 - 2 r_h`` and additive shares of ``r_h`` make the
+parties' outputs shares of ``r_h XOR [y_l < r_l]``, and the public ``y_h`` flips that
+locally. A key costs one tree level, about 24 bytes, per bit of the domain.
 
 The pseudo-random generator is fixed-key AES-128 in the Matyas-Meyer-Oseas form
 (``AES_k(s ^ c) ^ s ^ c`` for three public constants ``c``), the usual choice of FSS
-implementations; every array here holds one row per compared value.
+implementations: one OpenSSL call per tree level covers every value, and the walk between
+those calls is compiled (numba), one pass over the values per level. Every array here holds
+one row per compared value.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
+import numba
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-#: the bits of the DCF domain: the low 63 bits of a 64-bit share
+#: the bits of the DCF domain of a 64-bit sign: the low 63 bits of a share
 DOMAIN_BITS = 63
 SEED_BYTES = 16
-_LOW = np.uint64((1 << DOMAIN_BITS) - 1)
 #: public AES key and tweaks of the PRG (any fixed values: security rests on AES)
 _AES = Cipher(algorithms.AES(bytes(range(16))), modes.ECB())
-_TWEAKS = np.arange(3, dtype=np.uint8).repeat(SEED_BYTES).reshape(3, SEED_BYTES)
-_INT_TWEAKS = tuple(int.from_bytes(bytes([j]) * SEED_BYTES, "little") for j in range(3))
-_WORD = (1 << 64) - 1
 
 
-def _expand(seeds: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``G(s)`` for seeds ``(N, 16)`` uint8: ``(s_left, s_right, v_left, v_right, t_left,
-    t_right)``; seeds ``(N, 16)``, values ``(N,)`` uint64, control bits ``(N,)`` bool.
-
-    Three AES blocks per seed: the left and the right seed (each control bit is its seed's
-    lowest bit, then cleared), and both values; an evaluation needs only two of them."""
-    blocks = seeds[:, None, :] ^ _TWEAKS[None, :, :]
-    encryptor = _AES.encryptor()
-    out = np.frombuffer(encryptor.update(blocks.tobytes()), dtype=np.uint8).reshape(blocks.shape)
-    out = out ^ blocks
-    controls = (out[:, :2, 0] & 1).astype(bool)  # (N, 2): t_left, t_right
-    out[:, :2, 0] &= np.uint8(0xFE)
-    values = out[:, 2, :].copy().view(np.uint64)  # (N, 2): v_left, v_right
-    return out[:, 0, :], out[:, 1, :], values[:, 0], values[:, 1], controls[:, 0], controls[:, 1]
+# The tree walks, compiled (numba): one pass over the values per level, around one AES call.
+# Seeds are two little-endian 64-bit words (the 16 bytes of an AES block); the control bit
+# of a child is its seed's lowest bit, then cleared; the value block holds v_left, v_right.
+_ZERO, _ONE = np.uint64(0), np.uint64(1)
+_TWEAK_WORDS = np.array(
+    [int.from_bytes(bytes([j]) * 8, "little") for j in range(3)], dtype=np.uint64
+)
 
 
-def _as_value(seeds: np.ndarray) -> np.ndarray:
-    """The last seed as a group element (its first 8 bytes, mod 2^64)."""
-    return seeds[:, :8].copy().view(np.uint64)[:, 0]
+@numba.njit(cache=True)
+def _eval_blocks(seeds, x, shift, tweaks, blocks):
+    """Per value, the AES inputs of the child on ``x``'s side and of the value block."""
+    for i in range(seeds.shape[0]):
+        side = (x[i] >> shift) & _ONE
+        blocks[i, 0] = seeds[i, 0] ^ tweaks[side]
+        blocks[i, 1] = seeds[i, 1] ^ tweaks[side]
+        blocks[i, 2] = seeds[i, 0] ^ tweaks[2]
+        blocks[i, 3] = seeds[i, 1] ^ tweaks[2]
 
 
-def _signed(negative: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """``(-1)^negative * value`` mod 2^64."""
-    return np.where(negative, np.uint64(0) - value, value)
+@numba.njit(cache=True)
+def _eval_step(
+    out, blocks, x, shift, seeds, controls, totals, cw_seeds, cw_values, cw_left, cw_right
+):
+    """One level of a party's walk: the child seed and control bit, the value so far."""
+    for i in range(seeds.shape[0]):
+        side = (x[i] >> shift) & _ONE
+        s0 = out[i, 0] ^ blocks[i, 0]
+        s1 = out[i, 1] ^ blocks[i, 1]
+        control = s0 & _ONE
+        s0 ^= control
+        value = (out[i, 3] ^ blocks[i, 3]) if side else (out[i, 2] ^ blocks[i, 2])
+        if controls[i]:
+            s0 ^= cw_seeds[i, 0]
+            s1 ^= cw_seeds[i, 1]
+            control ^= np.uint64(cw_right[i] if side else cw_left[i])
+            value += cw_values[i]
+        totals[i] += value
+        seeds[i, 0] = s0
+        seeds[i, 1] = s1
+        controls[i] = control
 
 
-def _bit(values: np.ndarray, level: int, bits: int) -> np.ndarray:
-    return ((values >> np.uint64(bits - 1 - level)) & np.uint64(1)).astype(bool)
+@numba.njit(cache=True)
+def _eval_finish(seeds, controls, cw_last, negate, totals):
+    for i in range(seeds.shape[0]):
+        total = totals[i] + seeds[i, 0] + (cw_last[i] if controls[i] else _ZERO)
+        totals[i] = _ZERO - total if negate else total
+
+
+@numba.njit(cache=True)
+def _key_blocks(seeds, tweaks, blocks):
+    """Both parties' AES inputs: left child, right child, value block."""
+    for b in range(2):
+        for i in range(seeds.shape[1]):
+            for j in range(3):
+                blocks[b, i, j, 0] = seeds[b, i, 0] ^ tweaks[j]
+                blocks[b, i, j, 1] = seeds[b, i, 1] ^ tweaks[j]
+
+
+@numba.njit(cache=True, inline="always")
+def _low_bits(out, blocks, i, child):
+    """XOR of both parties' control bits of a child."""
+    return (
+        (out[0, i, child, 0] ^ blocks[0, i, child, 0])
+        ^ (out[1, i, child, 0] ^ blocks[1, i, child, 0])
+    ) & _ONE
+
+
+@numba.njit(cache=True)
+def _key_step(
+    out,
+    blocks,
+    alpha,
+    shift,
+    beta,
+    seeds,
+    controls,
+    carried,
+    cw_seeds,
+    cw_values,
+    cw_left,
+    cw_right,
+):
+    """One level of the dealer's walk down both trees along ``alpha``: the correction words
+    that keep the two walks' seeds equal off the path and make the values add up to
+    ``beta`` exactly where a point leaves the path to the left (``x < alpha``)."""
+    for i in range(seeds.shape[1]):
+        a = (alpha[i] >> shift) & _ONE
+        keep, lose = (1, 0) if a else (0, 1)
+        lose_s0 = (out[0, i, lose, 0] ^ blocks[0, i, lose, 0]) ^ (
+            out[1, i, lose, 0] ^ blocks[1, i, lose, 0]
+        )
+        lose_s1 = (out[0, i, lose, 1] ^ blocks[0, i, lose, 1]) ^ (
+            out[1, i, lose, 1] ^ blocks[1, i, lose, 1]
+        )
+        # the seeds' control bits are their lowest bits; the correction clears them too
+        t_left = _low_bits(out, blocks, i, 0)
+        t_right = _low_bits(out, blocks, i, 1)
+        lose_s0 &= ~_ONE
+        cw_left_i = t_left ^ a ^ _ONE
+        cw_right_i = t_right ^ a
+        cw_keep = cw_right_i if a else cw_left_i
+        keep_v0 = out[0, i, 2, keep] ^ blocks[0, i, 2, keep]
+        keep_v1 = out[1, i, 2, keep] ^ blocks[1, i, 2, keep]
+        lose_v0 = out[0, i, 2, lose] ^ blocks[0, i, 2, lose]
+        lose_v1 = out[1, i, 2, lose] ^ blocks[1, i, 2, lose]
+        negative = controls[1, i] != _ZERO
+        v_cw = lose_v1 - lose_v0 - carried[i]
+        if a:
+            v_cw += beta[i]  # leaving to the left of alpha: x < alpha
+        if negative:
+            v_cw = _ZERO - v_cw
+        carried[i] = carried[i] - keep_v1 + keep_v0 + (_ZERO - v_cw if negative else v_cw)
+        for b in range(2):
+            s0 = out[b, i, keep, 0] ^ blocks[b, i, keep, 0]
+            s1 = out[b, i, keep, 1] ^ blocks[b, i, keep, 1]
+            t_keep = s0 & _ONE
+            s0 ^= t_keep
+            if controls[b, i]:
+                s0 ^= lose_s0
+                s1 ^= lose_s1
+                t_keep ^= cw_keep
+            seeds[b, i, 0] = s0
+            seeds[b, i, 1] = s1
+            controls[b, i] = t_keep
+        cw_seeds[i, 0] = lose_s0
+        cw_seeds[i, 1] = lose_s1
+        cw_values[i] = v_cw
+        cw_left[i] = cw_left_i != _ZERO
+        cw_right[i] = cw_right_i != _ZERO
+
+
+@numba.njit(cache=True)
+def _key_last(seeds, controls, carried):
+    last = np.empty(seeds.shape[1], np.uint64)
+    for i in range(seeds.shape[1]):
+        value = seeds[1, i, 0] - seeds[0, i, 0] - carried[i]
+        last[i] = _ZERO - value if controls[1, i] else value
+    return last
 
 
 @dataclass(frozen=True)
@@ -97,96 +211,70 @@ class ComparisonKey:
         )
 
 
+def _aes(blocks: np.ndarray, encryptor: Any) -> np.ndarray:
+    """Fixed-key AES-128 of every 16-byte block of ``blocks`` (one OpenSSL call)."""
+    return np.frombuffer(encryptor.update(blocks.data.cast("B")), np.uint64).reshape(blocks.shape)
+
+
 def dcf_keys(
     alpha: np.ndarray, beta: np.ndarray, seeds: tuple[np.ndarray, np.ndarray], bits: int
 ) -> tuple[ComparisonKey, ComparisonKey]:
     """The dealer's two keys of ``f(x) = beta if x < alpha else 0`` on ``bits``-bit
     unsigned inputs, one per value of ``alpha`` and ``beta`` ((N,) uint64); ``seeds`` are
     the parties' random starting seeds ((N, 16) uint8 each)."""
-    s = [seeds[0].copy(), seeds[1].copy()]
-    t = [np.zeros(len(alpha), bool), np.ones(len(alpha), bool)]
-    carried = np.zeros(len(alpha), np.uint64)
-    cw_seeds, cw_values, cw_left, cw_right = [], [], [], []
+    n = len(alpha)
+    alpha, beta = _words(alpha), _words(beta)
+    walk = np.stack([seeds[0], seeds[1]]).view(np.uint64).reshape(2, n, 2).copy()
+    controls = np.zeros((2, n), np.uint64)
+    controls[1] = 1
+    carried = np.zeros(n, np.uint64)
+    cw_seeds = np.empty((bits, n, 2), np.uint64)
+    cw_values = np.empty((bits, n), np.uint64)
+    cw_left = np.empty((bits, n), np.bool_)
+    cw_right = np.empty((bits, n), np.bool_)
+    blocks = np.empty((2, n, 3, 2), np.uint64)
+    encryptor = _AES.encryptor()
     for level in range(bits):
-        a = _bit(alpha, level, bits)
-        n = len(alpha)
-        expanded = _expand(np.concatenate(s))  # both parties' seeds in one AES call
-        # party b's (s_L, s_R, v_L, v_R, t_L, t_R)
-        parts = ([e[:n] for e in expanded], [e[n:] for e in expanded])
-        keep_s = [np.where(a[:, None], parts[b][1], parts[b][0]) for b in (0, 1)]
-        lose_s = [np.where(a[:, None], parts[b][0], parts[b][1]) for b in (0, 1)]
-        keep_v = [np.where(a, parts[b][3], parts[b][2]) for b in (0, 1)]
-        lose_v = [np.where(a, parts[b][2], parts[b][3]) for b in (0, 1)]
-        keep_t = [np.where(a, parts[b][5], parts[b][4]) for b in (0, 1)]
-        s_cw = lose_s[0] ^ lose_s[1]
-        v_cw = _signed(t[1], lose_v[1] - lose_v[0] - carried)
-        v_cw = v_cw + np.where(a, _signed(t[1], beta), np.uint64(0))  # lose = left: x < alpha
-        carried = carried - keep_v[1] + keep_v[0] + _signed(t[1], v_cw)
-        t_cw_left = parts[0][4] ^ parts[1][4] ^ a ^ True
-        t_cw_right = parts[0][5] ^ parts[1][5] ^ a
-        t_cw_keep = np.where(a, t_cw_right, t_cw_left)
-        for b in (0, 1):
-            s[b] = keep_s[b] ^ np.where(t[b][:, None], s_cw, np.uint8(0))
-            t[b] = keep_t[b] ^ (t[b] & t_cw_keep)
-        cw_seeds.append(s_cw)
-        cw_values.append(v_cw)
-        cw_left.append(t_cw_left)
-        cw_right.append(t_cw_right)
-    last = _signed(t[1], _as_value(s[1]) - _as_value(s[0]) - carried)
-    shared = (
-        np.stack(cw_seeds),
-        np.stack(cw_values),
-        np.stack(cw_left),
-        np.stack(cw_right),
-        last,
+        _key_blocks(walk, _TWEAK_WORDS, blocks)
+        out = _aes(blocks, encryptor)
+        shift = np.uint64(bits - 1 - level)
+        _key_step(
+            out, blocks, alpha, shift, beta, walk, controls, carried,
+            cw_seeds[level], cw_values[level], cw_left[level], cw_right[level],
+        )  # fmt: skip
+    last = _key_last(walk, controls, carried)
+    shared = (cw_seeds.view(np.uint8).reshape(bits, n, SEED_BYTES), cw_values, cw_left, cw_right)
+    return (
+        ComparisonKey(seeds[0], *shared, last),
+        ComparisonKey(seeds[1], *shared, last),
     )
-    return ComparisonKey(seeds[0], *shared), ComparisonKey(seeds[1], *shared)
 
 
 def dcf_eval(party: int, key: ComparisonKey, x: np.ndarray, bits: int) -> np.ndarray:
-    """Party ``party``'s additive share (mod 2^64) of ``f(x)``, one per value ((N,) uint64).
-
-    The same tree walk as :func:`dcf_keys`, on Python integers: a party evaluates a handful
-    of values per forward, where numpy's per-call overhead would cost more than the work
-    (measured: 10 ms per value with arrays, under 1 ms like this). One AES call per level
-    covers every value."""
+    """Party ``party``'s additive share (mod 2^64) of ``f(x)``, one per value ((N,) uint64):
+    the dealer's walk, on ``x``'s path only, two AES blocks per value and level."""
     n = len(x)
-    points = x.tolist()
-    seeds = [int.from_bytes(key.seeds[i].tobytes(), "little") for i in range(n)]
-    cw_seeds = [key.cw_seeds[:, i, :].tobytes() for i in range(n)]
-    cw_values = [key.cw_values[:, i].tolist() for i in range(n)]
-    cw_left = [key.cw_left[:, i].tolist() for i in range(n)]
-    cw_right = [key.cw_right[:, i].tolist() for i in range(n)]
-    controls = [party] * n
-    totals = [0] * n
+    x = _words(x)
+    walk = np.ascontiguousarray(key.seeds).view(np.uint64).reshape(n, 2).copy()
+    controls = np.full(n, party, np.uint64)
+    totals = np.zeros(n, np.uint64)
+    blocks = np.empty((n, 4), np.uint64)
     encryptor = _AES.encryptor()
-    value_tweak = _INT_TWEAKS[2]
     for level in range(bits):
-        shift = bits - 1 - level
-        sides = [(point >> shift) & 1 for point in points]  # public: the opened value's bits
-        blocks = b"".join(
-            (seed ^ _INT_TWEAKS[side]).to_bytes(SEED_BYTES, "little")
-            + (seed ^ value_tweak).to_bytes(SEED_BYTES, "little")
-            for seed, side in zip(seeds, sides, strict=True)
-        )
-        out = encryptor.update(blocks)
-        for i, side in enumerate(sides):
-            seed, at = seeds[i], 2 * SEED_BYTES * i
-            child = int.from_bytes(out[at : at + 16], "little") ^ seed ^ _INT_TWEAKS[side]
-            values = int.from_bytes(out[at + 16 : at + 32], "little") ^ seed ^ value_tweak
-            control = child & 1
-            child ^= control
-            if controls[i]:
-                child ^= int.from_bytes(cw_seeds[i][16 * level : 16 * level + 16], "little")
-                control ^= (cw_right if side else cw_left)[i][level]
-                totals[i] += cw_values[i][level]
-            totals[i] += (values >> 64) if side else (values & _WORD)
-            seeds[i], controls[i] = child, control
-    last = key.cw_last.tolist()
-    for i in range(n):
-        totals[i] += (seeds[i] & _WORD) + (last[i] if controls[i] else 0)
-        totals[i] = (-totals[i] if party else totals[i]) & _WORD
-    return np.array(totals, dtype=np.uint64)
+        shift = np.uint64(bits - 1 - level)
+        _eval_blocks(walk, x, shift, _TWEAK_WORDS, blocks)
+        out = _aes(blocks, encryptor)
+        cw_seeds = np.ascontiguousarray(key.cw_seeds[level]).view(np.uint64).reshape(n, 2)
+        _eval_step(
+            out, blocks, x, shift, walk, controls, totals,
+            cw_seeds, key.cw_values[level], key.cw_left[level], key.cw_right[level],
+        )  # fmt: skip
+    _eval_finish(walk, controls, key.cw_last, party == 1, totals)
+    return totals
+
+
+def _words(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -221,23 +309,32 @@ def sign_keys(
     seeds: tuple[np.ndarray, np.ndarray],
     mask_share_1: np.ndarray,
     top_share_1: np.ndarray,
+    ring_bits: int = 64,
 ) -> tuple[SignKey, SignKey]:
-    """The dealer's keys for ``x < 0`` with masks ``mask`` ((N,) uint64, uniform and secret);
-    party 1's shares of the mask and its top bit are given (drawn from randomness it shares
-    with the dealer), party 0's are what makes them add up."""
-    top = mask >> np.uint64(DOMAIN_BITS)
+    """The dealer's keys for ``x < 0`` in the ring of ``ring_bits``-bit integers, with
+    masks ``mask`` ((N,) uint64, uniform and secret; taken mod 2^ring_bits); party 1's
+    shares of the mask and its top bit are given (drawn from randomness it shares with the
+    dealer), party 0's are what makes them add up."""
+    low_bits = ring_bits - 1
+    top = (mask >> np.uint64(low_bits)) & np.uint64(1)
     beta = np.uint64(1) - np.uint64(2) * top
-    zero, one = dcf_keys(mask & _LOW, beta, seeds, DOMAIN_BITS)
+    zero, one = dcf_keys(mask & _low_mask(low_bits), beta, seeds, low_bits)
     return (
         SignKey(mask - mask_share_1, top - top_share_1, zero),
         SignKey(mask_share_1, top_share_1, one),
     )
 
 
-def sign_shares(party: int, key: SignKey, opened: np.ndarray) -> np.ndarray:
-    """Party ``party``'s additive share of ``[x < 0]`` (0 or 1, mod 2^64), given the opened
-    ``y = x + r`` ((N,) uint64)."""
-    borrow_or_top = key.top_share + dcf_eval(party, key.dcf, opened & _LOW, DOMAIN_BITS)
-    flip = (opened >> np.uint64(DOMAIN_BITS)).astype(bool)  # y_h: public
+def sign_shares(party: int, key: SignKey, opened: np.ndarray, ring_bits: int = 64) -> np.ndarray:
+    """Party ``party``'s additive share (mod 2^64) of ``[x < 0]`` (0 or 1), given the
+    opened ``y = x + r`` ((N,) uint64, mod 2^ring_bits)."""
+    low_bits = ring_bits - 1
+    low = opened & _low_mask(low_bits)
+    borrow_or_top = key.top_share + dcf_eval(party, key.dcf, low, low_bits)
+    flip = ((opened >> np.uint64(low_bits)) & np.uint64(1)).astype(bool)  # y_h: public
     flipped = (np.uint64(1) if party == 0 else np.uint64(0)) - borrow_or_top
     return np.where(flip, flipped, borrow_or_top)
+
+
+def _low_mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)

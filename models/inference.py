@@ -14,8 +14,10 @@ protocol step); the batch size is public.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from models import weight_masks
 from models.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from models.encrypted import (
     Prediction,
@@ -41,6 +44,7 @@ from models.encrypted_unfamiliarity import (
     share_detector,
 )
 from models.nets import Architecture
+from models.sign_gate import Ring, deal_ahead, taken
 from models.weight_masks import mark_constant
 
 MODEL_OWNER = 1
@@ -115,6 +119,32 @@ class EncryptedClassifier:
         # served weights do not change: their Beaver masks are opened once (TFP)
         constants = [*self.encrypted_model.values(), *(self.encrypted_detector or {}).values()]
         mark_constant(crypten, constants)
+        #: what the last forward dealt as it went, and for how many images: its
+        #: comparisons per ring (models.sign_gate) and its products with kept weight masks
+        self._last_forward: tuple[int, dict[Ring, int], list[weight_masks.Product]] | None = None
+
+    def prepare(self, batch_size: int) -> None:
+        """The offline phase of the next forward of ``batch_size`` images: deal now, before
+        the images arrive, what the last forward of that size dealt as it went: the keys
+        of its comparisons (``models.sign_gate.deal_ahead``) and the triples of its
+        products with kept weight masks (``models.weight_masks.deal_ahead``). Both parties
+        call it together; before a forward of that size it does nothing."""
+        if self._last_forward is None or self._last_forward[0] != batch_size:
+            return
+        _, comparisons, products = self._last_forward
+        comm = self.crypten.communicator.get()
+        deal_ahead(comm, comparisons)
+        weight_masks.deal_ahead(comm, products)
+
+    @contextlib.contextmanager
+    def _recording_dealt(self, batch_size: int) -> Iterator[None]:
+        comm = self.crypten.communicator.get()
+        before = taken(comm)
+        with weight_masks.recording(comm) as products:
+            yield
+        after = taken(comm)
+        comparisons = {ring: count - before.get(ring, 0) for ring, count in after.items()}
+        self._last_forward = (batch_size, comparisons, products)
 
     @classmethod
     def for_party(
@@ -137,7 +167,8 @@ class EncryptedClassifier:
     ) -> torch.Tensor | None:
         """Revealed ``(B,)`` scaled logit differences on party 0; ``None`` on party 1."""
         image_share = share_images(self.crypten, images, (batch_size, *self.image_shape), self.rank)
-        revealed = forward(self.card.architecture, self.encrypted_model, image_share)
+        with self._recording_dealt(batch_size):
+            revealed = forward(self.card.architecture, self.encrypted_model, image_share)
         plain = revealed.get_plain_text(dst=IMAGE_OWNER)
         return None if plain is None else plain.view(-1)
 
@@ -151,13 +182,14 @@ class EncryptedClassifier:
             differences = self.logit_differences(images, batch_size)
             return None if differences is None else (differences, None)
         image_share = share_images(self.crypten, images, (batch_size, *self.image_shape), self.rank)
-        encrypted_difference, encrypted_flags = classify(
-            self.card.architecture,
-            self.encrypted_model,
-            self.encrypted_detector,
-            self.card.detector.features,
-            image_share,
-        )
+        with self._recording_dealt(batch_size):
+            encrypted_difference, encrypted_flags = classify(
+                self.card.architecture,
+                self.encrypted_model,
+                self.encrypted_detector,
+                self.card.detector.features,
+                image_share,
+            )
         # one opening (one round) for both: column 0 the difference, column 1 the bit
         # classify encodes the flags like the difference, so both join locally on shares
         both: TensorLike = local(
@@ -194,6 +226,11 @@ class ForwardCost:
     bytes: float  # bytes this party sent, as CrypTen counts them (an all-reduce counts twice)
     #: bytes this party put on the peer link (payload and framing); None over gloo
     wire_bytes: float | None = None
+    #: the offline phase before each forward (``EncryptedClassifier.prepare``: dealing the
+    #: comparisons' keys, input-independent): median seconds and bytes; 0 without
+    #: comparisons of the sign gate
+    offline_seconds: float = 0.0
+    offline_bytes: float = 0.0
 
 
 def measure_forward(
@@ -203,6 +240,8 @@ def measure_forward(
 
     Both parties call it (each measures its own side); one warm-up pass is not counted.
     ``unfamiliarity``: the whole production program (classifier + unfamiliarity bit).
+    Before each forward its offline phase runs (``EncryptedClassifier.prepare``), timed
+    and counted apart: what the forward then costs is what a patient waits for.
     """
     crypten = classifier.crypten
     comm = crypten.communicator.get()
@@ -217,7 +256,14 @@ def measure_forward(
     rounds: list[float] = []
     sent: list[float] = []
     wire: list[float] = []
+    offline_times: list[float] = []
+    offline_sent: list[float] = []
     for _ in range(reps):
+        comm.reset_communication_stats()
+        started = time.perf_counter()
+        classifier.prepare(batch)
+        offline_times.append(time.perf_counter() - started)
+        offline_sent.append(comm.get_communication_stats()["bytes"])
         comm.reset_communication_stats()
         on_wire = link.bytes_sent if link is not None else 0
         started = time.perf_counter()
@@ -234,4 +280,6 @@ def measure_forward(
         rounds=statistics.median(rounds),
         bytes=statistics.median(sent),
         wire_bytes=statistics.median(wire) if wire else None,
+        offline_seconds=statistics.median(offline_times),
+        offline_bytes=statistics.median(offline_sent),
     )

@@ -121,7 +121,11 @@ def run_dealer(config: PartyConfig) -> None:
 
 
 def _party_main(
-    config: PartyConfig, fn: Callable[..., Any], args: tuple[Any, ...], results: Queue[Any]
+    config: PartyConfig,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    results: Queue[Any],
+    collected: Any,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"[party {config.rank}] %(levelname)s %(name)s: %(message)s"
@@ -133,6 +137,9 @@ def _party_main(
         crypten = init_party(config)
         try:
             results.put((config.rank, "ok", fn(config.rank, *args)))
+            # a tensor in the result travels as a file descriptor this process hands out:
+            # stay alive until the parent has taken it
+            collected.wait(timeout=120)
         finally:
             crypten.uninit()
     except BaseException as exc:  # report any failure to the parent, then exit non-zero
@@ -155,6 +162,7 @@ def run_parties(
     """
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
+    collected = ctx.Event()
     port = free_port()
     ranks = [0, 1] + ([DEALER_RANK] if provider == "TTP" else [])
     procs = [
@@ -167,6 +175,7 @@ def run_parties(
                 fn,
                 args,
                 results,
+                collected,
             ),
             name=f"crypten-party-{rank}",
         )
@@ -188,6 +197,7 @@ def run_parties(
             if status == "error":
                 raise RuntimeError(f"party {rank} failed: {value}")
             outcome[rank] = value
+        collected.set()
         for proc in procs:
             proc.join(timeout=60)
     finally:

@@ -21,11 +21,14 @@ new mask; every other product takes CrypTen's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from models import ring
 
 #: products whose triples this module deals (CrypTen's op names)
 OPS = ("matmul", "conv2d")
@@ -37,6 +40,11 @@ class _Mask:
     delta: torch.Tensor  # the opened W - b (both parties)
     b_plain: torch.Tensor | None  # party 0, the dealer
     version: int  # the weight's version counter when W - b was opened
+    #: the constant operands of every later product, cut into limbs once (models.ring):
+    #: W - b, this party's share of b (party 0: plus W - b), and b itself (party 0)
+    delta_limbs: ring.Limbs | None = None
+    b_share_limbs: ring.Limbs | None = None
+    b_plain_limbs: ring.Limbs | None = None
 
 
 @dataclass
@@ -46,6 +54,21 @@ class ConstantOperands:
 
     storages: dict[int, torch.Tensor] = field(default_factory=dict)
     masks: dict[tuple[Any, ...], _Mask] = field(default_factory=dict)
+    #: ``(a, c)`` dealt ahead for products with a kept mask (:func:`deal_ahead`), per
+    #: mask key and input size, in the order the forward takes them
+    ready: dict[tuple[Any, ...], list[tuple[Any, Any]]] = field(default_factory=dict)
+    #: while recording (:func:`recording`): each kept-mask product taken, in order
+    taken: list[Product] | None = None
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product with a kept mask, as a forward took it (what :func:`deal_ahead` deals)."""
+
+    op: str
+    key: tuple[Any, ...]
+    x_size: torch.Size
+    kwargs: tuple[tuple[str, Any], ...]
 
 
 def mark_constant(crypten: Any, tensors: Iterable[Any]) -> None:
@@ -93,6 +116,8 @@ class Triple:
     c: Any
     delta: torch.Tensor | None = None
     _keep: Callable[[torch.Tensor], None] | None = None
+    #: the kept mask whose operands are already cut into limbs (None: a fresh mask)
+    limbs: _Mask | None = None
 
     def masked(self, x: Any, y: Any) -> list[Any]:
         """The shares to open: ``x - a``, and ``y - b`` unless its mask is kept."""
@@ -105,17 +130,31 @@ class Triple:
         """``x op y`` at the operands' squared scale, from the opened values of
         :meth:`masked` (taken from ``opened`` in that order)."""
         epsilon = next(opened)
-        delta = self.delta
-        if delta is None:
-            delta = next(opened)
+        if self.delta is None:
+            self.delta = next(opened)
             if self._keep is not None:
-                self._keep(delta)
-        multiply = getattr(torch, self.op)
+                self._keep(self.delta)
+        # c + (x - a) op b + a op (y - b) + (x - a) op (y - b): the public last term is
+        # party 0's alone, so party 0 folds it into its first product (two ring products)
         c = self.c
-        c.share += multiply(epsilon, self.b.share, **self.kwargs)
-        c.share += multiply(self.a.share, delta, **self.kwargs)
-        c += multiply(epsilon, delta, **self.kwargs)  # public: added by party 0 only
+        c.share += ring.product(self.op, epsilon, self.b_share_operand(), **self.kwargs)
+        c.share += ring.product(self.op, self.a.share, self.delta_operand(), **self.kwargs)
         return c
+
+    def b_share_operand(self) -> torch.Tensor | ring.Limbs:
+        """This party's share of ``b``, plus ``y - b`` on party 0."""
+        import crypten.communicator as comm
+
+        if self.limbs is not None and self.limbs.b_share_limbs is not None:
+            return self.limbs.b_share_limbs
+        assert self.delta is not None
+        return self.b.share + self.delta if comm.get().get_rank() == 0 else self.b.share
+
+    def delta_operand(self) -> torch.Tensor | ring.Limbs:
+        if self.limbs is not None and self.limbs.delta_limbs is not None:
+            return self.limbs.delta_limbs
+        assert self.delta is not None
+        return self.delta
 
 
 def triple(op: str, x: Any, y: Any, **kwargs: Any) -> Triple:
@@ -138,24 +177,82 @@ def triple(op: str, x: Any, y: Any, **kwargs: Any) -> Triple:
     version = y.share._version
     mask = operands.masks.get(key)
     if mask is not None and mask.version != version:  # changed in place since: deal anew
+        for stale in [k for k in operands.ready if k[0] == key]:
+            del operands.ready[stale]
         mask = None
+    if operands.taken is not None:  # this product's mask is kept after it, if not before
+        operands.taken.append(Product(op, key, x.size(), tuple(sorted(kwargs.items()))))
     if mask is None:
         b_plain = generate_random_ring_element(y.size()) if dealer else None
         b = ArithmeticSharedTensor(b_plain, size=y.size(), precision=0, src=0)
+        a, c = _deal(op, x.size(), y.size(), b_plain, kwargs)
+
+        def keep(delta: torch.Tensor) -> None:
+            kept = _Mask(b, delta, b_plain, version)
+            kept.delta_limbs = ring.Limbs(delta)
+            kept.b_share_limbs = ring.Limbs(b.share + delta if dealer else b.share)
+            kept.b_plain_limbs = None if b_plain is None else ring.Limbs(b_plain)
+            operands.masks[key] = kept
+
+        return Triple(op, kwargs, a, b, c, None, keep)
+    waiting = operands.ready.get((key, x.size()))
+    if waiting:
+        a, c = waiting.pop(0)
     else:
-        b, b_plain = mask.b, mask.b_plain
-    a_plain = generate_random_ring_element(x.size()) if dealer else None
-    c_plain = getattr(torch, op)(a_plain, b_plain, **kwargs) if dealer else None
-    a = ArithmeticSharedTensor(a_plain, size=x.size(), precision=0, src=0)
-    c_size = _product_size(op, x.size(), y.size(), kwargs)
-    c = ArithmeticSharedTensor(c_plain, size=c_size, precision=0, src=0)
-    if mask is not None:
-        return Triple(op, kwargs, a, b, c, mask.delta)
+        a, c = _deal(op, x.size(), y.size(), mask.b_plain_limbs or mask.b_plain, kwargs)
+    return Triple(op, kwargs, a, mask.b, c, mask.delta, limbs=mask)
 
-    def keep(delta: torch.Tensor) -> None:
-        operands.masks[key] = _Mask(b, delta, b_plain, version)
 
-    return Triple(op, kwargs, a, b, c, None, keep)
+def _deal(
+    op: str,
+    x_size: torch.Size,
+    y_size: torch.Size,
+    b_plain: torch.Tensor | ring.Limbs | None,
+    kwargs: dict[str, Any],
+) -> tuple[Any, Any]:
+    """A fresh ``a`` and ``c = a op b`` (party 0 deals, so only it passes ``b_plain``)."""
+    from crypten.common.rng import generate_random_ring_element
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    a_plain = c_plain = None
+    if b_plain is not None:
+        a_plain = generate_random_ring_element(x_size)
+        c_plain = ring.product(op, a_plain, b_plain, **kwargs)
+    a = ArithmeticSharedTensor(a_plain, size=x_size, precision=0, src=0)
+    c_size = _product_size(op, x_size, y_size, kwargs)
+    return a, ArithmeticSharedTensor(c_plain, size=c_size, precision=0, src=0)
+
+
+@contextlib.contextmanager
+def recording(comm: Any) -> Iterator[list[Product]]:
+    """The kept-mask products the block takes, in order (empty without kept masks)."""
+    operands = getattr(comm, "constant_operands", None)
+    taken: list[Product] = []
+    if operands is None:
+        yield taken
+        return
+    operands.taken = taken
+    try:
+        yield taken
+    finally:
+        operands.taken = None
+
+
+def deal_ahead(comm: Any, products: Iterable[Product]) -> None:
+    """The offline phase: deal now the triples of ``products`` (a recorded forward's), so
+    that the next forward's products with kept masks cost only their opening and two
+    local products. Both parties call it with the same products, in the same order."""
+    operands = getattr(comm, "constant_operands", None)
+    if operands is None:
+        return
+    for product in products:
+        mask = operands.masks.get(product.key)
+        if mask is None:
+            continue
+        weight_size = mask.b.share.size()
+        b_plain = mask.b_plain_limbs or mask.b_plain
+        dealt = _deal(product.op, product.x_size, weight_size, b_plain, dict(product.kwargs))
+        operands.ready.setdefault((product.key, product.x_size), []).append(dealt)
 
 
 def _protocol(op: str, x: Any, y: Any, **kwargs: Any) -> Any:

@@ -237,6 +237,8 @@ class PatientSideEngine:
         self.metrics.batch_size.observe(len(ready))
         self.metrics.predictions.inc(len(ready))
         log.info("encrypted batch of %d in %.3f s", len(ready), seconds)
+        # the next batch's offline phase (comparison keys, triples), before it arrives
+        classifier.prepare(len(ready))
 
 
 class ModelSideEngine:
@@ -315,6 +317,7 @@ class ModelSideEngine:
                     return
                 if message["op"] == INFER:
                     classifier.predict(None, int(message["batch"]))
+                    classifier.prepare(int(message["batch"]))
         except BaseException as exc:  # noqa: BLE001 - every failure here is fatal to the party
             log.exception("MPC engine failed")
             self._finishing.set()

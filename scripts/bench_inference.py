@@ -38,11 +38,15 @@ BASELINE = ROOT.parent / "shared" / "bench" / "crypten_baseline.py"
 OUT = ROOT / "bench"
 
 
-def _encrypted_party(rank: int, checkpoint_path: str, batch: int, reps: int) -> ForwardCost:
+def _encrypted_party(
+    rank: int, checkpoint_path: str, batch: int, reps: int, comparison: str
+) -> ForwardCost:
     from models.crypten_compat import load_crypten
+    from models.encrypted import relu_comparison
 
     classifier = EncryptedClassifier.for_party(load_crypten(), rank, checkpoint_path)
-    return measure_forward(classifier, batch, reps)
+    with relu_comparison(comparison):
+        return measure_forward(classifier, batch, reps)
 
 
 def plaintext_seconds(checkpoint_path: Path, batch: int, reps: int) -> float:
@@ -61,22 +65,29 @@ def plaintext_seconds(checkpoint_path: Path, batch: int, reps: int) -> float:
     return statistics.median(times) / batch
 
 
-def bench_models(reps: int, workdir: Path, backbones: list[str]) -> list[dict]:
-    """``backbones``: each ``BACKBONE[@IMAGE_SIZE]``; 128 px ResNets at batch 1 only."""
+def bench_models(
+    reps: int, workdir: Path, backbones: list[str], comparisons: list[str]
+) -> list[dict]:
+    """``backbones``: each ``BACKBONE[@IMAGE_SIZE]``; 128 px ResNets at batch 1 only. Each
+    network with ReLUs once per ReLU comparison in ``comparisons`` (``gate``, ``crypten``)."""
     rows = []
-    for spec in backbones:
+    for spec, comparison in [
+        (backbone, comparison)
+        for backbone in backbones
+        for comparison in (comparisons if _has_relu(backbone) else ["gate"])
+    ]:
         backbone, _, wanted = spec.partition("@")
         path, weights = benchmark_checkpoint(
             ROOT / "models", backbone, workdir, int(wanted) if wanted else None
         )
         size = load_checkpoint(path).architecture.image_size
         for batch in (1, 8) if backbone == "lenet" or size <= 64 else (1,):
-            enc = run_parties(_encrypted_party, str(path), batch, reps)[0]
+            enc = run_parties(_encrypted_party, str(path), batch, reps, comparison)[0]
             plain = plaintext_seconds(path, batch, reps)
             rows.append(
                 {
                     "system": "crypto-doctor",
-                    "model": backbone,
+                    "model": backbone + (" (CrypTen's ReLU)" if comparison == "crypten" else ""),
                     "input": f"1x{size}x{size}",
                     "batch": batch,
                     "weights": weights,
@@ -85,10 +96,17 @@ def bench_models(reps: int, workdir: Path, backbones: list[str]) -> list[dict]:
                     "ratio": enc.seconds / batch / plain,
                     "rounds": enc.rounds,
                     "mb_per_img": enc.bytes / batch / 1e6,
+                    "offline_s_per_img": enc.offline_seconds / batch,
+                    "offline_mb_per_img": enc.offline_bytes / batch / 1e6,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _has_relu(spec: str) -> bool:
+    backbone = spec.partition("@")[0]
+    return backbone.startswith("resnet18") and backbone != "resnet18-mpc"
 
 
 def bench_baseline(reps: int, cases: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
@@ -218,17 +236,26 @@ def markdown(
         f"Machine: {machine}. Two parties on loopback, 1 torch thread each, TFP triples, median of repeats.",
         f"Model rows measured {models_date}; served-path rows {service_date}.",
         "",
-        "| system | model | input | batch | weights | s/img encrypted | s/img plaintext | enc/plain | rounds | MB/img |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "'s/img encrypted', rounds and MB: the forward, once the image is there (online).",
+        "'offline': before it, input-independent: dealing the sign gate's comparison keys",
+        "(models/sign_gate.py; party 0 deals under TFP). CrypTen's rows have no offline phase.",
+        "",
+        "| system | model | input | batch | weights | s/img encrypted | s/img plaintext | enc/plain | rounds | MB/img | offline s/img | offline MB/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in models:
         if "error" in r:
-            lines.append(f"| {r['system']} | {r['model']} | failed: {r['error'][:80]} |||||||| |")
+            lines.append(f"| {r['system']} | {r['model']} | failed: {r['error'][:80]} |||||||||| |")
             continue
+        offline = (
+            f"{r['offline_s_per_img']:.4f} | {r['offline_mb_per_img']:.2f}"
+            if "offline_s_per_img" in r
+            else " | "
+        )
         lines.append(
             f"| {r['system']} | {r['model']} | {r['input']} | {r['batch']} | {r['weights']} | "
             f"{r['enc_s_per_img']:.4f} | {r['plain_s_per_img']:.5f} | {r['ratio']:.0f}x | "
-            f"{r['rounds']:.0f} | {r['mb_per_img']:.2f} |"
+            f"{r['rounds']:.0f} | {r['mb_per_img']:.2f} | {offline} |"
         )
     if service:
         lines += [
@@ -261,6 +288,12 @@ def main() -> None:
         default="lenet,resnet18,resnet18-mpc,resnet18-mpc@128,resnet18@128",
         help="each BACKBONE[@IMAGE_SIZE]; resnet18-mpc+reluN: ReLU in its last N stages",
     )
+    parser.add_argument(
+        "--relu-comparisons",
+        default="gate,crypten",
+        help="how networks with ReLUs compare, each measured: gate (the one-opening sign "
+        "gate, served) and/or crypten (CrypTen's circuit)",
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
@@ -271,7 +304,9 @@ def main() -> None:
         models = (
             previous["models"]
             if previous
-            else bench_models(args.reps, workdir, args.backbones.split(","))
+            else bench_models(
+                args.reps, workdir, args.backbones.split(","), args.relu_comparisons.split(",")
+            )
         )
         if not args.skip_baseline and not previous:
             models += bench_baseline(

@@ -60,10 +60,18 @@ LOOPBACK = "loopback"  # both parties on 127.0.0.1, outside the namespaces: the 
 
 
 def party(
-    rank: int, checkpoint: str, reps: int, master_addr: str, port: int, transport: str
+    rank: int,
+    checkpoint: str,
+    reps: int,
+    master_addr: str,
+    port: int,
+    transport: str,
+    comparison: str = "gate",
 ) -> ForwardCost:
     """One party of the benchmark (run inside its namespace): warm-up, then ``reps`` images;
-    checkpoint ``probe``: ``PROBE_ROUNDS`` one-element all-reduces instead of an image."""
+    checkpoint ``probe``: ``PROBE_ROUNDS`` one-element all-reduces instead of an image.
+    ``comparison``: how the ReLUs compare (``models.encrypted.relu_comparison``)."""
+    from models.encrypted import relu_comparison
     from models.inference import EncryptedClassifier, measure_forward
     from models.mpc import PartyConfig, init_party
 
@@ -75,7 +83,9 @@ def party(
         if checkpoint == PROBE:
             return probe_rounds(crypten, reps)
         # Party 1 (model owner) reads the checkpoint; party 0 (image owner) never does.
-        return measure_forward(EncryptedClassifier.for_party(crypten, rank, checkpoint), 1, reps)
+        classifier = EncryptedClassifier.for_party(crypten, rank, checkpoint)
+        with relu_comparison(comparison):
+            return measure_forward(classifier, 1, reps)
     finally:
         crypten.uninit()
 
@@ -116,6 +126,7 @@ def measure(
     timeout: float,
     transport: str = "link",
     loopback: bool = False,
+    comparison: str = "gate",
 ) -> dict:
     """Both parties, each in its namespace, over ``link`` (``loopback``: both on 127.0.0.1
     outside the namespaces); party 0's figures, plus party 1's bytes on the wire."""
@@ -132,6 +143,7 @@ def measure(
             *netns, sys.executable, __file__,
             "--party", str(rank), "--checkpoint", str(checkpoint), "--reps", str(reps),
             "--master-addr", master_addr, "--master-port", str(port), "--transport", transport,
+            "--comparison", comparison,
         ]  # fmt: skip
         procs.append(
             subprocess.Popen(
@@ -234,12 +246,16 @@ def markdown(rows: list[dict], machine: str, mode: str, tunnel: str, when: str, 
         "'beyond compute' = (s/img - loopback s/img, same model and transport) / (rounds x "
         "RTT); 'bound' = loopback s/img + 1.5 x rounds x RTT + wire MB / bandwidth. 'probe' "
         f"= {PROBE_ROUNDS} back-to-back one-element all-reduces (no compute): the cost of one "
-        f"round on the transport.{links}",
+        f"round on the transport. 's/img encrypted', rounds and MB are the forward once the "
+        "image is there; 'offline' = before it, input-independent (dealing the sign gate's "
+        "comparison keys and the weight products' triples, EncryptedClassifier.prepare), "
+        f"measured over the same link.{links}",
         "",
         "| model | transport | link | RTT set (ms) | measured RTT (ms) | delay line Mbit/s | "
         "s/img encrypted | vs plain | rounds | MB/img (CrypTen count) | wire MB/img | "
-        "RTT/round | beyond compute (RTT/round) | bound s/img | within bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RTT/round | beyond compute (RTT/round) | bound s/img | within bound | "
+        "offline s/img | offline MB/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     models = list(dict.fromkeys(r["model"] for r in rows))
     ordered = sorted(  # by model, then transport, then RTT as measured
@@ -258,6 +274,8 @@ def markdown(rows: list[dict], machine: str, mode: str, tunnel: str, when: str, 
             f"{d['beyond']:.2f}" if "beyond" in d else "",
             f"{d['bound']:.2f}" if "bound" in d else "",
             ("yes" if r["seconds"] <= d["bound"] else "no") if "bound" in d else "",
+            f"{r['offline_seconds']:.3f}" if r.get("offline_seconds") else "",
+            f"{r['offline_bytes'] / 1e6:.2f}" if r.get("offline_bytes") else "",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -301,11 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master-addr", default=ADDR[0], help=argparse.SUPPRESS)
     parser.add_argument("--master-port", type=int, default=PORT, help=argparse.SUPPRESS)
     parser.add_argument("--transport", default="link", help=argparse.SUPPRESS)
+    parser.add_argument("--comparison", default="gate", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--relu-comparisons",
+        default="gate",
+        help="how ReLU networks compare: gate (the one-opening sign gate), crypten "
+        "(CrypTen's circuit) or both (comma): each ReLU model is measured once per choice",
+    )
     args = parser.parse_args(argv)
     if args.party is not None:
         cost = party(
             args.party, args.checkpoint, args.reps, args.master_addr, args.master_port,
-            args.transport,
+            args.transport, args.comparison,
         )  # fmt: skip
         print(json.dumps(dataclasses.asdict(cost)), flush=True)
         return 0
@@ -322,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     if "wireguard" in links and (why := tunnel_available()):
         print(f"[bench_multihost] cannot build the WireGuard tunnel: {why}", file=sys.stderr)
         return 2
+    comparisons = args.relu_comparisons.split(",")
+    if unknown := set(comparisons) - {"gate", "crypten"}:
+        parser.error(f"unknown ReLU comparison {sorted(unknown)}; choose gate or crypten")
     rtts: list[float | str | None] = [float(x) for x in args.rtt_ms.split(",")]
     try:
         models = parse_models(args.backbones, transports)
@@ -367,28 +395,35 @@ def main(argv: list[str] | None = None) -> int:
                 ping = 0.0 if rtt == LOOPBACK else hosts.ping_ms(peer)
                 throughput = None if rtt == LOOPBACK else hosts.throughput_mbit(peer)
                 for (backbone, _), (checkpoint, weights, actual, only) in checkpoints.items():
-                    name = backbone if backbone == PROBE else f"{backbone} {actual}²"
-                    reps = args.reps if backbone in ("lenet", PROBE) else max(1, min(args.reps, 2))
-                    for transport in only:
-                        ports[link] += 1
-                        result = measure(
-                            hosts, link, checkpoint, reps, ports[link], args.timeout_s,
-                            transport, loopback=rtt == LOOPBACK,
-                        )  # fmt: skip
-                        row = {"model": name, "backbone": backbone, "image_size": actual,
-                               "weights": weights, "link": link, "transport": transport,
-                               "rtt_ms": rtt, "ping_ms": ping, "throughput_mbit": throughput,
-                               "bandwidth_mbit": limited, "reps": reps,
-                               "latency_by": hosts.mode if isinstance(rtt, float) else "none",
-                               **result}  # fmt: skip
-                        rows.append(row)
-                        print(
-                            f"[bench_multihost] {name:>18} {transport:>4} {_link(link):>9} RTT "
-                            f"{_rtt(rtt):>8} ms (measured {ping:6.2f}): "
-                            f"{result['seconds']:.3f} s/img, {result['rounds']:.0f} rounds, "
-                            f"{result['bytes'] / 1e6:.2f} MB",
-                            flush=True,
+                    relus = backbone.startswith("resnet18") and backbone != "resnet18-mpc"
+                    for comparison in comparisons if relus else ["gate"]:
+                        name = backbone if backbone == PROBE else f"{backbone} {actual}²"
+                        if comparison == "crypten":
+                            name += " (CrypTen's ReLU)"
+                        reps = (
+                            args.reps if backbone in ("lenet", PROBE) else max(1, min(args.reps, 2))
                         )
+                        for transport in only:
+                            ports[link] += 1
+                            result = measure(
+                                hosts, link, checkpoint, reps, ports[link], args.timeout_s,
+                                transport, loopback=rtt == LOOPBACK, comparison=comparison,
+                            )  # fmt: skip
+                            row = {"model": name, "backbone": backbone, "image_size": actual,
+                                   "weights": weights, "link": link, "transport": transport,
+                                   "rtt_ms": rtt, "ping_ms": ping, "throughput_mbit": throughput,
+                                   "bandwidth_mbit": limited, "reps": reps, "relu": comparison,
+                                   "latency_by": hosts.mode if isinstance(rtt, float) else "none",
+                                   **result}  # fmt: skip
+                            rows.append(row)
+                            print(
+                                f"[bench_multihost] {name:>18} {transport:>4} {_link(link):>9} RTT "
+                                f"{_rtt(rtt):>8} ms (measured {ping:6.2f}): "
+                                f"{result['seconds']:.3f} s/img, {result['rounds']:.0f} rounds, "
+                                f"{result['bytes'] / 1e6:.2f} MB, offline "
+                                f"{result.get('offline_seconds', 0):.3f} s",
+                                flush=True,
+                            )
     finally:
         hosts.close()
         shutil.rmtree(workdir, ignore_errors=True)  # holds the tunnel's private keys

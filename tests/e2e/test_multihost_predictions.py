@@ -4,7 +4,8 @@ Two network namespaces joined by a veth pair (``scripts/twohosts.py``) stand for
 side's and the model owner's data centres, 20 ms apart at 500 Mbit/s (the delay line of
 ``scripts/bench_multihost.py``). Both parties join as the predictor's do
 (``models.mpc.init_party``, over the peer link) and classify the same images with the
-MPC-designed ResNet; the answers must match those of two parties on 127.0.0.1.
+MPC-designed ResNet and with the ReLU ResNet18 (whose ReLUs the sign gate compares); the
+answers must match those of two parties on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -113,9 +114,16 @@ def _two_hosts(hosts: TwoHosts, checkpoint: Path) -> list[float]:
     return outs[0]
 
 
-def test_two_hosts_20ms_apart_predict_what_loopback_predicts(tmp_path):
-    arch = Architecture("resnet18-mpc", 64, "quad")
-    checkpoint = tmp_path / "resnet18-mpc.pth"
+@pytest.mark.parametrize(
+    "arch",
+    [
+        Architecture("resnet18-mpc", 64, "quad"),
+        Architecture("resnet18", 64, "relu"),  # its ReLUs by the sign gate
+    ],
+    ids=["resnet18-mpc", "resnet18"],
+)
+def test_two_hosts_20ms_apart_predict_what_loopback_predicts(tmp_path, arch):
+    checkpoint = tmp_path / "model.pth"
     save_checkpoint(checkpoint, trained_like(arch), arch, temperature=1.0)
     loopback, _ = run_parties(_classify, str(checkpoint))
     hosts = TwoHosts()

@@ -93,3 +93,72 @@ def test_the_gate_compares_secret_shared_values_in_one_round(provider):
     for party_results, rounds in results[:2]:
         assert all(result == expected for result in party_results)
         assert rounds == 1  # one opening (the keys were dealt before)
+
+
+RELU_RING_LIMIT = 2 ** (22 + 8)  # RELU: exact for |v| < 2^(bits - 1 + dropped) units
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(-RELU_RING_LIMIT + 1, RELU_RING_LIMIT - 1), min_size=1, max_size=16),
+    st.integers(0, 2**64 - 1),
+)
+def test_a_sign_in_a_smaller_ring_is_exact_but_within_the_dropped_bits_of_zero(values, split):
+    from models.sign_gate import RELU
+
+    values += [0, 1, -1, 255, 256, -256, -257, RELU_RING_LIMIT - 1, 1 - RELU_RING_LIMIT]
+    v = np.array(values, dtype=np.int64).view(np.uint64)
+    share_1 = fss.random_words(len(v)) ^ np.uint64(split)  # any split of v into two shares
+    share_0 = v - share_1
+    reduced = [RELU.reduce(share) for share in (share_0, share_1)]
+    mask = fss.random_words(len(v))
+    zero, one = fss.sign_keys(
+        mask, _pair(len(v)), fss.random_words(len(v)), fss.random_words(len(v)), RELU.bits
+    )
+    opened = (reduced[0] + reduced[1] + mask) & RELU.mask
+    negative = fss.sign_shares(0, zero, opened, RELU.bits) + fss.sign_shares(1, one, opened, RELU.bits)  # fmt: skip
+    for value, bit in zip(values, negative.tolist(), strict=True):
+        if 0 <= value < 2**RELU.dropped:  # the lost carry may make it -1
+            assert bit in (0, 1)
+        else:
+            assert bit == int(value < 0), value
+
+
+def test_a_ring_must_fit_in_the_shares():
+    from models.sign_gate import Ring
+
+    with pytest.raises(ValueError, match="ring"):
+        Ring(bits=60, dropped=8)
+    with pytest.raises(ValueError, match="ring"):
+        Ring(bits=1)
+
+
+def _relu_party(rank, values):
+    from models.crypten_compat import load_crypten
+    from models.sign_gate import RELU, deal_ahead, relu, taken
+
+    crypten = load_crypten()
+    comm = crypten.communicator.get()
+    x = crypten.cryptensor(torch.tensor(values) if rank == 0 else torch.empty(len(values)), src=0)
+    first = relu(x).get_plain_text().tolist()  # keys dealt as it goes
+    deal_ahead(comm, {RELU: len(values)})  # the offline phase
+    crypten.cfg.communicator.verbose = True
+    comm.reset_communication_stats()
+    second = relu(x)
+    rounds = comm.get_communication_stats()["rounds"]
+    comm.reset_communication_stats()
+    x * x  # a multiplication alone (under TTP it also asks the dealer for its triple)
+    multiplication = comm.get_communication_stats()["rounds"]
+    return first, second.get_plain_text().tolist(), rounds - multiplication, taken(comm)[RELU]
+
+
+@pytest.mark.parametrize("provider", ["TFP", "TTP"])
+def test_relu_by_the_gate_is_within_the_dropped_bits_and_takes_two_rounds(provider):
+    values = [3.5, -2.0, 0.0, 1e-3, -1e-3, 0.01, -0.01, 30000.0, -30000.0, 0.25, -0.25]
+    results = run_parties(_relu_party, values, provider=provider)[:2]
+    for first, second, gate_rounds, compared in results:
+        for result in (first, second):
+            errors = [abs(r - max(v, 0.0)) for r, v in zip(result, values, strict=True)]
+            assert max(errors) < 2**-8 + 2e-4, errors  # the dropped bits, CrypTen's rounding
+        assert gate_rounds == 1  # its opening, then a multiplication: the keys were dealt ahead
+        assert compared == 2 * len(values)

@@ -96,3 +96,50 @@ def test_the_peer_link_computes_what_gloo_computes_in_the_same_rounds():
             torch.testing.assert_close(torch.tensor(got), want, atol=2e-2, rtol=0)
     # CrypTen's statistics count every step as before: the benchmarks' rounds stay comparable
     assert runs[True][0][1] == runs[False][0][1]
+
+
+def _two_forwards(rank, checkpoint_path, images, comparison):
+    from models.crypten_compat import load_crypten
+    from models.encrypted import relu_comparison
+    from models.inference import EncryptedClassifier
+
+    crypten = load_crypten()
+    comm = crypten.communicator.get()
+    classifier = EncryptedClassifier.for_party(crypten, rank, checkpoint_path)
+    own_images = images if rank == 0 else None
+    crypten.cfg.communicator.verbose = True
+    with relu_comparison(comparison):
+        first = classifier.logit_differences(own_images, len(images))  # deals as it goes
+        classifier.prepare(len(images))  # the offline phase of the next forward
+        comm.reset_communication_stats()
+        second = classifier.logit_differences(own_images, len(images))
+    stats = comm.get_communication_stats()
+    left = sum(len(dealt) for dealt in comm.constant_operands.ready.values())
+    return first, second, stats["rounds"], stats["bytes"], left
+
+
+def test_encrypted_resnet18_with_the_sign_gate_agrees_with_plaintext_and_deals_ahead(tmp_path):
+    from models.nets import Architecture
+
+    arch = Architecture("resnet18", 32, "relu")
+    model = trained_like(arch)
+    path = tmp_path / "resnet18.pth"
+    save_checkpoint(path, model, arch, temperature=1.0)
+    torch.manual_seed(2)
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        logits = model(images)
+    plain = logits[:, 1] - logits[:, 0]
+    runs = {
+        comparison: run_parties(_two_forwards, str(path), images, comparison)
+        for comparison in ("gate", "crypten")
+    }
+    for comparison, ((first, second, _, _, left), _) in runs.items():
+        for revealed in (first, second):
+            assert torch.equal(revealed > 0, plain > 0), comparison
+            assert (revealed - plain).abs().max() < 0.05, comparison
+        assert left == 0  # every triple dealt ahead was taken
+    gate_rounds, crypten_rounds = runs["gate"][0][2], runs["crypten"][0][2]
+    # 17 ReLU layers: 2 rounds each by the gate instead of CrypTen's circuit
+    assert gate_rounds + 17 * 5 <= crypten_rounds
+    assert runs["gate"][0][3] < runs["crypten"][0][3]  # fewer online bytes too
