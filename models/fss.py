@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import numba
 import numpy as np
@@ -64,7 +63,7 @@ def _eval_blocks(seeds, x, shift, tweaks, blocks):
 
 @numba.njit(cache=True)
 def _eval_step(
-    out, blocks, x, shift, seeds, controls, totals, cw_seeds, cw_values, cw_left, cw_right
+    out, blocks, x, shift, level, seeds, controls, totals, cw_seeds, cw_values, cw_left, cw_right
 ):
     """One level of a party's walk: the child seed and control bit, the value so far."""
     for i in range(seeds.shape[0]):
@@ -77,7 +76,7 @@ def _eval_step(
         if controls[i]:
             s0 ^= cw_seeds[i, 0]
             s1 ^= cw_seeds[i, 1]
-            control ^= np.uint64(cw_right[i] if side else cw_left[i])
+            control ^= ((cw_right[i] if side else cw_left[i]) >> level) & _ONE
             value += cw_values[i]
         totals[i] += value
         seeds[i, 0] = s0
@@ -117,6 +116,7 @@ def _key_step(
     blocks,
     alpha,
     shift,
+    level,
     beta,
     seeds,
     controls,
@@ -171,8 +171,8 @@ def _key_step(
         cw_seeds[i, 0] = lose_s0
         cw_seeds[i, 1] = lose_s1
         cw_values[i] = v_cw
-        cw_left[i] = cw_left_i != _ZERO
-        cw_right[i] = cw_right_i != _ZERO
+        cw_left[i] |= cw_left_i << level
+        cw_right[i] |= cw_right_i << level
 
 
 @numba.njit(cache=True)
@@ -192,8 +192,9 @@ class ComparisonKey:
     seeds: np.ndarray  # (N, 16) uint8, this party's
     cw_seeds: np.ndarray  # (bits, N, 16) uint8
     cw_values: np.ndarray  # (bits, N) uint64
-    cw_left: np.ndarray  # (bits, N) bool
-    cw_right: np.ndarray  # (bits, N) bool
+    #: the control-bit corrections of each side, packed: bit ``level`` of a value's word
+    cw_left: np.ndarray  # (N,) uint64
+    cw_right: np.ndarray  # (N,) uint64
     cw_last: np.ndarray  # (N,) uint64
 
     def __len__(self) -> int:
@@ -205,15 +206,25 @@ class ComparisonKey:
             self.seeds[start:stop],
             self.cw_seeds[:, start:stop],
             self.cw_values[:, start:stop],
-            self.cw_left[:, start:stop],
-            self.cw_right[:, start:stop],
+            self.cw_left[start:stop],
+            self.cw_right[start:stop],
             self.cw_last[start:stop],
         )
 
 
-def _aes(blocks: np.ndarray, encryptor: Any) -> np.ndarray:
-    """Fixed-key AES-128 of every 16-byte block of ``blocks`` (one OpenSSL call)."""
-    return np.frombuffer(encryptor.update(blocks.data.cast("B")), np.uint64).reshape(blocks.shape)
+class _AESBlocks:
+    """Fixed-key AES-128 of every 16-byte block of an array, into an output kept for the
+    whole walk (OpenSSL writes straight into it: no copy of every level's blocks)."""
+
+    def __init__(self, blocks: np.ndarray) -> None:
+        self._encryptor = _AES.encryptor()
+        # OpenSSL asks for one block of slack past the data
+        self._out = np.empty(blocks.size + 2, np.uint64)
+        self._shape = blocks.shape
+
+    def __call__(self, blocks: np.ndarray) -> np.ndarray:
+        self._encryptor.update_into(blocks.data.cast("B"), self._out.data.cast("B"))  # type: ignore[arg-type]
+        return self._out[: blocks.size].reshape(self._shape)
 
 
 def dcf_keys(
@@ -230,17 +241,17 @@ def dcf_keys(
     carried = np.zeros(n, np.uint64)
     cw_seeds = np.empty((bits, n, 2), np.uint64)
     cw_values = np.empty((bits, n), np.uint64)
-    cw_left = np.empty((bits, n), np.bool_)
-    cw_right = np.empty((bits, n), np.bool_)
+    cw_left = np.zeros(n, np.uint64)
+    cw_right = np.zeros(n, np.uint64)
     blocks = np.empty((2, n, 3, 2), np.uint64)
-    encryptor = _AES.encryptor()
+    aes = _AESBlocks(blocks)
     for level in range(bits):
         _key_blocks(walk, _TWEAK_WORDS, blocks)
-        out = _aes(blocks, encryptor)
+        out = aes(blocks)
         shift = np.uint64(bits - 1 - level)
         _key_step(
-            out, blocks, alpha, shift, beta, walk, controls, carried,
-            cw_seeds[level], cw_values[level], cw_left[level], cw_right[level],
+            out, blocks, alpha, shift, np.uint64(level), beta, walk, controls, carried,
+            cw_seeds[level], cw_values[level], cw_left, cw_right,
         )  # fmt: skip
     last = _key_last(walk, controls, carried)
     shared = (cw_seeds.view(np.uint8).reshape(bits, n, SEED_BYTES), cw_values, cw_left, cw_right)
@@ -259,15 +270,15 @@ def dcf_eval(party: int, key: ComparisonKey, x: np.ndarray, bits: int) -> np.nda
     controls = np.full(n, party, np.uint64)
     totals = np.zeros(n, np.uint64)
     blocks = np.empty((n, 4), np.uint64)
-    encryptor = _AES.encryptor()
+    aes = _AESBlocks(blocks)
     for level in range(bits):
         shift = np.uint64(bits - 1 - level)
         _eval_blocks(walk, x, shift, _TWEAK_WORDS, blocks)
-        out = _aes(blocks, encryptor)
+        out = aes(blocks)
         cw_seeds = np.ascontiguousarray(key.cw_seeds[level]).view(np.uint64).reshape(n, 2)
         _eval_step(
-            out, blocks, x, shift, walk, controls, totals,
-            cw_seeds, key.cw_values[level], key.cw_left[level], key.cw_right[level],
+            out, blocks, x, shift, np.uint64(level), walk, controls, totals,
+            cw_seeds, key.cw_values[level], key.cw_left, key.cw_right,
         )  # fmt: skip
     _eval_finish(walk, controls, key.cw_last, party == 1, totals)
     return totals

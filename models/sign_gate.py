@@ -170,7 +170,7 @@ class _Dealer:
                 fss.random_words(count),
                 bits,
             )
-            message.copy_(_pack(one, with_party_material=True))
+            _pack(one, message, with_party_material=True)
             self._comm.broadcast(message, 0)
             return zero
         self._comm.broadcast(message, 0)
@@ -190,9 +190,9 @@ class _Dealer:
             top_share = reply[:count].numpy().view(np.uint64).copy()
             words.copy_(reply[count:])
         self._comm.broadcast(words, 0)
-        shared = _unpack_correction(words, count, bits)
+        fields = _unpack_fields(words, count, bits, with_party_material=False)
         assert top_share is not None
-        return fss.SignKey(mask_share, top_share, fss.ComparisonKey(seeds, *shared))
+        return fss.SignKey(mask_share, top_share, _comparison_key(seeds, fields))
 
 
 def taken(comm: Any) -> dict[Ring, int]:
@@ -236,56 +236,77 @@ def _draw(
 
 def _key_words(count: int, ring_bits: int, *, with_party_material: bool) -> int:
     """64-bit words of ``count`` keys: per level a seed (2) and a value (1) correction;
-    the last value correction, and the control-bit corrections packed one word per side."""
+    the control-bit corrections (one word per side) and the last value correction."""
     per_value = (ring_bits - 1) * 3 + 3 + (4 if with_party_material else 0)
     return count * per_value
 
 
-def _pack(key: fss.SignKey, *, with_party_material: bool) -> torch.Tensor:
-    dcf = key.dcf
-    levels = np.arange(dcf.cw_left.shape[0], dtype=np.uint64)[:, None]
-    parts = [
-        dcf.cw_seeds.reshape(-1).view(np.uint64),
-        dcf.cw_values.reshape(-1),
-        (dcf.cw_left.astype(np.uint64) << levels).sum(axis=0, dtype=np.uint64),
-        (dcf.cw_right.astype(np.uint64) << levels).sum(axis=0, dtype=np.uint64),
-        dcf.cw_last,
+def _segments(count: int, ring_bits: int, *, with_party_material: bool) -> list[tuple[str, int]]:
+    """The message's fields in order, and their lengths in words."""
+    bits = ring_bits - 1
+    party = [("seeds", 2 * count), ("mask_share", count), ("top_share", count)]
+    shared = [
+        ("cw_seeds", 2 * bits * count),
+        ("cw_values", bits * count),
+        ("cw_left", count),
+        ("cw_right", count),
+        ("cw_last", count),
     ]
-    if with_party_material:
-        parts = [dcf.seeds.reshape(-1).view(np.uint64), key.mask_share, key.top_share, *parts]
-    return torch.from_numpy(np.concatenate(parts).view(np.int64))
+    return [*party, *shared] if with_party_material else shared
 
 
-def _unpack_correction(
-    words: torch.Tensor, count: int, ring_bits: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _pack(key: fss.SignKey, into: torch.Tensor, *, with_party_material: bool) -> None:
+    """Write ``key`` into the message ``into`` (int64 words), field by field, no copies."""
+    dcf = key.dcf
+    fields = {
+        "seeds": dcf.seeds,
+        "mask_share": key.mask_share,
+        "top_share": key.top_share,
+        "cw_seeds": dcf.cw_seeds,
+        "cw_values": dcf.cw_values,
+        "cw_left": dcf.cw_left,
+        "cw_right": dcf.cw_right,
+        "cw_last": dcf.cw_last,
+    }
+    words = into.numpy().view(np.uint64)
+    at = 0
+    ring_bits = dcf.cw_values.shape[0] + 1
+    for name, size in _segments(len(key), ring_bits, with_party_material=with_party_material):
+        words[at : at + size] = np.ascontiguousarray(fields[name]).reshape(-1).view(np.uint64)
+        at += size
+
+
+def _unpack_fields(
+    words: torch.Tensor, count: int, ring_bits: int, *, with_party_material: bool
+) -> dict[str, np.ndarray]:
+    """The fields of a message (views into it)."""
     flat = words.numpy().view(np.uint64)
     bits = ring_bits - 1
-    at = 0
+    shapes = {
+        "seeds": (count, fss.SEED_BYTES),
+        "cw_seeds": (bits, count, fss.SEED_BYTES),
+        "cw_values": (bits, count),
+    }
+    fields, at = {}, 0
+    for name, size in _segments(count, ring_bits, with_party_material=with_party_material):
+        chunk = flat[at : at + size]
+        at += size
+        if name in ("seeds", "cw_seeds"):  # 16-byte seeds
+            chunk = chunk.view(np.uint8)
+        fields[name] = chunk.reshape(shapes[name]) if name in shapes else chunk
+    return fields
 
-    def take(n: int) -> np.ndarray:
-        nonlocal at
-        chunk = flat[at : at + n]
-        at += n
-        return chunk
 
-    cw_seeds = take(2 * bits * count).view(np.uint8).reshape(bits, count, fss.SEED_BYTES)
-    cw_values = take(bits * count).reshape(bits, count)
-    levels = np.arange(bits, dtype=np.uint64)[:, None]
-    left = ((take(count)[None, :] >> levels) & np.uint64(1)).astype(bool)
-    right = ((take(count)[None, :] >> levels) & np.uint64(1)).astype(bool)
-    cw_last = take(count)
-    return cw_seeds.copy(), cw_values.copy(), left, right, cw_last.copy()
+def _comparison_key(seeds: np.ndarray, fields: dict[str, np.ndarray]) -> fss.ComparisonKey:
+    names = ("cw_seeds", "cw_values", "cw_left", "cw_right", "cw_last")
+    return fss.ComparisonKey(seeds, *(fields[name] for name in names))
 
 
 def _unpack(message: torch.Tensor, count: int, ring_bits: int) -> fss.SignKey:
     """Party 1's whole key as party 0 sent it (TFP)."""
-    flat = message.numpy().view(np.uint64)
-    seeds = flat[: 2 * count].view(np.uint8).reshape(count, fss.SEED_BYTES).copy()
-    mask_share = flat[2 * count : 3 * count].copy()
-    top_share = flat[3 * count : 4 * count].copy()
-    shared = _unpack_correction(message[4 * count :], count, ring_bits)
-    return fss.SignKey(mask_share, top_share, fss.ComparisonKey(seeds, *shared))
+    fields = _unpack_fields(message, count, ring_bits, with_party_material=True)
+    dcf = _comparison_key(fields["seeds"], fields)
+    return fss.SignKey(fields["mask_share"], fields["top_share"], dcf)
 
 
 def serve_sign_keys() -> None:
@@ -304,8 +325,11 @@ def serve_sign_keys() -> None:
         seeds1, share1, top1 = _draw(generators[1], count, 1)
         assert top1 is not None
         zero, _ = fss.sign_keys(share0 + share1, (seeds0, seeds1), share1, top1, ring_bits)
-        correction = _pack(zero, with_party_material=False)
-        top0 = torch.from_numpy(zero.top_share.view(np.int64).copy())
-        return torch.cat([top0, correction])
+        reply = torch.empty(
+            count + _key_words(count, ring_bits, with_party_material=False), dtype=torch.long
+        )
+        reply[:count] = torch.from_numpy(zero.top_share.view(np.int64))
+        _pack(zero, reply[count:], with_party_material=False)
+        return reply
 
     setattr(TTPServer, TTP_FUNCTION, fss_sign_keys)
