@@ -262,6 +262,9 @@ def measure_forward(
         comm.reset_communication_stats()
         started = time.perf_counter()
         classifier.prepare(batch)
+        # party 0's large messages go out from a sender thread: wait until both parties
+        # hold what was dealt, or its transfer would be timed as the forward's
+        comm.all_reduce(torch.zeros(1, dtype=torch.long))
         offline_times.append(time.perf_counter() - started)
         offline_sent.append(comm.get_communication_stats()["bytes"])
         comm.reset_communication_stats()

@@ -20,6 +20,7 @@ from models.inference import IMAGE_OWNER, MODEL_OWNER, EncryptedClassifier
 from models.mpc import PROVIDERS, run_parties
 from models.preprocessing import Preprocessing
 from training.data import ImageFolder
+from training.metrics import roc_auc
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class EncryptedValidation:
     #: whose encrypted bit equals the plaintext detector's, and share flagged
     unfamiliar_agreement_pct: float | None = None
     unfamiliar_flagged_pct: float | None = None
+    #: ROC AUC of the logit difference, plaintext and encrypted, on the same images
+    plaintext_auc: float | None = None
+    encrypted_auc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +93,8 @@ def validate_encrypted(
     batch_size: int = 8,
     provider: str = "TFP",
 ) -> EncryptedValidation:
-    """Plaintext vs encrypted accuracy, argmax agreement, logit error and speed on ``eval_dir``."""
+    """Plaintext vs encrypted accuracy, AUC, argmax agreement, logit error and speed on
+    ``eval_dir``."""
     encrypted_list, flag_list, seconds = run_parties(
         _party, str(checkpoint_path), str(eval_dir), limit, batch_size, provider=provider
     )[IMAGE_OWNER]
@@ -128,7 +133,16 @@ def validate_encrypted(
         seconds_per_image=statistics.median(seconds),
         unfamiliar_agreement_pct=agreement,
         unfamiliar_flagged_pct=flagged,
+        plaintext_auc=_auc(plain, data.labels),
+        encrypted_auc=_auc(encrypted_unscaled, data.labels),
     )
+
+
+def _auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """None when the images hold only one class."""
+    if labels.unique().numel() < 2:
+        return None
+    return roc_auc(scores.numpy(), labels.numpy())
 
 
 @dataclass(frozen=True)
