@@ -17,6 +17,11 @@ Only under ``TFP``, where party 0 deals every triple and so can keep ``b`` itsel
 weights and detector). Only products whose second operand is one of them, or a view of one
 (``W.t()``), take this path; a weight changed in place since (its version counter) gets a
 new mask; every other product takes CrypTen's.
+
+With a kept mask, a product's triple (``a`` and ``c = a op b``) does not depend on the input:
+:func:`deal_ahead` deals a recorded forward's triples before the next input exists (the
+offline phase, ``EncryptedClassifier.prepare``). Its products run through ``models.ring``
+(exact integer products on float64 kernels), with the kept operands cut into limbs once.
 """
 
 from __future__ import annotations
