@@ -227,8 +227,8 @@ class ForwardCost:
     #: bytes this party put on the peer link (payload and framing); None over gloo
     wire_bytes: float | None = None
     #: the offline phase before each forward (``EncryptedClassifier.prepare``: dealing the
-    #: comparisons' keys, input-independent): median seconds and bytes; 0 without
-    #: comparisons of the sign gate
+    #: sign gate's keys and the kept-mask triples, input-independent): median seconds and
+    #: bytes (the triples send nothing under TFP)
     offline_seconds: float = 0.0
     offline_bytes: float = 0.0
 
